@@ -1,0 +1,14 @@
+"""glmip: GPU mipmap pyramids with OpenGL, sampled at a per-region level of detail, for ViTs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .context import Context
+from .pyramid import Pyramid, PyramidMethod, level_sizes
+
+__version__ = "0.1.0"
+
+DEFAULT_IMAGE = Path(__file__).resolve().parent / "data" / "coffee.png"
+
+__all__ = ["Context", "Pyramid", "PyramidMethod", "level_sizes", "DEFAULT_IMAGE", "__version__"]

@@ -1,0 +1,174 @@
+"""The few raw GL and EGL entry points moderngl does not expose, bound through ctypes.
+
+moderngl covers programs, buffers and most texture work; immutable texture storage
+(all mip levels allocated up front) and EGL device enumeration need the raw calls.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+from functools import lru_cache
+
+GL_TEXTURE_2D = 0x0DE1
+GL_RGBA8 = 0x8058
+GL_SRGB8 = 0x8C41
+GL_SRGB8_ALPHA8 = 0x8C43
+
+GL_PIXEL_PACK_BUFFER = 0x88EB
+GL_PIXEL_UNPACK_BUFFER = 0x88EC
+GL_PACK_ALIGNMENT = 0x0D05
+GL_UNPACK_ALIGNMENT = 0x0CF5
+
+# Client pixel format and type by channels and numpy dtype name.
+PIXEL_FORMATS = {1: 0x1903, 2: 0x8227, 3: 0x1907, 4: 0x1908}  # GL_RED, GL_RG, GL_RGB, GL_RGBA
+PIXEL_TYPES = {"uint8": 0x1401, "uint16": 0x1403, "float32": 0x1406}
+
+EGL_EXTENSIONS = 0x3055
+EGL_DRM_DEVICE_FILE_EXT = 0x3233
+EGL_CUDA_DEVICE_NV = 0x323A
+EGL_RENDERER_EXT = 0x335F
+
+# Sized internal formats by (numpy dtype name, channels).
+INTERNAL_FORMATS: dict[tuple[str, int], int] = {
+    ("uint8", 1): 0x8229,  # GL_R8
+    ("uint8", 2): 0x822B,  # GL_RG8
+    ("uint8", 3): 0x8051,  # GL_RGB8
+    ("uint8", 4): GL_RGBA8,
+    ("uint16", 1): 0x822A,  # GL_R16
+    ("uint16", 2): 0x822C,  # GL_RG16
+    ("uint16", 3): 0x8054,  # GL_RGB16
+    ("uint16", 4): 0x805B,  # GL_RGBA16
+    ("float32", 1): 0x822E,  # GL_R32F
+    ("float32", 2): 0x8230,  # GL_RG32F
+    ("float32", 3): 0x8815,  # GL_RGB32F
+    ("float32", 4): 0x8814,  # GL_RGBA32F
+}
+
+
+@lru_cache(maxsize=1)
+def _libegl() -> ctypes.CDLL:
+    name = ctypes.util.find_library("EGL") or "libEGL.so.1"
+    lib = ctypes.CDLL(name)
+    lib.eglGetProcAddress.restype = ctypes.c_void_p
+    lib.eglGetProcAddress.argtypes = [ctypes.c_char_p]
+    lib.eglGetCurrentContext.restype = ctypes.c_void_p
+    return lib
+
+
+def current_egl_context() -> int:
+    """The EGL context current on this thread (0 if none)."""
+    return int(_libegl().eglGetCurrentContext() or 0)
+
+
+def _proc(name: str, restype, *argtypes):
+    """A GL/EGL function pointer from eglGetProcAddress (GLVND dispatches it per context)."""
+    address = _libegl().eglGetProcAddress(name.encode())
+    if not address:
+        raise RuntimeError(f"the EGL library does not provide {name}")
+    return ctypes.CFUNCTYPE(restype, *argtypes)(address)
+
+
+class GL:
+    """Raw GL 4.5 calls used by glmip; valid while a context is current on this thread."""
+
+    def __init__(self) -> None:
+        self.glCreateTextures = _proc(
+            "glCreateTextures", None, ctypes.c_uint, ctypes.c_int, ctypes.POINTER(ctypes.c_uint)
+        )
+        self.glTextureStorage2D = _proc(
+            "glTextureStorage2D", None, ctypes.c_uint, ctypes.c_int, ctypes.c_uint, ctypes.c_int,
+            ctypes.c_int,
+        )
+        self.glDeleteTextures = _proc(
+            "glDeleteTextures", None, ctypes.c_int, ctypes.POINTER(ctypes.c_uint)
+        )
+        self.glGetError = _proc("glGetError", ctypes.c_uint)
+        self.glBindBuffer = _proc("glBindBuffer", None, ctypes.c_uint, ctypes.c_uint)
+        self.glPixelStorei = _proc("glPixelStorei", None, ctypes.c_uint, ctypes.c_int)
+        self.glTextureSubImage2D = _proc(
+            "glTextureSubImage2D", None, ctypes.c_uint, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+            ctypes.c_int, ctypes.c_int, ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p,
+        )
+        self.glGetTextureImage = _proc(
+            "glGetTextureImage", None, ctypes.c_uint, ctypes.c_int, ctypes.c_uint, ctypes.c_uint,
+            ctypes.c_int, ctypes.c_void_p,
+        )
+
+    def _check(self, what: str) -> None:
+        error = self.glGetError()
+        if error:
+            raise RuntimeError(f"{what} failed with GL error 0x{error:04X}")
+
+    def create_texture_storage(self, levels: int, internal_format: int, width: int, height: int) -> int:
+        """A new immutable 2-D texture with every level allocated; returns its GL name."""
+        name = ctypes.c_uint(0)
+        self.glCreateTextures(GL_TEXTURE_2D, 1, ctypes.byref(name))
+        self.glTextureStorage2D(name.value, levels, internal_format, width, height)
+        error = self.glGetError()
+        if error:
+            self.delete_texture(name.value)
+            raise RuntimeError(
+                f"glTextureStorage2D({levels} levels, format 0x{internal_format:04X}, "
+                f"{width}x{height}) failed with GL error 0x{error:04X}"
+            )
+        return name.value
+
+    def upload_level_from_buffer(self, texture: int, level: int, size: tuple[int, int], channels: int,
+                                 dtype: str, buffer: int) -> None:
+        """Fill `level` of `texture` from the tightly packed pixels at the start of GL buffer `buffer`,
+        on the GPU (the buffer serves as pixel-unpack buffer)."""
+        self.glBindBuffer(GL_PIXEL_UNPACK_BUFFER, buffer)
+        self.glPixelStorei(GL_UNPACK_ALIGNMENT, 1)
+        self.glTextureSubImage2D(texture, level, 0, 0, size[0], size[1], PIXEL_FORMATS[channels],
+                                 PIXEL_TYPES[dtype], None)
+        self.glBindBuffer(GL_PIXEL_UNPACK_BUFFER, 0)
+        self._check(f"uploading level {level} from a buffer")
+
+    def read_level(self, texture: int, level: int, channels: int, dtype: str, address: int, nbytes: int) -> None:
+        """Copy `level` of `texture` as tightly packed pixels into host memory at `address`."""
+        self.glBindBuffer(GL_PIXEL_PACK_BUFFER, 0)
+        self.glPixelStorei(GL_PACK_ALIGNMENT, 1)
+        self.glGetTextureImage(texture, level, PIXEL_FORMATS[channels], PIXEL_TYPES[dtype], nbytes,
+                               ctypes.c_void_p(address))
+        self._check(f"reading level {level}")
+
+    def delete_texture(self, name: int) -> None:
+        self.glDeleteTextures(1, ctypes.byref(ctypes.c_uint(name)))
+
+
+def egl_devices() -> list[dict[str, object]]:
+    """EGL devices as EGL_EXT_device_enumeration lists them: index, DRM file, CUDA index, extensions."""
+    try:
+        query_devices = _proc(
+            "eglQueryDevicesEXT", ctypes.c_uint, ctypes.c_int, ctypes.POINTER(ctypes.c_void_p),
+            ctypes.POINTER(ctypes.c_int),
+        )
+        query_string = _proc("eglQueryDeviceStringEXT", ctypes.c_char_p, ctypes.c_void_p, ctypes.c_int)
+        query_attrib = _proc(
+            "eglQueryDeviceAttribEXT", ctypes.c_uint, ctypes.c_void_p, ctypes.c_int,
+            ctypes.POINTER(ctypes.c_ssize_t),
+        )
+    except (OSError, RuntimeError):
+        return []
+    count = ctypes.c_int(0)
+    if not query_devices(0, None, ctypes.byref(count)) or count.value == 0:
+        return []
+    handles = (ctypes.c_void_p * count.value)()
+    query_devices(count.value, handles, ctypes.byref(count))
+    devices: list[dict[str, object]] = []
+    for index in range(count.value):
+        extensions = (query_string(handles[index], EGL_EXTENSIONS) or b"").decode().split()
+        device: dict[str, object] = {"index": index, "extensions": extensions}
+        if "EGL_EXT_device_drm" in extensions:
+            drm = query_string(handles[index], EGL_DRM_DEVICE_FILE_EXT)
+            device["drm_file"] = drm.decode() if drm else None
+        if "EGL_EXT_device_query_name" in extensions:
+            renderer = query_string(handles[index], EGL_RENDERER_EXT)
+            device["renderer"] = renderer.decode() if renderer else None
+        if "EGL_NV_device_cuda" in extensions:
+            value = ctypes.c_ssize_t(-1)
+            if query_attrib(handles[index], EGL_CUDA_DEVICE_NV, ctypes.byref(value)):
+                device["cuda_device"] = int(value.value)
+        devices.append(device)
+    return devices

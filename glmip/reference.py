@@ -1,0 +1,165 @@
+"""Pure numpy versions of glmip's GPU ops: the oracle of the tests and the no-GL fallback.
+
+Everything here computes in float64 and follows the same conventions as the GPU code
+(`glmip.pyramid`): row 0 is the image's top, level sizes follow OpenGL's floor rule,
+unorm values are value / (2^bits - 1), rounding is floor(x * scale + 0.5).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+from .pyramid import LANCZOS_A, level_sizes
+
+_UNORM_SCALE = {"uint8": 255.0, "uint16": 65535.0}
+
+
+# -- value encoding ----------------------------------------------------------------------
+def srgb_to_linear(v: np.ndarray) -> np.ndarray:
+    return np.where(v <= 0.04045, v / 12.92, ((v + 0.055) / 1.055) ** 2.4)
+
+
+def linear_to_srgb(v: np.ndarray) -> np.ndarray:
+    v = np.clip(v, 0.0, 1.0)
+    return np.where(v <= 0.0031308, 12.92 * v, 1.055 * v ** (1 / 2.4) - 0.055)
+
+
+def decode(image: np.ndarray, srgb: bool = False) -> np.ndarray:
+    """Stored values -> float64 in the filtering space (linear light when `srgb`)."""
+    if image.dtype.name == "float32":
+        return image.astype(np.float64)
+    values = image.astype(np.float64) / _UNORM_SCALE[image.dtype.name]
+    if srgb:
+        values = values.copy()
+        values[..., :3] = srgb_to_linear(values[..., :3])
+    return values
+
+
+def encode(values: np.ndarray, dtype: np.dtype | str, srgb: bool = False) -> np.ndarray:
+    """float64 values -> stored values of `dtype` (the inverse of `decode`, rounding to nearest)."""
+    dtype = np.dtype(dtype)
+    if dtype.name == "float32":
+        return values.astype(np.float32)
+    values = np.clip(values, 0.0, 1.0)
+    if srgb:
+        values = values.copy()
+        values[..., :3] = linear_to_srgb(values[..., :3])
+    return np.floor(values * _UNORM_SCALE[dtype.name] + 0.5).astype(dtype)
+
+
+# -- 1-D resampling weights --------------------------------------------------------------
+@lru_cache(maxsize=256)
+def box_weights(n_source: int, n_destination: int) -> np.ndarray:
+    """(n_destination, n_source) area weights: destination texel i averages source span
+    [i * n_source / n_destination, (i + 1) * n_source / n_destination)."""
+    edges = np.arange(n_destination + 1) * n_source / n_destination
+    lo, hi = edges[:-1, None], edges[1:, None]
+    m = np.arange(n_source)[None, :]
+    overlap = np.clip(np.minimum(hi, m + 1) - np.maximum(lo, m), 0.0, None)
+    return overlap / overlap.sum(axis=1, keepdims=True)
+
+
+def _lanczos(t: np.ndarray, a: int) -> np.ndarray:
+    return np.where(np.abs(t) < a, np.sinc(t) * np.sinc(t / a), 0.0)
+
+
+@lru_cache(maxsize=256)
+def lanczos_weights(n_source: int, n_destination: int, a: int = LANCZOS_A) -> np.ndarray:
+    """(n_destination, n_source) Lanczos-a weights scaled to the destination spacing,
+    clamp-to-edge (taps past an edge land on the edge texel), rows summing to 1."""
+    scale = n_source / n_destination
+    weights = np.zeros((n_destination, n_source))
+    for i in range(n_destination):
+        centre = (i + 0.5) * scale
+        taps = np.arange(int(np.floor(centre - a * scale)), int(np.ceil(centre + a * scale)) + 1)
+        w = _lanczos((taps + 0.5 - centre) / scale, a)
+        np.add.at(weights[i], np.clip(taps, 0, n_source - 1), w)
+    return weights / weights.sum(axis=1, keepdims=True)
+
+
+def resample(values: np.ndarray, size: tuple[int, int], weights_fn) -> np.ndarray:
+    """Separable resampling of float `HxWxC` values to `size` = (width, height)."""
+    h, w = values.shape[:2]
+    out = values
+    if size[0] != w:
+        out = np.einsum("jx,yxc->yjc", weights_fn(w, size[0]), out)
+    if size[1] != h:
+        out = np.einsum("iy,yxc->ixc", weights_fn(h, size[1]), out)
+    return out
+
+
+# -- pyramids ----------------------------------------------------------------------------
+
+
+def box_pyramid(image: np.ndarray, srgb: bool = False) -> list[np.ndarray]:
+    """Reference of method "box": every level the exact area mean of level 0 (`area_mean_level`)."""
+    linear = decode(image, srgb)
+    return [image.copy()] + [
+        encode(resample(linear, size, box_weights), image.dtype, srgb)
+        for size in level_sizes(image.shape[1], image.shape[0])[1:]
+    ]
+
+
+def lanczos_pyramid(image: np.ndarray, srgb: bool = False) -> list[np.ndarray]:
+    """Reference of method "lanczos": separable Lanczos-3, each level from the float level above."""
+    current = decode(image, srgb)
+    levels = [image.copy()]
+    for size in level_sizes(image.shape[1], image.shape[0])[1:]:
+        current = resample(current, size, lanczos_weights)  # from the unrounded level above
+        levels.append(encode(current, image.dtype, srgb))
+    return levels
+
+
+def area_mean_level(image: np.ndarray, level: int, srgb: bool = False) -> np.ndarray:
+    """Level `level` as the exact area mean of the level-0 texels each texel covers, rounded once.
+
+    Every texel of level L covers the span [i * W / w_L, (i + 1) * W / w_L) of level 0 in
+    each axis; texels partly inside count by the part inside. This is the drift yardstick.
+    """
+    size = level_sizes(image.shape[1], image.shape[0])[level]
+    return encode(resample(decode(image, srgb), size, box_weights), image.dtype, srgb)
+
+
+@lru_cache(maxsize=256)
+def bilinear_weights(n_source: int, n_destination: int) -> np.ndarray:
+    """(n_destination, n_source) weights of one bilinear tap at each destination texel's centre,
+    clamp-to-edge. On an even source this is the 2-texel box; on an odd one it skips texels."""
+    weights = np.zeros((n_destination, n_source))
+    for i in range(n_destination):
+        c = (i + 0.5) * n_source / n_destination - 0.5
+        f = int(np.floor(c))
+        t = c - f
+        weights[i, min(max(f, 0), n_source - 1)] += 1 - t
+        weights[i, min(max(f + 1, 0), n_source - 1)] += t
+    return weights
+
+
+def mip_step(level_above: np.ndarray, weights_fn=box_weights, srgb: bool = False) -> np.ndarray:
+    """One reduction of an already stored (rounded) level to the next mip size, rounded again:
+    how glGenerateMipmap builds each level from the level above. GL leaves the filter to the
+    driver: on even sizes every one averages 2x2 (`box_weights` and `bilinear_weights` agree);
+    on odd sizes Mesa takes one bilinear tap per texel (`bilinear_weights`)."""
+    h, w = level_above.shape[:2]
+    size = (max(1, w // 2), max(1, h // 2))
+    return encode(resample(decode(level_above, srgb), size, weights_fn), level_above.dtype, srgb)
+
+
+def pyramid(image: np.ndarray, method: str = "box", srgb: bool = False) -> list[np.ndarray]:
+    """Reference pyramid for `method` ("hardware" is modelled as Mesa's repeated bilinear `mip_step`)."""
+    if method == "box":
+        return box_pyramid(image, srgb)
+    if method == "lanczos":
+        return lanczos_pyramid(image, srgb)
+    if method == "hardware":
+        levels = [image.copy()]
+        for _ in level_sizes(image.shape[1], image.shape[0])[1:]:
+            levels.append(mip_step(levels[-1], bilinear_weights, srgb))
+        return levels
+    raise ValueError(f"unknown pyramid method {method!r}; choose 'hardware', 'box' or 'lanczos'")
+
+
+def lsb_error(a: np.ndarray, b: np.ndarray) -> float:
+    """Largest difference between two levels in units of the format's LSB (float32: raw units)."""
+    return float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max())

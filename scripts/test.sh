@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The test suite: lint, then every test for real on the machine's OpenGL (Mesa llvmpipe without a GPU).
+set -euo pipefail
+# shellcheck disable=SC1091
+source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
+ruff check glmip tests bench viewer
+python -m pytest -q "$@"

@@ -1,0 +1,1 @@
+"""glmip's interactive LOD viewer (GLFW); built on glmip's public API only."""
