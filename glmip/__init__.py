@@ -4,11 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .allocate import lod_map
 from .context import Context
 from .pyramid import Pyramid, PyramidMethod, level_sizes
+from .relevance import as_relevance, gaze
+from .sampling import Filter, Wrap
 
 __version__ = "0.1.0"
 
 DEFAULT_IMAGE = Path(__file__).resolve().parent / "data" / "coffee.png"
 
-__all__ = ["Context", "Pyramid", "PyramidMethod", "level_sizes", "DEFAULT_IMAGE", "__version__"]
+__all__ = [
+    "Context", "Pyramid", "PyramidMethod", "Filter", "Wrap", "level_sizes", "lod_map", "as_relevance", "gaze",
+    "DEFAULT_IMAGE", "__version__",
+]

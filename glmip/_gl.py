@@ -24,6 +24,19 @@ GL_UNPACK_ALIGNMENT = 0x0CF5
 PIXEL_FORMATS = {1: 0x1903, 2: 0x8227, 3: 0x1907, 4: 0x1908}  # GL_RED, GL_RG, GL_RGB, GL_RGBA
 PIXEL_TYPES = {"uint8": 0x1401, "uint16": 0x1403, "float32": 0x1406}
 
+GL_TEXTURE_MAG_FILTER = 0x2800
+GL_TEXTURE_MIN_FILTER = 0x2801
+GL_TEXTURE_WRAP_S = 0x2802
+GL_TEXTURE_WRAP_T = 0x2803
+GL_TEXTURE_MAX_ANISOTROPY = 0x84FE
+GL_NEAREST = 0x2600
+GL_LINEAR = 0x2601
+GL_NEAREST_MIPMAP_NEAREST = 0x2700
+GL_LINEAR_MIPMAP_LINEAR = 0x2703
+GL_CLAMP_TO_EDGE = 0x812F
+GL_REPEAT = 0x2901
+GL_MIRRORED_REPEAT = 0x8370
+
 EGL_EXTENSIONS = 0x3055
 EGL_DRM_DEVICE_FILE_EXT = 0x3233
 EGL_CUDA_DEVICE_NV = 0x323A
@@ -94,6 +107,29 @@ class GL:
             "glGetTextureImage", None, ctypes.c_uint, ctypes.c_int, ctypes.c_uint, ctypes.c_uint,
             ctypes.c_int, ctypes.c_void_p,
         )
+
+        self.glCreateSamplers = _proc(
+            "glCreateSamplers", None, ctypes.c_int, ctypes.POINTER(ctypes.c_uint)
+        )
+        self.glSamplerParameteri = _proc("glSamplerParameteri", None, ctypes.c_uint, ctypes.c_uint, ctypes.c_int)
+        self.glSamplerParameterf = _proc("glSamplerParameterf", None, ctypes.c_uint, ctypes.c_uint, ctypes.c_float)
+        self.glBindSampler = _proc("glBindSampler", None, ctypes.c_uint, ctypes.c_uint)
+        self.glDeleteSamplers = _proc("glDeleteSamplers", None, ctypes.c_int, ctypes.POINTER(ctypes.c_uint))
+
+    def create_sampler(self, min_filter: int, mag_filter: int, wrap: int, anisotropy: float) -> int:
+        """A sampler object with the given filters, the same wrap on both axes, and max anisotropy."""
+        name = ctypes.c_uint(0)
+        self.glCreateSamplers(1, ctypes.byref(name))
+        self.glSamplerParameteri(name.value, GL_TEXTURE_MIN_FILTER, min_filter)
+        self.glSamplerParameteri(name.value, GL_TEXTURE_MAG_FILTER, mag_filter)
+        self.glSamplerParameteri(name.value, GL_TEXTURE_WRAP_S, wrap)
+        self.glSamplerParameteri(name.value, GL_TEXTURE_WRAP_T, wrap)
+        self.glSamplerParameterf(name.value, GL_TEXTURE_MAX_ANISOTROPY, float(anisotropy))
+        self._check("creating a sampler")
+        return name.value
+
+    def delete_sampler(self, name: int) -> None:
+        self.glDeleteSamplers(1, ctypes.byref(ctypes.c_uint(name)))
 
     def _check(self, what: str) -> None:
         error = self.glGetError()

@@ -8,8 +8,14 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from . import DEFAULT_IMAGE, Context, PyramidMethod, __version__
-from .pictures import contact_sheet, save_png
+from .allocate import lod_map
+from .image import as_image_array
+from .pictures import contact_sheet, heat_colours, level_colours, level_legend, overlay, save_png
+from .relevance import as_relevance, gaze
+from .sampling import render
 
 
 def _print_info(info: dict, stream=sys.stdout) -> None:
@@ -55,6 +61,56 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_pair(text: str, what: str) -> tuple[float, float]:
+    try:
+        a, b = (float(v) for v in text.replace("x", ",").split(","))
+    except ValueError:
+        raise ValueError(f"{what} must be two numbers like 0.4,0.3, got {text!r}") from None
+    return a, b
+
+
+def load_relevance(path: str) -> np.ndarray:
+    """A relevance map from a .npy file or a grayscale image (scaled to [0, 1])."""
+    if path.endswith(".npy"):
+        return as_relevance(np.load(path))
+    pixels = as_image_array(path)[..., 0]
+    scale = {"uint8": 255.0, "uint16": 65535.0}.get(pixels.dtype.name, 1.0)
+    return as_relevance(pixels.astype(np.float32) / scale)
+
+
+def resize_map(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(values.astype(np.float32), mode="F").resize(size, Image.BILINEAR))
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    image = args.image or DEFAULT_IMAGE
+    if args.relevance and args.gaze:
+        raise ValueError("pass --relevance or --gaze, not both")
+    with Context(device=args.device) as ctx, ctx.pyramid(image, method=args.method, srgb=args.srgb) as pyramid:
+        size = (int(args.size[0]), int(args.size[1])) if args.size else (pyramid.width, pyramid.height)
+        if args.relevance:
+            relevance = load_relevance(args.relevance)
+        else:
+            point = parse_pair(args.gaze, "--gaze") if args.gaze else (0.5, 0.5)
+            relevance = gaze((pyramid.width, pyramid.height), point, radius=args.radius)
+        max_level = pyramid.default_max_level if args.max_level is None else args.max_level
+        lods = lod_map(relevance, max_level=max_level, gamma=args.gamma)
+        composite, used = render(pyramid, lods, size)
+        if args.mode == "lod":
+            picture = composite
+        elif args.mode == "levels":
+            legend = level_legend(pyramid.levels, 16, size[0])
+            picture = np.concatenate([level_colours(used), legend], axis=0)
+        else:
+            picture = overlay(pyramid.level(0), heat_colours(resize_map(relevance, size)))
+        out = save_png(picture, args.output)
+    print(f"{args.mode}: {size[0]}x{size[1]}, levels {float(used.min()):.2f}..{float(used.max()):.2f} "
+          f"(max level {max_level}), wrote {out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="glmip", description="GPU mipmap pyramids with OpenGL, for vision models.")
     parser.add_argument("--version", action="version", version=f"glmip {__version__}")
@@ -72,6 +128,22 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument("-o", "--output", default="glmip-levels.png", help="contact sheet PNG path")
     build.add_argument("-q", "--quiet", action="store_true", help="skip the capability report")
     build.set_defaults(run=cmd_build)
+
+    rend = commands.add_parser("render", help="the image at relevance-driven levels of detail, as a PNG")
+    rend.add_argument("image", nargs="?", help="image file (default: the bundled coffee.png)")
+    rend.add_argument("--relevance", help="relevance map: .npy or a grayscale image, any resolution")
+    rend.add_argument("--gaze", help="gaze point X,Y as fractions of width and height (default 0.5,0.5)")
+    rend.add_argument("--radius", type=float, default=0.12, help="gaze falloff, a fraction of the larger side")
+    rend.add_argument("--mode", choices=["lod", "levels", "heat"], default="lod",
+                      help="lod: the composited image; levels: false colour of the level per pixel; "
+                           "heat: the relevance over the image")
+    rend.add_argument("--max-level", type=float, default=None, help="level of relevance 0 (default min(5, last))")
+    rend.add_argument("--gamma", type=float, default=1.0, help="relevance curve exponent")
+    rend.add_argument("--method", choices=[m.value for m in PyramidMethod], default="box")
+    rend.add_argument("--srgb", action="store_true", help="filter 8-bit RGB(A) in linear light")
+    rend.add_argument("--size", type=lambda t: parse_pair(t, "--size"), help="output WIDTHxHEIGHT")
+    rend.add_argument("-o", "--output", default="glmip-render.png")
+    rend.set_defaults(run=cmd_render)
 
     args = parser.parse_args(argv)
     try:

@@ -45,6 +45,7 @@ class Context:
         self._egl_context = _gl.current_egl_context()  # creation made it current
         self._raw = _gl.GL()
         self._programs: dict[tuple[str, tuple[tuple[str, object], ...]], moderngl.ComputeShader] = {}
+        self._samplers: dict[tuple[int, int, int, float], int] = {}
         self._pyramids: weakref.WeakSet[Pyramid] = weakref.WeakSet()
         self._closed = False
 
@@ -85,6 +86,9 @@ class Context:
         for program in self._programs.values():
             program.release()
         self._programs.clear()
+        for name in self._samplers.values():
+            self._raw.delete_sampler(name)
+        self._samplers.clear()
         self._mgl.release()
         self._closed = True
 
@@ -109,6 +113,13 @@ class Context:
             except moderngl.Error as error:
                 raise RuntimeError(f"compiling shader {name} with {defines} failed:\n{error}") from error
         return self._programs[key]
+
+    def sampler(self, min_filter: int, mag_filter: int, wrap: int, anisotropy: float = 1.0) -> int:
+        """A GL sampler object with these parameters, created once per context."""
+        key = (min_filter, mag_filter, wrap, float(anisotropy))
+        if key not in self._samplers:
+            self._samplers[key] = self.raw.create_sampler(*key)
+        return self._samplers[key]
 
     # -- pyramids -----------------------------------------------------------------------
     def pyramid(self, image: Any, method: str = "hardware", srgb: bool = False) -> Pyramid:

@@ -56,3 +56,53 @@ def save_png(image: np.ndarray, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(image.squeeze(-1) if image.shape[2] == 1 else image).save(path)
     return path
+
+
+# Distinct colours for levels 0..11 (level 0 first); fractional levels blend neighbours.
+LEVEL_PALETTE = np.array([
+    (230, 25, 75), (245, 130, 48), (255, 225, 25), (60, 180, 75), (70, 240, 240), (0, 130, 200),
+    (145, 30, 180), (240, 50, 230), (128, 128, 128), (170, 110, 40), (255, 250, 200), (0, 0, 128),
+], dtype=np.float64)
+
+
+def level_colours(lod: np.ndarray) -> np.ndarray:
+    """False colour of a per-pixel LOD map (h, w): each level its palette colour, blended between levels."""
+    top = len(LEVEL_PALETTE) - 1
+    lod = np.clip(lod.astype(np.float64), 0, top)
+    lower = np.floor(lod).astype(int)
+    upper = np.minimum(lower + 1, top)
+    t = (lod - lower)[..., None]
+    return ((1 - t) * LEVEL_PALETTE[lower] + t * LEVEL_PALETTE[upper] + 0.5).astype(np.uint8)
+
+
+def level_legend(levels: int, height: int, width: int) -> np.ndarray:
+    """A strip of `levels` palette swatches labelled with their level numbers, (height, width, 3)."""
+    from PIL import Image, ImageDraw
+
+    strip = Image.new("RGB", (width, height), (32, 32, 32))
+    draw = ImageDraw.Draw(strip)
+    swatch = width / max(1, levels)
+    for level in range(levels):
+        colour = tuple(int(c) for c in LEVEL_PALETTE[min(level, len(LEVEL_PALETTE) - 1)])
+        draw.rectangle([int(level * swatch), 0, int((level + 1) * swatch) - 2, height], fill=colour)
+        draw.text((int(level * swatch) + 3, 2), str(level), fill=(0, 0, 0))
+    return np.asarray(strip)
+
+
+def heat_colours(values: np.ndarray) -> np.ndarray:
+    """A dark-blue -> red -> yellow colour ramp of values in [0, 1], (h, w, 3) uint8."""
+    stops = np.array([(0, 0, 80), (40, 40, 200), (220, 30, 30), (255, 150, 0), (255, 255, 120)], np.float64)
+    x = np.clip(values.astype(np.float64), 0, 1) * (len(stops) - 1)
+    lower = np.minimum(np.floor(x).astype(int), len(stops) - 2)
+    t = (x - lower)[..., None]
+    return ((1 - t) * stops[lower] + t * stops[lower + 1] + 0.5).astype(np.uint8)
+
+
+def overlay(image: np.ndarray, colours: np.ndarray, alpha: float = 0.55) -> np.ndarray:
+    """`colours` (h, w, 3) blended over a displayable copy of `image` (resized to match)."""
+    base = _as_rgba(to_display_uint8(image))[..., :3].astype(np.float64)
+    if base.shape[:2] != colours.shape[:2]:
+        from PIL import Image
+
+        base = np.asarray(Image.fromarray(base.astype(np.uint8)).resize(colours.shape[1::-1]), np.float64)
+    return ((1 - alpha) * base + alpha * colours + 0.5).astype(np.uint8)

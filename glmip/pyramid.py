@@ -39,7 +39,7 @@ class PyramidMethod(str, enum.Enum):
 
 
 _MODERNGL_DTYPE = {"uint8": "f1", "uint16": "nu2", "float32": "f4"}
-_ENCODE_FORMAT = {"uint8": "FORMAT_UNORM8", "uint16": "FORMAT_UNORM16", "float32": "FORMAT_FLOAT32"}
+ENCODE_FORMAT = {"uint8": "FORMAT_UNORM8", "uint16": "FORMAT_UNORM16", "float32": "FORMAT_FLOAT32"}
 LANCZOS_A = 3
 
 
@@ -56,6 +56,26 @@ def _nests(size_above: int, size: int) -> bool:
 
 def _groups(n: int, local: int) -> int:
     return (n + local - 1) // local
+
+
+def dispatch_flat(program: moderngl.ComputeShader, invocations: int, local_size: int) -> None:
+    """Run a 1-D job of `invocations` as a 2-D grid of work groups (x is capped at 65535);
+    the shader recovers its index with common.glsl's flat_invocation_index()."""
+    groups = max(1, _groups(invocations, local_size))
+    program.run(min(groups, 65535), _groups(groups, 65535))
+
+
+def encode_texels(context: Context, source: moderngl.Buffer, packed: moderngl.Buffer, texels: int,
+                  dtype: np.dtype, channels: int, srgb: bool) -> None:
+    """Pack `texels` float RGBA texels of `source` into the bytes of a `dtype` x `channels` texture
+    level in `packed` (encode.comp), ready for a pixel-unpack upload or a read-back."""
+    program = context.program("encode.comp", **{ENCODE_FORMAT[dtype.name]: 1, "CHANNELS": channels,
+                                                 "SRGB": int(srgb)})
+    count = texels * channels
+    source.bind_to_storage_buffer(0)
+    packed.bind_to_storage_buffer(1)
+    program["element_count"] = count
+    dispatch_flat(program, _groups(count * dtype.itemsize, 4), 256)
 
 
 class Pyramid:
@@ -121,9 +141,6 @@ class Pyramid:
         resample = self.context.program(
             "resample.comp", **({"FILTER_BOX": 1} if box else {"FILTER_LANCZOS": 1, "LANCZOS_A": LANCZOS_A})
         )
-        encode = self.context.program(
-            "encode.comp", **{_ENCODE_FORMAT[self.dtype.name]: 1, "CHANNELS": self.channels, "SRGB": int(self.srgb)}
-        )
         decode = self.context.program("decode.comp")
         w0, h0 = self.sizes[0]
         w1, h1 = self.sizes[1] if len(self.sizes) > 1 else (1, 1)
@@ -150,12 +167,7 @@ class Pyramid:
                     current, (sw, sh) = level0, (w0, h0)
                 current = self._resample(resample, current, scratch, (sw, sh), (w, sh), 0)
                 current = self._resample(resample, current, scratch, (w, sh), (w, h), 1)
-                count = w * h * self.channels
-                current.bind_to_storage_buffer(0)
-                packed.bind_to_storage_buffer(1)
-                encode["element_count"] = count
-                groups = _groups(_groups(count * self.dtype.itemsize, 4), 256)
-                encode.run(min(groups, 65535), _groups(groups, 65535))
+                encode_texels(self.context, current, packed, w * h, self.dtype, self.channels, self.srgb)
                 gl.memory_barrier(moderngl.PIXEL_BUFFER_BARRIER_BIT | moderngl.TEXTURE_UPDATE_BARRIER_BIT)
                 self.context.raw.upload_level_from_buffer(
                     self._texture_name, level, (w, h), self.channels, self.dtype.name, packed.glo)
@@ -220,6 +232,48 @@ class Pyramid:
             address, nbytes = result.ctypes.data, result.nbytes
         self.context.raw.read_level(self._texture_name, int(i), self.channels, self.dtype.name, address, nbytes)
         return result
+
+    @property
+    def default_max_level(self) -> int:
+        """The coarsest level relevance maps send the periphery to by default: 5 (1/32 scale) or the last."""
+        return min(5, self.levels - 1)
+
+    # -- sampling -----------------------------------------------------------------------
+    def sample(self, uv: Any, lod: Any = None, *, filter: str = "trilinear", grad: Any = None,
+               anisotropy: float = 16, lod_bias: float = 0.0, wrap: str = "clamp", out: str = "numpy") -> Any:
+        """Sample N points in one compute dispatch; returns (N, C) float32 (unorm normalised).
+
+        uv: (N, 2) in [0, 1]^2, (0, 0) the image's top-left, texel centres at (i + 0.5) / w.
+        lod: scalar or (N,) levels, fractional allowed (textureLod); or grad: (N, 2, 2) with
+        grad[:, 0] = d(uv)/dx, grad[:, 1] = d(uv)/dy (textureGrad). filter: "nearest",
+        "bilinear" (level 0 only), "trilinear", "anisotropic" (footprint assembly in the shader,
+        up to `anisotropy` taps, identical on every GPU) or "anisotropic_hw" (the texture unit's
+        own). lod_bias shifts every level; wrap: "clamp", "repeat" or "mirror".
+        """
+        self._check_open()
+        from .sampling import sample
+
+        return sample(self, uv, lod, filter=filter, grad=grad, anisotropy=anisotropy, lod_bias=lod_bias,
+                      wrap=wrap, out=out)
+
+    def render(self, lod_map: Any = None, *, relevance: Any = None, size: tuple[int, int] | None = None,
+               max_level: float | None = None, gamma: float = 1.0, lod_bias: float = 0.0) -> np.ndarray:
+        """The image composited at per-pixel levels in one pass (trilinear, seamless): the foveated picture.
+
+        Pass a LOD map (h, w) of any resolution, or a relevance map in [0, 1] turned into one by
+        `glmip.lod_map(relevance, max_level (default: min(5, last level)), gamma)`. `size` is the
+        output's (width, height), default the image's. Returns HxWxC in the image's dtype.
+        """
+        self._check_open()
+        from .allocate import lod_map as make_lod_map
+        from .sampling import render
+
+        if (lod_map is None) == (relevance is None):
+            raise ValueError("pass exactly one of lod_map or relevance")
+        if relevance is not None:
+            lod_map = make_lod_map(relevance, max_level=self.default_max_level if max_level is None else max_level,
+                                   gamma=gamma)
+        return render(self, lod_map, size, lod_bias)[0]
 
     # -- life cycle ---------------------------------------------------------------------
     @property

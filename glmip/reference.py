@@ -163,3 +163,124 @@ def pyramid(image: np.ndarray, method: str = "box", srgb: bool = False) -> list[
 def lsb_error(a: np.ndarray, b: np.ndarray) -> float:
     """Largest difference between two levels in units of the format's LSB (float32: raw units)."""
     return float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max())
+
+
+# -- sampling (OpenGL's rules) -----------------------------------------------------------
+def wrap_index(i: np.ndarray, n: int, wrap: str) -> np.ndarray:
+    """Integer texel indices wrapped as GL's CLAMP_TO_EDGE, REPEAT or MIRRORED_REPEAT do."""
+    if wrap == "clamp":
+        return np.clip(i, 0, n - 1)
+    if wrap == "repeat":
+        return np.mod(i, n)
+    if wrap == "mirror":
+        a = np.mod(i, 2 * n) - n
+        return (n - 1) - np.where(a >= 0, a, -(1 + a))
+    raise ValueError(f"unknown wrap {wrap!r}")
+
+
+def nearest_texel(level: np.ndarray, uv: np.ndarray, wrap: str = "clamp") -> np.ndarray:
+    """The texel containing each uv of float `level` (h, w, C): index floor(u * w)."""
+    h, w = level.shape[:2]
+    i = wrap_index(np.floor(uv[:, 0] * w).astype(np.int64), w, wrap)
+    j = wrap_index(np.floor(uv[:, 1] * h).astype(np.int64), h, wrap)
+    return level[j, i]
+
+
+def bilinear(level: np.ndarray, uv: np.ndarray, wrap: str = "clamp") -> np.ndarray:
+    """Bilinear filtering of float `level` (h, w, C) at uv, texel centres at (i + 0.5) / w."""
+    h, w = level.shape[:2]
+    x = uv[:, 0] * w - 0.5
+    y = uv[:, 1] * h - 0.5
+    x0, y0 = np.floor(x), np.floor(y)
+    a, b = (x - x0)[:, None], (y - y0)[:, None]
+    i0, j0 = x0.astype(np.int64), y0.astype(np.int64)
+    i0w, i1w = wrap_index(i0, w, wrap), wrap_index(i0 + 1, w, wrap)
+    j0w, j1w = wrap_index(j0, h, wrap), wrap_index(j0 + 1, h, wrap)
+    return ((1 - a) * (1 - b) * level[j0w, i0w] + a * (1 - b) * level[j0w, i1w]
+            + (1 - a) * b * level[j1w, i0w] + a * b * level[j1w, i1w])
+
+
+def lod_from_gradients(grad: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """GL's level of detail for (N, 2, 2) uv gradients on a (width, height) level 0:
+    log2 of the longer of the two footprint axes measured in level-0 texels."""
+    scale = np.array(size, dtype=np.float64)
+    rho = np.maximum(np.linalg.norm(grad[:, 0] * scale, axis=1), np.linalg.norm(grad[:, 1] * scale, axis=1))
+    with np.errstate(divide="ignore"):
+        return np.log2(rho)
+
+
+def trilinear(levels: list[np.ndarray], uv: np.ndarray, lod: np.ndarray, wrap: str = "clamp") -> np.ndarray:
+    """LINEAR_MIPMAP_LINEAR at per-point `lod` over float levels: lod <= 0 magnifies level 0,
+    lod >= the last level uses it alone, else the two levels around lod blend linearly."""
+    last = len(levels) - 1
+    lod = np.clip(np.asarray(lod, np.float64), 0.0, last)
+    lower = np.minimum(np.floor(lod).astype(np.int64), last)
+    frac = (lod - lower)[:, None]
+    out = np.zeros((uv.shape[0], levels[0].shape[2]))
+    for d in np.unique(lower):
+        m = lower == d
+        value = bilinear(levels[d], uv[m], wrap)
+        if d < last:
+            value = (1 - frac[m]) * value + frac[m] * bilinear(levels[d + 1], uv[m], wrap)
+        out[m] = value
+    return out
+
+
+def nearest(levels: list[np.ndarray], uv: np.ndarray, lod: np.ndarray, wrap: str = "clamp") -> np.ndarray:
+    """NEAREST_MIPMAP_NEAREST: level ceil(lod + 0.5) - 1 (0 up to lod 0.5), nearest texel there."""
+    lod = np.asarray(lod, np.float64)
+    level_index = np.where(lod > 0.5, np.ceil(lod + 0.5) - 1, 0).astype(np.int64)
+    level_index = np.clip(level_index, 0, len(levels) - 1)
+    out = np.zeros((uv.shape[0], levels[0].shape[2]))
+    for d in np.unique(level_index):
+        m = level_index == d
+        out[m] = nearest_texel(levels[d], uv[m], wrap)
+    return out
+
+
+def footprint_assembly(levels: list[np.ndarray], uv: np.ndarray, grad: np.ndarray, max_anisotropy: float,
+                       lod_bias: float = 0.0, wrap: str = "clamp") -> np.ndarray:
+    """glmip's shader anisotropic filter: N = min(ceil(P_max / P_min - 1e-3), max_anisotropy) trilinear
+    taps evenly spread along the footprint's major axis, each at log2(P_max / N) + bias."""
+    h, w = levels[0].shape[:2]
+    scale = np.array([w, h], dtype=np.float64)
+    len_x = np.linalg.norm(grad[:, 0] * scale, axis=1)
+    len_y = np.linalg.norm(grad[:, 1] * scale, axis=1)
+    major = np.where((len_x >= len_y)[:, None], grad[:, 0], grad[:, 1])
+    p_max, p_min = np.maximum(len_x, len_y), np.minimum(len_x, len_y)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        n = np.where(p_min > 0, np.minimum(np.ceil(p_max / p_min - 1e-3), max_anisotropy),
+                     np.where(p_max > 0, max_anisotropy, 1.0))
+    n = np.maximum(n, 1.0).astype(np.int64)
+    lod = np.log2(np.maximum(p_max / n, 1e-30)) + lod_bias
+    out = np.zeros((uv.shape[0], levels[0].shape[2]))
+    for taps in np.unique(n):
+        m = n == taps
+        for k in range(taps):
+            t = (k + 0.5) / taps - 0.5
+            out[m] += trilinear(levels, uv[m] + major[m] * t, lod[m], wrap)
+        out[m] /= taps
+    return out
+
+
+def sample(levels: list[np.ndarray], uv: np.ndarray, lod: np.ndarray | float | None = None, *,
+           filter: str = "trilinear", grad: np.ndarray | None = None, anisotropy: float = 16,
+           lod_bias: float = 0.0, wrap: str = "clamp", srgb: bool = False) -> np.ndarray:
+    """Reference of `Pyramid.sample` over stored `levels` (HxWxC each, as `Pyramid.level` gives)."""
+    decoded = [decode(level, srgb) for level in levels]
+    uv = np.asarray(uv, np.float64)
+    n = uv.shape[0]
+    h, w = levels[0].shape[:2]
+    if filter == "bilinear":
+        return bilinear(decoded[0], uv, wrap)
+    if filter == "anisotropic":
+        return footprint_assembly(decoded, uv, np.asarray(grad, np.float64), anisotropy, lod_bias, wrap)
+    if grad is not None:
+        lods = lod_from_gradients(np.asarray(grad, np.float64), (w, h)) + lod_bias
+    else:
+        lods = np.broadcast_to(np.asarray(0.0 if lod is None else lod, np.float64), (n,)) + lod_bias
+    if filter == "trilinear":
+        return trilinear(decoded, uv, lods, wrap)
+    if filter == "nearest":
+        return nearest(decoded, uv, lods, wrap)
+    raise ValueError(f"no reference for filter {filter!r}")

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
+from hypothesis import settings
 
 import glmip
+
+# CI replays the same examples every run, so a red run is reproducible from its log.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 # Tolerances the tests hold, in LSBs of the format (float32: absolute, scaled by the data's range).
 TOLERANCE_LSB = {"box": 1, "lanczos": 1, "hardware_step": 1}

@@ -13,6 +13,9 @@ def test_every_shader_file_compiles(ctx):
         "resample.comp": [{"FILTER_BOX": 1}, {"FILTER_LANCZOS": 1, "LANCZOS_A": 3}],
         "encode.comp": [{f: 1, "CHANNELS": c, "SRGB": 0} for f in ("FORMAT_UNORM8", "FORMAT_UNORM16", "FORMAT_FLOAT32")
                         for c in (1, 4)],
+        "sample.comp": [{"CHANNELS": 3}, {"CHANNELS": 1, "LOD_SOURCE_LOD": 1}, {"CHANNELS": 4, "LOD_SOURCE_GRAD": 1},
+                        {"CHANNELS": 2, "SHADER_ANISO": 1}],
+        "render.comp": [{}],
     }
     on_disk = {p.name for p in shaders.shader_dir().glob("*.comp")}
     assert on_disk == set(variants), "a shader file without a compile test"

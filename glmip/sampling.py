@@ -1,0 +1,226 @@
+"""Point and LOD sampling of a pyramid on the GPU: one compute dispatch over N points.
+
+Convention:
+    uv in [0, 1]^2 with (0, 0) the image's top-left corner and texel centres at
+    ((i + 0.5) / w, (j + 0.5) / h), as OpenGL samples; lod in levels (0 = full resolution,
+    fractional allowed); grad[:, 0] = d(uv)/dx and grad[:, 1] = d(uv)/dy; results are
+    float32 (N, C), unorm formats normalised to [0, 1], sRGB textures decoded to linear.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import TYPE_CHECKING, Any
+
+import moderngl
+import numpy as np
+
+from . import _gl
+from .pyramid import dispatch_flat, encode_texels
+
+if TYPE_CHECKING:
+    from .pyramid import Pyramid  # noqa: F401
+
+
+class Filter(str, enum.Enum):
+    NEAREST = "nearest"  # nearest texel of the nearest level
+    BILINEAR = "bilinear"  # level 0 only
+    TRILINEAR = "trilinear"  # bilinear on the two levels around the LOD, blended
+    ANISOTROPIC = "anisotropic"  # footprint assembly in the shader: same result on every GPU
+    ANISOTROPIC_HW = "anisotropic_hw"  # the texture unit's own anisotropic filter (vendor-defined)
+
+
+class Wrap(str, enum.Enum):
+    CLAMP = "clamp"
+    REPEAT = "repeat"
+    MIRROR = "mirror"
+
+
+_MIN_MAG = {
+    Filter.NEAREST: (_gl.GL_NEAREST_MIPMAP_NEAREST, _gl.GL_NEAREST),
+    Filter.BILINEAR: (_gl.GL_LINEAR, _gl.GL_LINEAR),
+    Filter.TRILINEAR: (_gl.GL_LINEAR_MIPMAP_LINEAR, _gl.GL_LINEAR),
+    Filter.ANISOTROPIC: (_gl.GL_LINEAR_MIPMAP_LINEAR, _gl.GL_LINEAR),
+    Filter.ANISOTROPIC_HW: (_gl.GL_LINEAR_MIPMAP_LINEAR, _gl.GL_LINEAR),
+}
+_WRAP = {Wrap.CLAMP: _gl.GL_CLAMP_TO_EDGE, Wrap.REPEAT: _gl.GL_REPEAT, Wrap.MIRROR: _gl.GL_MIRRORED_REPEAT}
+_LOCAL = 64
+
+
+def parse_enum(kind: type[enum.Enum], value: Any, what: str) -> Any:
+    try:
+        return kind(value)
+    except ValueError:
+        names = ", ".join(repr(m.value) for m in kind)
+        raise ValueError(f"unknown {what} {value!r}; choose one of {names}") from None
+
+
+def as_float_array(values: Any, what: str, shape_tail: tuple[int, ...]) -> np.ndarray:
+    """`values` (numpy, torch or nested lists) as a C-contiguous float32 array of shape (N, *shape_tail)."""
+    if hasattr(values, "detach"):
+        values = values.detach().cpu().numpy()
+    array = np.asarray(values)
+    if array.dtype.kind not in "fiu":
+        raise TypeError(f"{what} must be a float array, got dtype {array.dtype}")
+    array = np.ascontiguousarray(array, dtype=np.float32)
+    if array.ndim != 1 + len(shape_tail) or array.shape[1:] != shape_tail:
+        expected = "(N, " + ", ".join(map(str, shape_tail)) + ")" if shape_tail else "(N,)"
+        raise ValueError(f"{what} must have shape {expected}, got {array.shape}")
+    if not np.isfinite(array).all():
+        raise ValueError(f"{what} holds NaN or infinite values")
+    return array
+
+
+def as_lod_map(lod_map: Any) -> np.ndarray:
+    """A per-pixel LOD map (numpy or torch, h x w, finite) as C-contiguous float32."""
+    if hasattr(lod_map, "detach"):
+        lod_map = lod_map.detach().cpu().numpy()
+    array = np.asarray(lod_map)
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[..., 0]
+    if array.ndim != 2 or array.size == 0:
+        raise ValueError(f"a LOD map must be a non-empty 2-D (h, w) array, got shape {array.shape}")
+    if array.dtype.kind not in "fiu":
+        raise TypeError(f"a LOD map must hold numbers, got dtype {array.dtype}")
+    array = np.ascontiguousarray(array, dtype=np.float32)
+    if not np.isfinite(array).all():
+        raise ValueError("the LOD map holds NaN or infinite values")
+    return array
+
+
+def sample(pyramid: Pyramid, uv: Any, lod: Any = None, *, filter: str | Filter = "trilinear", grad: Any = None,
+           anisotropy: float = 16, lod_bias: float = 0.0, wrap: str | Wrap = "clamp", out: str = "numpy") -> Any:
+    """Sample `pyramid` at N points; see `Pyramid.sample` for the arguments. Returns (N, C) float32."""
+    mode = parse_enum(Filter, filter, "filter")
+    wrap_mode = parse_enum(Wrap, wrap, "wrap mode")
+    if out not in ("numpy", "torch"):
+        raise ValueError(f"out must be 'numpy' or 'torch', got {out!r}")
+    points = as_float_array(uv, "uv", (2,))
+    n = points.shape[0]
+    if not np.isfinite(lod_bias):
+        raise ValueError(f"lod_bias must be finite, got {lod_bias}")
+    if lod is not None and grad is not None:
+        raise ValueError("pass either lod (explicit levels) or grad (uv gradients), not both")
+    if mode is Filter.BILINEAR and (lod is not None or grad is not None or lod_bias != 0.0):
+        raise ValueError("filter 'bilinear' samples level 0 only; use 'trilinear' with lod or grad for other levels")
+    if mode in (Filter.ANISOTROPIC, Filter.ANISOTROPIC_HW) and grad is None:
+        raise ValueError(f"filter {mode.value!r} needs grad, the (N, 2, 2) uv gradients that shape the footprint")
+    max_aniso = float(pyramid.context.gl.max_anisotropy)
+    if not 1.0 <= float(anisotropy) <= max_aniso:
+        raise ValueError(f"anisotropy must be within 1..{max_aniso:g} on this device, got {anisotropy}")
+
+    defines: dict[str, object] = {"CHANNELS": pyramid.channels}
+    extra: np.ndarray | None = None
+    if grad is not None:
+        extra = as_float_array(grad, "grad", (2, 2)).reshape(n, 4)
+        defines["SHADER_ANISO" if mode is Filter.ANISOTROPIC else "LOD_SOURCE_GRAD"] = 1
+    elif mode is not Filter.BILINEAR:
+        lods = np.asarray(lod if lod is not None else 0.0, dtype=np.float32)
+        if lods.ndim == 0:
+            lods = np.full(n, lods, np.float32)
+        extra = as_float_array(lods, "lod", ())
+        if extra.shape[0] != n:
+            raise ValueError(f"lod must be a scalar or have one value per point ({n}), got {extra.shape[0]}")
+        defines["LOD_SOURCE_LOD"] = 1
+
+    ctx = pyramid.context
+    result_shape = (n, pyramid.channels)
+    if out == "torch":
+        import torch
+
+        result = torch.empty(result_shape, dtype=torch.float32)
+        target = result.numpy()
+    else:
+        result = target = np.empty(result_shape, np.float32)
+    if n == 0:
+        return result
+    hw_aniso = float(anisotropy) if mode is Filter.ANISOTROPIC_HW else 1.0
+    sampler = ctx.sampler(*_MIN_MAG[mode], _WRAP[wrap_mode], hw_aniso)
+    program = ctx.program("sample.comp", **defines)
+    gl = ctx.gl
+    buffers = [gl.buffer(points)]
+    try:
+        if extra is not None:
+            buffers.append(gl.buffer(extra))
+        samples = gl.buffer(reserve=target.nbytes)
+        buffers.append(samples)
+        for binding, buffer in enumerate(buffers[:-1]):
+            buffer.bind_to_storage_buffer(binding)
+        samples.bind_to_storage_buffer(2)
+        _bind_texture(ctx, pyramid, sampler, program)
+        program["point_count"] = n
+        _set_if_used(program, "lod_bias", float(lod_bias))
+        _set_if_used(program, "max_anisotropy", float(anisotropy))
+        _set_if_used(program, "texture_size", (float(pyramid.width), float(pyramid.height)))
+        dispatch_flat(program, n, _LOCAL)
+        gl.memory_barrier(moderngl.BUFFER_UPDATE_BARRIER_BIT)
+        ctx.raw.glBindSampler(0, 0)
+        samples.read_into(target)
+    finally:
+        for buffer in buffers:
+            buffer.release()
+    return result
+
+
+def _bind_texture(ctx: Any, pyramid: Pyramid, sampler: int, program: moderngl.ComputeShader) -> None:
+    pyramid.texture.use(0)
+    ctx.raw.glBindSampler(0, sampler)
+    program["image"] = 0
+
+
+def _set_if_used(program: moderngl.ComputeShader, name: str, value: object) -> None:
+    """Set a uniform the compiler kept (a variant may not use it)."""
+    try:
+        program[name] = value
+    except KeyError:
+        pass
+
+
+def render(pyramid: Pyramid, lod_map: np.ndarray, size: tuple[int, int] | None = None,
+           lod_bias: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Composite the image at per-pixel LODs in one pass: each output pixel samples `lod_map`
+    bilinearly at its centre and the pyramid trilinearly at that level (no seams between levels).
+
+    `lod_map` is a float (h, w) map of any resolution; `size` = (width, height) of the result,
+    default the image's. Returns (image HxWxC in the pyramid's dtype, LOD used per pixel HxW).
+    """
+    lods = as_lod_map(lod_map)
+    width, height = size or (pyramid.width, pyramid.height)
+    if not (isinstance(width, (int, np.integer)) and isinstance(height, (int, np.integer)) and width > 0
+            and height > 0):
+        raise ValueError(f"size must be two positive ints (width, height), got {size!r}")
+    ctx = pyramid.context
+    gl = ctx.gl
+    channels, dtype = pyramid.channels, pyramid.dtype
+    render_program = ctx.program("render.comp")
+    image = np.empty((height, width, channels), dtype)
+    used = np.empty((height, width), np.float32)
+    resources: list[Any] = []
+    try:
+        lod_texture = gl.texture((lods.shape[1], lods.shape[0]), 1, lods, dtype="f4")
+        resources.append(lod_texture)
+        lod_texture.filter = (moderngl.LINEAR, moderngl.LINEAR)
+        lod_texture.repeat_x = lod_texture.repeat_y = False
+        colour = gl.buffer(reserve=width * height * 16)
+        lod_out = gl.buffer(reserve=width * height * 4)
+        packed = gl.buffer(reserve=-(-image.nbytes // 4) * 4)
+        resources += [colour, lod_out, packed]
+        _bind_texture(ctx, pyramid, ctx.sampler(*_MIN_MAG[Filter.TRILINEAR], _gl.GL_CLAMP_TO_EDGE), render_program)
+        lod_texture.use(1)
+        render_program["lod_map"] = 1
+        render_program["size"] = (width, height)
+        render_program["lod_bias"] = float(lod_bias)
+        colour.bind_to_storage_buffer(0)
+        lod_out.bind_to_storage_buffer(1)
+        render_program.run(-(-width // 16), -(-height // 16))
+        gl.memory_barrier(moderngl.SHADER_STORAGE_BARRIER_BIT)
+        ctx.raw.glBindSampler(0, 0)
+        encode_texels(ctx, colour, packed, width * height, dtype, channels, pyramid.srgb)
+        gl.memory_barrier(moderngl.BUFFER_UPDATE_BARRIER_BIT)
+        packed.read_into(image, size=image.nbytes)
+        lod_out.read_into(used)
+    finally:
+        for resource in resources:
+            resource.release()
+    return image, used
+

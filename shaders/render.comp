@@ -1,0 +1,22 @@
+// The LOD-composited ("foveated") image: every output pixel reads its level from the LOD map
+// (bilinear, at the pixel's centre) and samples the pyramid trilinearly at that level, so
+// neighbouring pixels at neighbouring levels blend without seams.
+layout(local_size_x = 16, local_size_y = 16) in;
+
+uniform sampler2D image;
+uniform sampler2D lod_map;
+uniform ivec2 size;
+uniform float lod_bias;
+
+layout(std430, binding = 0) writeonly buffer Colour { vec4 colour[]; };
+layout(std430, binding = 1) writeonly buffer Lod { float lod_used[]; };
+
+void main() {
+    ivec2 p = ivec2(gl_GlobalInvocationID.xy);
+    if (any(greaterThanEqual(p, size))) return;
+    vec2 uv = (vec2(p) + 0.5) / vec2(size);
+    float lod = textureLod(lod_map, uv, 0.0).r + lod_bias;
+    uint i = uint(p.y * size.x + p.x);
+    colour[i] = textureLod(image, uv, lod);
+    lod_used[i] = clamp(lod, 0.0, float(textureQueryLevels(image) - 1));
+}
