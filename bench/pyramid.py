@@ -246,20 +246,18 @@ def format_cell(result: dict[str, Any] | None) -> str:
     return f"{text} ({ratio:.2f}×)" if ratio is not None else text
 
 
-def markdown_table(report: dict[str, Any]) -> str:
-    """Rows: method; columns: one per size with "median ms (ratio vs avg_pool2d)"."""
+def markdown_table(report: dict[str, Any], column: str = "median ms (× avg_pool2d)",
+                   cell_text: Callable[[dict[str, Any] | None], str] = format_cell) -> str:
+    """Rows: method; columns: one per size, each cell `cell_text(result)` under "<size>² <column>"."""
     sizes = sorted({r["size"] for r in report["results"]})
     methods = list(dict.fromkeys(r["method"] for r in report["results"]))
     cell = {(r["size"], r["method"]): r for r in report["results"]}
     lines = [
-        "| method | " + " | ".join(f"{s}² median ms (× avg_pool2d)" for s in sizes) + " |",
+        "| method | " + " | ".join(f"{s}² {column}" for s in sizes) + " |",
         "|---|" + "---:|" * len(sizes),
     ]
     for method in methods:
-        cells = []
-        for size in sizes:
-            cells.append(format_cell(cell.get((size, method))))
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines.append(f"| {method} | " + " | ".join(cell_text(cell.get((s, method))) for s in sizes) + " |")
     return "\n".join(lines)
 
 
