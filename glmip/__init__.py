@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .allocate import lod_map
+from .allocate import TokenLayout, allocate, lod_map
 from .context import Context
 from .pyramid import Pyramid, PyramidMethod, level_sizes
 from .relevance import as_relevance, gaze
@@ -15,6 +15,6 @@ __version__ = "0.1.0"
 DEFAULT_IMAGE = Path(__file__).resolve().parent / "data" / "coffee.png"
 
 __all__ = [
-    "Context", "Pyramid", "PyramidMethod", "Filter", "Wrap", "level_sizes", "lod_map", "as_relevance", "gaze",
-    "DEFAULT_IMAGE", "__version__",
+    "Context", "Pyramid", "PyramidMethod", "Filter", "Wrap", "TokenLayout", "allocate", "level_sizes", "lod_map",
+    "as_relevance", "gaze", "DEFAULT_IMAGE", "__version__",
 ]

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from . import DEFAULT_IMAGE, Context, PyramidMethod, __version__
-from .allocate import lod_map
+from .allocate import allocate, lod_map
 from .image import as_image_array
 from .pictures import contact_sheet, heat_colours, level_colours, level_legend, overlay, save_png
 from .relevance import as_relevance, gaze
@@ -84,17 +84,37 @@ def resize_map(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(values.astype(np.float32), mode="F").resize(size, Image.BILINEAR))
 
 
-def cmd_render(args: argparse.Namespace) -> int:
-    image = args.image or DEFAULT_IMAGE
+def relevance_from_args(args: argparse.Namespace, size: tuple[int, int]) -> np.ndarray:
+    """The relevance map a command was given: --relevance FILE, else a --gaze point (default the centre)."""
     if args.relevance and args.gaze:
         raise ValueError("pass --relevance or --gaze, not both")
+    if args.relevance:
+        return load_relevance(args.relevance)
+    point = parse_pair(args.gaze, "--gaze") if args.gaze else (0.5, 0.5)
+    return gaze(size, point, radius=args.radius)
+
+
+def add_relevance_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--relevance", help="relevance map: .npy or a grayscale image, any resolution")
+    parser.add_argument("--gaze", help="gaze point X,Y as fractions of width and height (default 0.5,0.5)")
+    parser.add_argument("--radius", type=float, default=0.12, help="gaze falloff, a fraction of the larger side")
+
+
+def cmd_tokens(args: argparse.Namespace) -> int:
+    pixels = as_image_array(args.image or DEFAULT_IMAGE)
+    size = (pixels.shape[1], pixels.shape[0])
+    layout = allocate(relevance_from_args(args, size), budget=args.budget, patch=args.patch, image_size=size)
+    out = save_png(layout.draw(pixels), args.output)
+    counts = ", ".join(f"level {lvl}: {n}" for lvl, n in enumerate(np.bincount(layout.level)) if n)
+    print(f"{len(layout)} tokens of {args.patch}x{args.patch} samples (budget {args.budget}): {counts}; wrote {out}")
+    return 0
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    image = args.image or DEFAULT_IMAGE
     with Context(device=args.device) as ctx, ctx.pyramid(image, method=args.method, srgb=args.srgb) as pyramid:
         size = (int(args.size[0]), int(args.size[1])) if args.size else (pyramid.width, pyramid.height)
-        if args.relevance:
-            relevance = load_relevance(args.relevance)
-        else:
-            point = parse_pair(args.gaze, "--gaze") if args.gaze else (0.5, 0.5)
-            relevance = gaze((pyramid.width, pyramid.height), point, radius=args.radius)
+        relevance = relevance_from_args(args, (pyramid.width, pyramid.height))
         max_level = pyramid.default_max_level if args.max_level is None else args.max_level
         lods = lod_map(relevance, max_level=max_level, gamma=args.gamma)
         composite, used = render(pyramid, lods, size)
@@ -131,9 +151,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rend = commands.add_parser("render", help="the image at relevance-driven levels of detail, as a PNG")
     rend.add_argument("image", nargs="?", help="image file (default: the bundled coffee.png)")
-    rend.add_argument("--relevance", help="relevance map: .npy or a grayscale image, any resolution")
-    rend.add_argument("--gaze", help="gaze point X,Y as fractions of width and height (default 0.5,0.5)")
-    rend.add_argument("--radius", type=float, default=0.12, help="gaze falloff, a fraction of the larger side")
+    add_relevance_arguments(rend)
     rend.add_argument("--mode", choices=["lod", "levels", "heat"], default="lod",
                       help="lod: the composited image; levels: false colour of the level per pixel; "
                            "heat: the relevance over the image")
@@ -144,6 +162,14 @@ def main(argv: list[str] | None = None) -> int:
     rend.add_argument("--size", type=lambda t: parse_pair(t, "--size"), help="output WIDTHxHEIGHT")
     rend.add_argument("-o", "--output", default="glmip-render.png")
     rend.set_defaults(run=cmd_render)
+
+    tokens = commands.add_parser("tokens", help="split an image into a token budget by relevance; draw the layout")
+    tokens.add_argument("image", nargs="?", help="image file (default: the bundled coffee.png)")
+    add_relevance_arguments(tokens)
+    tokens.add_argument("--budget", type=int, default=256, help="most tokens to use")
+    tokens.add_argument("--patch", type=int, default=16, help="samples per token side")
+    tokens.add_argument("-o", "--output", default="glmip-layout.png")
+    tokens.set_defaults(run=cmd_tokens)
 
     args = parser.parse_args(argv)
     try:
