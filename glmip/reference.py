@@ -284,3 +284,19 @@ def sample(levels: list[np.ndarray], uv: np.ndarray, lod: np.ndarray | float | N
     if filter == "nearest":
         return nearest(decoded, uv, lods, wrap)
     raise ValueError(f"no reference for filter {filter!r}")
+
+
+def tokens(levels: list[np.ndarray], cx: np.ndarray, cy: np.ndarray, size: np.ndarray, level: np.ndarray,
+           patch: int, srgb: bool = False) -> np.ndarray:
+    """Reference of `Pyramid.tokens`: (N, C, patch, patch) trilinear samples at the centres of a
+    patch x patch grid over each token's square, at the token's level."""
+    h, w = levels[0].shape[:2]
+    offsets = (np.arange(patch) + 0.5) / patch - 0.5
+    gx, gy = np.meshgrid(offsets, offsets)  # row-major: gy varies down the rows
+    px = np.asarray(cx, np.float64)[:, None] + gx.ravel()[None, :] * np.asarray(size, np.float64)[:, None]
+    py = np.asarray(cy, np.float64)[:, None] + gy.ravel()[None, :] * np.asarray(size, np.float64)[:, None]
+    uv = np.stack([px.ravel() / w, py.ravel() / h], axis=1)
+    lod = np.repeat(np.asarray(level, np.float64), patch * patch)
+    values = trilinear([decode(lv, srgb) for lv in levels], uv, lod)
+    n, c = len(cx), levels[0].shape[2]
+    return values.reshape(n, patch, patch, c).transpose(0, 3, 1, 2)

@@ -162,6 +162,58 @@ def sample(pyramid: Pyramid, uv: Any, lod: Any = None, *, filter: str | Filter =
     return result
 
 
+def tokens(pyramid: Pyramid, layout: Any, patch: int | None = None, filter: str | Filter = "trilinear",
+           lod_bias: float = 0.0) -> Any:
+    """Every token of `layout` as a patch x patch sample grid at its level: torch (N, C, patch, patch).
+
+    One dispatch writes all tokens into one GL buffer, read back straight into the tensor's memory.
+    `layout` is a `TokenLayout` (or anything with cx, cy, size, level arrays in level-0 pixels);
+    levels may be fractional. `patch` defaults to the layout's.
+    """
+    import torch
+
+    mode = parse_enum(Filter, filter, "filter")
+    if mode not in (Filter.TRILINEAR, Filter.ANISOTROPIC):
+        raise ValueError(f"tokens are sampled with 'trilinear' or 'anisotropic', got {mode.value!r}")
+    patch = int(getattr(layout, "patch", 0) if patch is None else patch)
+    if patch < 1:
+        raise ValueError(f"patch must be a positive int, got {patch}")
+    if not np.isfinite(lod_bias):
+        raise ValueError(f"lod_bias must be finite, got {lod_bias}")
+    table = np.ascontiguousarray(np.stack([np.asarray(layout.cx), np.asarray(layout.cy), np.asarray(layout.size),
+                                           np.asarray(layout.level)], axis=1), dtype=np.float32)
+    if not np.isfinite(table).all() or (table[:, 2] <= 0).any():
+        raise ValueError("token centres, sizes and levels must be finite and sizes positive")
+    n = table.shape[0]
+    result = torch.empty((n, pyramid.channels, patch, patch), dtype=torch.float32)
+    if n == 0:
+        return result
+    ctx = pyramid.context
+    defines: dict[str, object] = {"CHANNELS": pyramid.channels}
+    if mode is Filter.ANISOTROPIC:
+        defines["SHADER_ANISO"] = 1
+    program = ctx.program("tokens.comp", **defines)
+    gl = ctx.gl
+    buffers = [gl.buffer(table), gl.buffer(reserve=result.numel() * 4)]
+    try:
+        buffers[0].bind_to_storage_buffer(0)
+        buffers[1].bind_to_storage_buffer(2)
+        _bind_texture(ctx, pyramid, ctx.sampler(*_MIN_MAG[Filter.TRILINEAR], _gl.GL_CLAMP_TO_EDGE), program)
+        program["token_count"] = n
+        program["patch_size"] = patch
+        program["texture_size"] = (float(pyramid.width), float(pyramid.height))
+        program["lod_bias"] = float(lod_bias)
+        _set_if_used(program, "max_anisotropy", float(ctx.gl.max_anisotropy))
+        dispatch_flat(program, n * patch * patch, _LOCAL)
+        gl.memory_barrier(moderngl.BUFFER_UPDATE_BARRIER_BIT)
+        ctx.raw.glBindSampler(0, 0)
+        buffers[1].read_into(result.numpy())
+    finally:
+        for buffer in buffers:
+            buffer.release()
+    return result
+
+
 def _bind_texture(ctx: Any, pyramid: Pyramid, sampler: int, program: moderngl.ComputeShader) -> None:
     pyramid.texture.use(0)
     ctx.raw.glBindSampler(0, sampler)

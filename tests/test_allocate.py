@@ -124,3 +124,42 @@ def test_cli_tokens(tmp_path):
                              "-o", str(out)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "tokens of 16x16 samples (budget 100)" in result.stdout and out.exists()
+
+
+def test_tokens_match_reference_and_cover_the_layout(ctx):
+    from conftest import random_image
+
+    from glmip import reference
+
+    rng = np.random.default_rng(4)
+    image = random_image(rng, 150, 211, 3, "uint8")
+    layout = allocate(glmip.gaze((211, 150), (0.3, 0.6)), budget=60, patch=8)
+    with ctx.pyramid(image, method="box") as p:
+        got = p.tokens(layout)
+        assert got.shape == (len(layout), 3, 8, 8) and got.dtype == torch.float32
+        levels = [p.level(i) for i in range(p.levels)]
+        expected = reference.tokens(levels, layout.cx, layout.cy, layout.size, layout.level, 8)
+        assert np.abs(got.numpy() - expected).max() * 255 <= 2
+        aniso = p.tokens(layout, filter="anisotropic")
+        assert np.abs(aniso.numpy() - got.numpy()).max() * 255 <= 2, "square footprints: one tap"
+        fractional = p.tokens(layout, lod_bias=0.5)
+        expected_half = reference.tokens(levels, layout.cx, layout.cy, layout.size, layout.level + 0.5, 8)
+        assert np.abs(fractional.numpy() - expected_half).max() * 255 <= 2
+
+
+def test_level0_token_reproduces_the_pixels(ctx):
+    image = np.random.default_rng(5).integers(0, 256, (32, 32, 1), dtype=np.uint8)
+    layout = allocate(np.ones((2, 2), np.float32), budget=4, patch=16, image_size=(32, 32), max_level=0)
+    with ctx.pyramid(image, method="box") as p:
+        got = p.tokens(layout).numpy()
+    assert np.abs(got[0, 0] * 255 - image[:16, :16, 0]).max() <= 0.5
+    assert np.abs(got[3, 0] * 255 - image[16:, 16:, 0]).max() <= 0.5
+
+
+def test_bad_token_arguments(ctx):
+    layout = allocate(np.ones((2, 2), np.float32), budget=4, patch=4, image_size=(8, 8))
+    with ctx.pyramid(np.zeros((8, 8, 1), np.uint8)) as p:
+        with pytest.raises(ValueError, match="'trilinear' or 'anisotropic'"):
+            p.tokens(layout, filter="nearest")
+        with pytest.raises(ValueError, match="patch must be"):
+            p.tokens(layout, patch=0)

@@ -16,6 +16,7 @@ def test_every_shader_file_compiles(ctx):
         "sample.comp": [{"CHANNELS": 3}, {"CHANNELS": 1, "LOD_SOURCE_LOD": 1}, {"CHANNELS": 4, "LOD_SOURCE_GRAD": 1},
                         {"CHANNELS": 2, "SHADER_ANISO": 1}],
         "render.comp": [{}],
+        "tokens.comp": [{"CHANNELS": 3}, {"CHANNELS": 4, "SHADER_ANISO": 1}],
     }
     on_disk = {p.name for p in shaders.shader_dir().glob("*.comp")}
     assert on_disk == set(variants), "a shader file without a compile test"
