@@ -220,18 +220,15 @@ class Pyramid:
             raise ValueError(f"level {i} does not exist; this pyramid has levels 0..{self.levels - 1}")
         if out not in ("numpy", "torch"):
             raise ValueError(f"out must be 'numpy' or 'torch', got {out!r}")
-        w, h = self.sizes[i]
-        shape = (h, w, self.channels)
         if out == "torch":
-            import torch
+            from .bridge import level_to_tensor
 
-            result = torch.empty(shape, dtype=getattr(torch, self.dtype.name))
-            address, nbytes = result.data_ptr(), result.numel() * result.element_size()
-        else:
-            result = np.empty(shape, dtype=self.dtype)
-            address, nbytes = result.ctypes.data, result.nbytes
-        self.context.raw.read_level(self._texture_name, int(i), self.channels, self.dtype.name, address, nbytes)
-        return result
+            return level_to_tensor(self, int(i)).tensor
+        w, h = self.sizes[i]
+        array = np.empty((h, w, self.channels), dtype=self.dtype)
+        self.context.raw.read_level(self._texture_name, int(i), self.channels, self.dtype.name, array.ctypes.data,
+                                    array.nbytes)
+        return array
 
     @property
     def default_max_level(self) -> int:

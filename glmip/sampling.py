@@ -16,6 +16,7 @@ import moderngl
 import numpy as np
 
 from . import _gl
+from .bridge import buffer_to_tensor
 from .pyramid import dispatch_flat, encode_texels
 
 if TYPE_CHECKING:
@@ -185,16 +186,16 @@ def tokens(pyramid: Pyramid, layout: Any, patch: int | None = None, filter: str 
     if not np.isfinite(table).all() or (table[:, 2] <= 0).any():
         raise ValueError("token centres, sizes and levels must be finite and sizes positive")
     n = table.shape[0]
-    result = torch.empty((n, pyramid.channels, patch, patch), dtype=torch.float32)
+    shape = (n, pyramid.channels, patch, patch)
     if n == 0:
-        return result
+        return torch.empty(shape, dtype=torch.float32)
     ctx = pyramid.context
     defines: dict[str, object] = {"CHANNELS": pyramid.channels}
     if mode is Filter.ANISOTROPIC:
         defines["SHADER_ANISO"] = 1
     program = ctx.program("tokens.comp", **defines)
     gl = ctx.gl
-    buffers = [gl.buffer(table), gl.buffer(reserve=result.numel() * 4)]
+    buffers = [gl.buffer(table), gl.buffer(reserve=int(np.prod(shape)) * 4)]
     try:
         buffers[0].bind_to_storage_buffer(0)
         buffers[1].bind_to_storage_buffer(2)
@@ -207,11 +208,10 @@ def tokens(pyramid: Pyramid, layout: Any, patch: int | None = None, filter: str 
         dispatch_flat(program, n * patch * patch, _LOCAL)
         gl.memory_barrier(moderngl.BUFFER_UPDATE_BARRIER_BIT)
         ctx.raw.glBindSampler(0, 0)
-        buffers[1].read_into(result.numpy())
+        return buffer_to_tensor(buffers[1], shape).tensor
     finally:
         for buffer in buffers:
             buffer.release()
-    return result
 
 
 def _bind_texture(ctx: Any, pyramid: Pyramid, sampler: int, program: moderngl.ComputeShader) -> None:
