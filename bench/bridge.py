@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import statistics
 import sys
 import time
@@ -26,7 +25,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
 import glmip  # noqa: E402
-from bench.pyramid import device_slug  # noqa: E402
+from bench.pyramid import write_report  # noqa: E402
 from glmip.bridge import buffer_to_tensor, writable_view  # noqa: E402
 
 
@@ -72,9 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     for r in results:
         print(f"| {r['mib']} | {r['readback_gib_per_s']:.2f} | {r['readback_into_existing_gib_per_s']:.2f} | "
               f"{r['memcpy_gib_per_s']:.2f} | {r['into_existing_vs_memcpy']:.2f} |")
-    out = Path(args.out or Path(__file__).parent / "results" / f"bridge-{device_slug(renderer)}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1) + "\n")
+    out = write_report(report, "bridge", args.out)
     print(f"wrote {out}")
 
 

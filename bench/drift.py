@@ -13,15 +13,17 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
-import re
+import sys
 from pathlib import Path
 
 import numpy as np
 
-import glmip
-from glmip import reference
-from glmip.image import as_image_array
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
+
+import glmip  # noqa: E402
+from bench.pyramid import write_report  # noqa: E402
+from glmip import reference  # noqa: E402
+from glmip.image import as_image_array  # noqa: E402
 
 
 def measure(ctx: glmip.Context, image: np.ndarray) -> dict[str, dict[str, list[float]]]:
@@ -55,10 +57,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"\n{name}: max |level - exact area mean| in LSB, levels 0..")
         for method, figures in methods.items():
             print(f"  {method:<9} " + " ".join(f"{v:3.0f}" for v in figures["max_lsb"]))
-    slug = re.sub(r"[^a-z0-9]+", "-", renderer.lower().split("(")[0]).strip("-")
-    out = Path(args.out or Path(__file__).parent / "results" / f"drift-{slug}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1) + "\n")
+    out = write_report(report, "drift", args.out)
     print(f"\nwrote {out}")
 
 

@@ -183,6 +183,15 @@ def device_slug(renderer: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", words).strip("-") or platform.node()
 
 
+def write_report(report: dict[str, Any], name: str, out: str | Path | None = None) -> Path:
+    """Write `report` as JSON to `out`, default bench/results/<name>-<device slug>.json; returns the path."""
+    default = Path(__file__).resolve().parent / "results" / f"{name}-{device_slug(report['device'])}.json"
+    path = Path(out) if out else default
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    return path
+
+
 # -- running ------------------------------------------------------------------------------
 def cases(ctx: glmip.Context, image: np.ndarray, family: str) -> list[tuple[str, str, Timed]]:
     """(method name, device family, timed callable) for every method; avg_pool2d first."""
@@ -277,9 +286,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.repeats < 1 or any(s < 1 for s in args.sizes):
         raise SystemExit("--repeats and --sizes must be positive")
     report = run(args.sizes, args.repeats, args.budget_s)
-    out = args.out or Path(__file__).resolve().parent / "results" / f"pyramid-{device_slug(report['device'])}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    out = write_report(report, "pyramid", args.out)
     print(f"\ndevice: {report['device']}   torch: {report['torch_device']}   repeats: {report['repeats']}")
     if report["reduced_repeats"]:
         print("fewer repeats (budget): " + ", ".join(report["reduced_repeats"]))

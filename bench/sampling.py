@@ -66,7 +66,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import math
 import platform
 import statistics
@@ -85,13 +84,13 @@ import glmip  # noqa: E402
 from bench.pyramid import (  # noqa: E402
     Timed,
     avg_pool_pyramid,
-    device_slug,
     level_count,
     markdown_table,
     measure,
     random_image,
     to_nchw,
     torch_device_label,
+    write_report,
 )
 
 ANISOTROPY = 16
@@ -448,9 +447,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.repeats < 1 or args.points < 1 or args.check_points < 1 or any(s < 2 for s in args.sizes):
         raise SystemExit("--repeats, --points and --check-points must be positive, --sizes at least 2")
     report = run(args.sizes, args.points, min(args.check_points, args.points), args.repeats, args.budget_s)
-    out = args.out or Path(__file__).resolve().parent / "results" / f"sampling-{device_slug(report['device'])}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    out = write_report(report, "sampling", args.out)
     print(f"\ndevice: {report['device']}   torch peer: {report['peer_device']} ({report['torch_device']})   "
           f"points: {report['points']:,}   repeats: {report['repeats']}")
     print("mean anisotropic taps: " + ", ".join(f"{s}²: {t:.2f}" for s, t in report["mean_taps"].items()))
