@@ -131,9 +131,9 @@ def allocate(relevance: Any, budget: int = 256, patch: int = 16, min_level: int 
     def score(x: int, y: int, level: int) -> float:
         side = patch << level
         x1, y1 = min(x + side, width), min(y + side, height)
-        c0, c1 = int(np.floor(x * sx)), max(int(np.ceil(x1 * sx)), int(np.floor(x * sx)) + 1)
-        r0, r1 = int(np.floor(y * sy)), max(int(np.ceil(y1 * sy)), int(np.floor(y * sy)) + 1)
-        c1, r1 = min(c1, r.shape[1]), min(r1, r.shape[0])
+        c0, r0 = int(np.floor(x * sx)), int(np.floor(y * sy))
+        c1 = min(max(int(np.ceil(x1 * sx)), c0 + 1), r.shape[1])  # at least one relevance pixel
+        r1 = min(max(int(np.ceil(y1 * sy)), r0 + 1), r.shape[0])
         total = integral[r1, c1] - integral[r0, c1] - integral[r1, c0] + integral[r0, c0]
         mean = total / ((r1 - r0) * (c1 - c0))
         return mean * (x1 - x) * (y1 - y)

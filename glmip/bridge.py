@@ -2,8 +2,8 @@
 
 On any machine: read-back straight into the tensor's own memory (no numpy or bytes copy in
 between); the host tensor is pinned when the destination is a CUDA device, so the upload that
-follows is asynchronous. The CUDA-GL interop path (no host round trip) needs an NVIDIA GL
-driver with CUDA and cuda-python, and is not built yet: asking for it says why.
+follows is asynchronous. The CUDA-GL interop path (no host round trip) is not built yet;
+`Context.info()["interop"]` says whether this machine could offer it and why.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ if TYPE_CHECKING:
 class BridgePath(str, enum.Enum):
     READBACK = "readback"  # GL -> host tensor memory
     PINNED_READBACK = "pinned_readback"  # GL -> pinned host tensor -> CUDA tensor (async copy)
-    CUDA_GL = "cuda_gl"  # GL buffer mapped into CUDA, no host round trip
 
 
 @dataclass(frozen=True)

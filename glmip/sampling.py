@@ -126,15 +126,12 @@ def sample(pyramid: Pyramid, uv: Any, lod: Any = None, *, filter: str | Filter =
 
     ctx = pyramid.context
     result_shape = (n, pyramid.channels)
-    if out == "torch":
-        import torch
-
-        result = torch.empty(result_shape, dtype=torch.float32)
-        target = result.numpy()
-    else:
-        result = target = np.empty(result_shape, np.float32)
     if n == 0:
-        return result
+        if out == "torch":
+            import torch
+
+            return torch.empty(result_shape, dtype=torch.float32)
+        return np.empty(result_shape, np.float32)
     hw_aniso = float(anisotropy) if mode is Filter.ANISOTROPIC_HW else 1.0
     sampler = ctx.sampler(*_MIN_MAG[mode], _WRAP[wrap_mode], hw_aniso)
     program = ctx.program("sample.comp", **defines)
@@ -143,7 +140,7 @@ def sample(pyramid: Pyramid, uv: Any, lod: Any = None, *, filter: str | Filter =
     try:
         if extra is not None:
             buffers.append(gl.buffer(extra))
-        samples = gl.buffer(reserve=target.nbytes)
+        samples = gl.buffer(reserve=n * pyramid.channels * 4)
         buffers.append(samples)
         for binding, buffer in enumerate(buffers[:-1]):
             buffer.bind_to_storage_buffer(binding)
@@ -156,11 +153,14 @@ def sample(pyramid: Pyramid, uv: Any, lod: Any = None, *, filter: str | Filter =
         dispatch_flat(program, n, _LOCAL)
         gl.memory_barrier(moderngl.BUFFER_UPDATE_BARRIER_BIT)
         ctx.raw.glBindSampler(0, 0)
-        samples.read_into(target)
+        if out == "torch":
+            return buffer_to_tensor(samples, result_shape).tensor
+        result = np.empty(result_shape, np.float32)
+        samples.read_into(result)
+        return result
     finally:
         for buffer in buffers:
             buffer.release()
-    return result
 
 
 def tokens(pyramid: Pyramid, layout: Any, patch: int | None = None, filter: str | Filter = "trilinear",
