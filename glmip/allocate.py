@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .relevance import as_relevance
+from .relevance import RelevancePyramid, as_relevance, relevance_pyramid
+
+if TYPE_CHECKING:
+    from .context import Context
 
 
 def lod_map(relevance: Any, max_level: float = 4.0, *, min_level: float = 0.0, gamma: float = 1.0) -> np.ndarray:
@@ -41,6 +44,7 @@ class TokenLayout:
     level: np.ndarray
     patch: int
     image_size: tuple[int, int]
+    relevant: np.ndarray | None = None  # per token, with class budgets: the class it counted in
 
     def __len__(self) -> int:
         return int(self.level.shape[0])
@@ -88,76 +92,182 @@ class TokenLayout:
         return np.asarray(canvas)
 
 
+@dataclass(frozen=True)
+class ClassBudgets:
+    """Token ranges per class, in the spirit of "64-400 tokens for relevant regions, 16-64 for the
+    rest": a token is relevant when the largest relevance under it reaches `threshold`.
+
+    Minimums are met first (the most relevant splits that raise a class below its minimum), as far
+    as the image and `min_level` allow; maximums are never exceeded.
+    """
+
+    relevant: tuple[int, int] = (64, 400)
+    background: tuple[int, int] = (16, 64)
+    threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        for name in ("relevant", "background"):
+            lo, hi = getattr(self, name)
+            if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in (lo, hi)) \
+                    or not 0 <= lo <= hi or hi < 1:
+                raise ValueError(f"{name} must be a (min, max) pair of ints with 0 <= min <= max, max >= 1; "
+                                 f"got {(lo, hi)!r}")
+        if not 0.0 <= float(self.threshold) <= 1.0:
+            raise ValueError(f"threshold must be within [0, 1], got {self.threshold}")
+
+    def range(self, relevant: bool) -> tuple[int, int]:
+        return self.relevant if relevant else self.background
+
+
 def allocate(relevance: Any, budget: int = 256, patch: int = 16, min_level: int = 0, max_level: int | None = None,
-             image_size: tuple[int, int] | None = None) -> TokenLayout:
+             image_size: tuple[int, int] | None = None, *, classes: ClassBudgets | None = None,
+             context: Context | None = None) -> TokenLayout:
     """Split the image into at most `budget` square tokens, finest where relevance x area is largest.
 
-    A quadtree starts from a grid of cells at `max_level` (default: the finest level whose grid
-    takes at most an eighth of the budget, leaving the rest for detail) and repeatedly splits
-    the cell holding the most relevance (mean relevance x area in pixels) into its four
-    quadrants (those inside the image), while the budget allows and the cell is above
-    `min_level`. Cells cover the image with no gaps and no overlaps.
-    `image_size` = (width, height) of level 0, default the relevance map's own.
+    `relevance` is a map (any resolution, see `as_relevance`) or a `RelevancePyramid` whose cell is
+    `patch << min_level`. A quadtree starts from a grid of cells at `max_level` (default: the finest
+    level whose grid takes at most an eighth of the budget and fits `classes`) and repeatedly
+    splits the cell holding the most relevance (its relevance-pyramid texel: mean x in-image area)
+    into its quadrants inside the image, while the budget (and each class's maximum) allows and the
+    cell is above `min_level`. Cells cover the image with no gaps and no overlaps.
+    `image_size` = (width, height) of level 0, default the relevance map's own. With a `context`
+    the relevance pyramid is built on the GPU, else by its numpy reference.
     """
-    r = as_relevance(relevance)
-    width, height = image_size or (r.shape[1], r.shape[0])
     for name, value in (("budget", budget), ("patch", patch), ("min_level", min_level)):
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
             raise TypeError(f"{name} must be an int, got {value!r}")
     if patch < 1 or budget < 1 or min_level < 0:
         raise ValueError(f"need budget >= 1, patch >= 1, min_level >= 0; got {budget}, {patch}, {min_level}")
-    if width < 1 or height < 1:
-        raise ValueError(f"image_size must be positive, got {(width, height)}")
+    if classes is not None and not isinstance(classes, ClassBudgets):
+        raise TypeError(f"classes must be a glmip.ClassBudgets, got {type(classes).__name__}")
+    cell = patch << min_level
+    if isinstance(relevance, RelevancePyramid):
+        pyramid = relevance
+        if pyramid.cell != cell or (image_size is not None and tuple(image_size) != pyramid.image_size):
+            raise ValueError(f"the relevance pyramid has cell {pyramid.cell} over {pyramid.image_size}; this "
+                             f"allocation needs cell {cell} (patch << min_level) over {image_size or 'its image'}")
+    else:
+        pyramid = relevance_pyramid(relevance, cell, image_size, context)
+    width, height = pyramid.image_size
+
+    def texel(x: int, y: int, level: int) -> tuple[float, float, float]:
+        k = level - min_level
+        return pyramid.texel(k, x // (cell << k), y // (cell << k))
+
+    def score(x: int, y: int, level: int) -> float:
+        mean, _, area = texel(x, y, level)
+        return mean * area
+
+    def is_relevant(x: int, y: int, level: int) -> bool:
+        return classes is not None and texel(x, y, level)[1] >= classes.threshold
 
     def grid(level: int) -> tuple[int, int]:
         side = patch << level
         return -(-width // side), -(-height // side)
 
+    def roots(level: int) -> list[tuple[int, int, int]]:
+        side = patch << level
+        columns, rows = grid(level)
+        return [(x * side, y * side, level) for y in range(rows) for x in range(columns)]
+
+    def over_class_maximum(cells: list[tuple[int, int, int]]) -> bool:
+        if classes is None:
+            return False
+        relevant = sum(is_relevant(*c) for c in cells)
+        return relevant > classes.relevant[1] or len(cells) - relevant > classes.background[1]
+
+    top = min_level + len(pyramid.levels) - 1  # one cell covers the image
     if max_level is None:
         max_level = min_level
-        while np.prod(grid(max_level)) > max(1, budget // 8) and (patch << max_level) < max(width, height):
+        while max_level < top and (np.prod(grid(max_level)) > max(1, budget // 8)
+                                   or over_class_maximum(roots(max_level))):
             max_level += 1
     elif max_level < min_level:
         raise ValueError(f"max_level {max_level} is below min_level {min_level}")
-    roots = grid(max_level)
-    if roots[0] * roots[1] > budget:
-        raise ValueError(f"a budget of {budget} tokens cannot cover a {width}x{height} image at max_level "
-                         f"{max_level} (patch {patch}): it needs {roots[0] * roots[1]}; raise max_level or budget")
+    elif max_level > top:
+        max_level = top  # coarser roots than one cell over the image would be the same single cell
+    cells = roots(max_level)
+    if len(cells) > budget or over_class_maximum(cells):
+        raise ValueError(f"a budget of {budget} tokens{' and class maxima ' + str(classes) if classes else ''} "
+                         f"cannot cover a {width}x{height} image at max_level {max_level} (patch {patch}): it "
+                         f"needs {len(cells)}; raise max_level or budget")
+    return _split(cells, budget, patch, min_level, width, height, score, is_relevant, classes)
 
-    integral = np.zeros((r.shape[0] + 1, r.shape[1] + 1))
-    integral[1:, 1:] = r.astype(np.float64).cumsum(0).cumsum(1)
-    sx, sy = r.shape[1] / width, r.shape[0] / height
 
-    def score(x: int, y: int, level: int) -> float:
-        side = patch << level
-        x1, y1 = min(x + side, width), min(y + side, height)
-        c0, r0 = int(np.floor(x * sx)), int(np.floor(y * sy))
-        c1 = min(max(int(np.ceil(x1 * sx)), c0 + 1), r.shape[1])  # at least one relevance pixel
-        r1 = min(max(int(np.ceil(y1 * sy)), r0 + 1), r.shape[0])
-        total = integral[r1, c1] - integral[r0, c1] - integral[r1, c0] + integral[r0, c0]
-        mean = total / ((r1 - r0) * (c1 - c0))
-        return mean * (x1 - x) * (y1 - y)
+def _split(cells: list[tuple[int, int, int]], budget: int, patch: int, min_level: int, width: int, height: int,
+           score: Any, is_relevant: Any, classes: ClassBudgets | None) -> TokenLayout:
+    """The greedy quadtree: first the splits that raise a class below its minimum, then any split,
+    always the highest-scoring cell whose split keeps to the budget and the class maxima."""
+    leaves = set(cells)
+    counts = {True: 0, False: 0}
+    for c in cells:
+        counts[is_relevant(*c)] += 1
 
-    side0 = patch << max_level
-    cells = [(x * side0, y * side0, max_level) for y in range(roots[1]) for x in range(roots[0])]
-    heap = [(-score(*cell), i, cell) for i, cell in enumerate(cells) if cell[2] > min_level]
-    heapq.heapify(heap)
-    leaves = {cell for cell in cells}
-    order = len(cells)
-    while heap:
-        _, _, (x, y, level) = heapq.heappop(heap)
+    def children(x: int, y: int, level: int) -> list[tuple[int, int, int]]:
         half = patch << (level - 1)
-        children = [(cx, cy, level - 1) for cy in (y, y + half) for cx in (x, x + half) if cx < width and cy < height]
-        if len(leaves) - 1 + len(children) > budget:
-            continue  # a smaller split elsewhere may still fit
-        leaves.remove((x, y, level))
-        for child in children:
-            leaves.add(child)
-            if child[2] > min_level:
-                order += 1
-                heapq.heappush(heap, (-score(*child), order, child))
+        return [(cx, cy, level - 1) for cy in (y, y + half) for cx in (x, x + half) if cx < width and cy < height]
+
+    def split_counts(parent: tuple[int, int, int]) -> tuple[dict[bool, int], list[tuple[int, int, int]]]:
+        kids = children(*parent)
+        after = dict(counts)
+        after[is_relevant(*parent)] -= 1
+        for kid in kids:
+            after[is_relevant(*kid)] += 1
+        return after, kids
+
+    def fits(after: dict[bool, int]) -> bool:
+        if after[True] + after[False] > budget:
+            return False
+        return classes is None or all(after[k] <= classes.range(k)[1] for k in (True, False))
+
+    def deficient(tally: dict[bool, int]) -> set[bool]:
+        return set() if classes is None else {k for k in (True, False) if tally[k] < classes.range(k)[0]}
+
+    order = 0
+
+    def heap_of(candidates: list[tuple[int, int, int]]) -> list[tuple[float, int, tuple[int, int, int]]]:
+        nonlocal order
+        heap = [(-score(*c), i, c) for i, c in enumerate(candidates) if c[2] > min_level]
+        order = len(candidates)
+        heapq.heapify(heap)
+        return heap
+
+    def run(heap: list, wanted: Any) -> None:
+        """Split greedily from `heap`: `wanted(counts after the split)` says True (split), None (skip
+        this cell, try the next) or False (end the phase)."""
+        nonlocal order
+        skipped = []
+        while heap:
+            item = heapq.heappop(heap)
+            parent = item[2]
+            after, kids = split_counts(parent)
+            verdict = wanted(after) if fits(after) else None
+            if verdict is None:
+                skipped.append(item)  # a smaller or other-class split elsewhere may still fit
+                continue
+            if verdict is False:
+                heapq.heappush(heap, item)
+                break
+            leaves.remove(parent)
+            counts.update(after)
+            for kid in kids:
+                leaves.add(kid)
+                if kid[2] > min_level:
+                    order += 1
+                    heapq.heappush(heap, (-score(*kid), order, kid))
+        for item in skipped:
+            heapq.heappush(heap, item)
+
+    heap = heap_of(cells)
+    if deficient(counts):  # phase 1: only splits that add tokens to a class below its minimum
+        run(heap, lambda after: (any(after[k] > counts[k] for k in deficient(counts)) or None)
+            if deficient(counts) else False)
+    run(heap, lambda after: True)
+
     ordered = sorted(leaves, key=lambda c: (c[1], c[0], c[2]))
     cells_array = np.array(ordered, dtype=np.int64).reshape(-1, 3)
     sizes = (patch << cells_array[:, 2]).astype(np.float64)
+    relevant = np.array([is_relevant(*c) for c in ordered], dtype=bool)
     return TokenLayout(cx=cells_array[:, 0] + sizes / 2, cy=cells_array[:, 1] + sizes / 2, size=sizes,
-                       level=cells_array[:, 2].copy(), patch=patch, image_size=(int(width), int(height)))
+                       level=cells_array[:, 2].copy(), patch=patch, image_size=(int(width), int(height)),
+                       relevant=relevant if classes is not None else None)

@@ -1,4 +1,4 @@
-"""The `glmip` command line: `glmip info`, `glmip build`. Thin: every step is a library call."""
+"""The `glmip` command line: info, build, render, tokens, view. Thin: every step is a library call."""
 
 from __future__ import annotations
 
@@ -7,14 +7,15 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from . import DEFAULT_IMAGE, Context, PyramidMethod, __version__
-from .allocate import allocate, lod_map
+from .allocate import ClassBudgets, allocate, lod_map
 from .image import as_image_array
 from .pictures import contact_sheet, heat_colours, level_colours, level_legend, overlay, save_png
-from .relevance import as_relevance, gaze
+from .relevance import as_relevance, gaze, saliency
 from .sampling import render
 
 
@@ -84,29 +85,67 @@ def resize_map(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(values.astype(np.float32), mode="F").resize(size, Image.BILINEAR))
 
 
-def relevance_from_args(args: argparse.Namespace, size: tuple[int, int]) -> np.ndarray:
-    """The relevance map a command was given: --relevance FILE, else a --gaze point (default the centre)."""
-    if args.relevance and args.gaze:
-        raise ValueError("pass --relevance or --gaze, not both")
+def relevance_from_args(args: argparse.Namespace, pyramid: Any) -> np.ndarray:
+    """The relevance a command was given: --relevance FILE, --saliency, --query TEXT (with
+    --clip-model DIR), else a --gaze point (default the centre)."""
+    given = [name for name in ("relevance", "gaze", "query") if getattr(args, name, None)]
+    given += ["saliency"] if getattr(args, "saliency", False) else []
+    if len(given) > 1:
+        raise ValueError(f"pass one relevance source, got {', '.join('--' + g for g in given)}")
     if args.relevance:
         return load_relevance(args.relevance)
+    if getattr(args, "saliency", False):
+        return saliency(pyramid)
+    if getattr(args, "query", None):
+        if not args.clip_model:
+            raise ValueError("--query needs --clip-model DIR, a CLIP model saved locally by transformers")
+        from .query import query_relevance
+
+        return query_relevance(pyramid, args.query, args.clip_model)
     point = parse_pair(args.gaze, "--gaze") if args.gaze else (0.5, 0.5)
-    return gaze(size, point, radius=args.radius)
+    return gaze((pyramid.width, pyramid.height), point, radius=args.radius)
 
 
 def add_relevance_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--relevance", help="relevance map: .npy or a grayscale image, any resolution")
     parser.add_argument("--gaze", help="gaze point X,Y as fractions of width and height (default 0.5,0.5)")
     parser.add_argument("--radius", type=float, default=0.12, help="gaze falloff, a fraction of the larger side")
+    parser.add_argument("--saliency", action="store_true", help="relevance from the built-in saliency (no weights)")
+    parser.add_argument("--query", help="relevance of image regions to this text (needs --clip-model)")
+    parser.add_argument("--clip-model", help="local directory of a transformers CLIP model (never downloaded)")
+
+
+def parse_range(text: str, what: str) -> tuple[int, int]:
+    try:
+        lo, hi = (int(v) for v in text.split("-"))
+    except ValueError:
+        raise ValueError(f"{what} must be MIN-MAX token counts like 64-400, got {text!r}") from None
+    return lo, hi
 
 
 def cmd_tokens(args: argparse.Namespace) -> int:
-    pixels = as_image_array(args.image or DEFAULT_IMAGE)
-    size = (pixels.shape[1], pixels.shape[0])
-    layout = allocate(relevance_from_args(args, size), budget=args.budget, patch=args.patch, image_size=size)
-    out = save_png(layout.draw(pixels), args.output)
+    image = args.image or DEFAULT_IMAGE
+    with Context(device=args.device) as ctx, ctx.pyramid(image, method="box") as pyramid:
+        relevance = relevance_from_args(args, pyramid)
+        classes = None
+        if args.relevant or args.background:
+            classes = ClassBudgets(relevant=parse_range(args.relevant or "0-" + str(args.budget), "--relevant"),
+                                   background=parse_range(args.background or "0-" + str(args.budget), "--background"),
+                                   threshold=args.threshold)
+        size = (pyramid.width, pyramid.height)
+        layout = allocate(relevance, budget=args.budget, patch=args.patch, image_size=size, classes=classes,
+                          context=ctx)
+        if args.save_tokens:
+            import torch
+
+            torch.save({"tokens": pyramid.tokens(layout), **layout.to_torch()}, args.save_tokens)
+        picture = layout.draw(pyramid.level(0))
+    out = save_png(picture, args.output)
     counts = ", ".join(f"level {lvl}: {n}" for lvl, n in enumerate(np.bincount(layout.level)) if n)
-    print(f"{len(layout)} tokens of {args.patch}x{args.patch} samples (budget {args.budget}): {counts}; wrote {out}")
+    split = "" if layout.relevant is None else \
+        f" ({int(layout.relevant.sum())} relevant, {int((~layout.relevant).sum())} background)"
+    print(f"{len(layout)} tokens of {args.patch}x{args.patch} samples (budget {args.budget}){split}: {counts}; "
+          f"wrote {out}")
     return 0
 
 
@@ -114,7 +153,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     image = args.image or DEFAULT_IMAGE
     with Context(device=args.device) as ctx, ctx.pyramid(image, method=args.method, srgb=args.srgb) as pyramid:
         size = (int(args.size[0]), int(args.size[1])) if args.size else (pyramid.width, pyramid.height)
-        relevance = relevance_from_args(args, (pyramid.width, pyramid.height))
+        relevance = relevance_from_args(args, pyramid)
         max_level = pyramid.default_max_level if args.max_level is None else args.max_level
         lods = lod_map(relevance, max_level=max_level, gamma=args.gamma)
         composite, used = render(pyramid, lods, size)
@@ -129,6 +168,13 @@ def cmd_render(args: argparse.Namespace) -> int:
     print(f"{args.mode}: {size[0]}x{size[1]}, levels {float(used.min()):.2f}..{float(used.max()):.2f} "
           f"(max level {max_level}), wrote {out}")
     return 0
+
+
+def cmd_view(args: argparse.Namespace) -> int:
+    from viewer.cli import main as view_main
+
+    device = [] if args.device is None else ["--device", str(args.device)]
+    return view_main(device + args.view_args)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -168,10 +214,21 @@ def main(argv: list[str] | None = None) -> int:
     add_relevance_arguments(tokens)
     tokens.add_argument("--budget", type=int, default=256, help="most tokens to use")
     tokens.add_argument("--patch", type=int, default=16, help="samples per token side")
+    tokens.add_argument("--relevant", help="token range MIN-MAX for relevant regions, e.g. 64-400")
+    tokens.add_argument("--background", help="token range MIN-MAX for the rest, e.g. 16-64")
+    tokens.add_argument("--threshold", type=float, default=0.5, help="relevance that makes a token relevant")
+    tokens.add_argument("--save-tokens", help="also save the tokens and layout as a torch .pt file")
     tokens.add_argument("-o", "--output", default="glmip-layout.png")
     tokens.set_defaults(run=cmd_tokens)
 
-    args = parser.parse_args(argv)
+    view = commands.add_parser("view", add_help=False, help="the interactive LOD viewer (glmip view --help)")
+    view.set_defaults(run=cmd_view)
+
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "view":
+        args.view_args = extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.run(args)
     except (ValueError, TypeError) as error:

@@ -262,12 +262,14 @@ class Pyramid:
         return tokens(self, layout, patch, filter, lod_bias)
 
     def render(self, lod_map: Any = None, *, relevance: Any = None, size: tuple[int, int] | None = None,
-               max_level: float | None = None, gamma: float = 1.0, lod_bias: float = 0.0) -> np.ndarray:
+               max_level: float | None = None, gamma: float = 1.0, lod_bias: float = 0.0,
+               return_lod: bool = False) -> Any:
         """The image composited at per-pixel levels in one pass (trilinear, seamless): the foveated picture.
 
         Pass a LOD map (h, w) of any resolution, or a relevance map in [0, 1] turned into one by
         `glmip.lod_map(relevance, max_level (default: min(5, last level)), gamma)`. `size` is the
-        output's (width, height), default the image's. Returns HxWxC in the image's dtype.
+        output's (width, height), default the image's. Returns HxWxC in the image's dtype, and with
+        `return_lod` also the level each output pixel used (h, w) float32.
         """
         self._check_open()
         from .allocate import lod_map as make_lod_map
@@ -278,7 +280,8 @@ class Pyramid:
         if relevance is not None:
             lod_map = make_lod_map(relevance, max_level=self.default_max_level if max_level is None else max_level,
                                    gamma=gamma)
-        return render(self, lod_map, size, lod_bias)[0]
+        image, used = render(self, lod_map, size, lod_bias)
+        return (image, used) if return_lod else image
 
     # -- life cycle ---------------------------------------------------------------------
     @property

@@ -300,3 +300,64 @@ def tokens(levels: list[np.ndarray], cx: np.ndarray, cy: np.ndarray, size: np.nd
     values = trilinear([decode(lv, srgb) for lv in levels], uv, lod)
     n, c = len(cx), levels[0].shape[2]
     return values.reshape(n, patch, patch, c).transpose(0, 3, 1, 2)
+
+
+def relevance_pyramid(relevance: np.ndarray, cell: int, image_size: tuple[int, int]) -> list[np.ndarray]:
+    """Reference of `glmip.relevance.relevance_pyramid`: per level (gh, gw, 3) float32 texels of
+    (area-weighted mean, max, in-image area) over base cells of `cell` image pixels, grids halving
+    with rounding up."""
+    width, height = image_size
+    r = np.asarray(relevance, np.float64)
+    grid = (-(-width // cell), -(-height // cell))
+
+    def spans(n_cells: int, n_pixels: int, n_map: int) -> tuple[np.ndarray, np.ndarray]:
+        """(cells, map) overlap weights along one axis, and each cell's in-image extent in pixels."""
+        p0 = np.arange(n_cells) * cell
+        p1 = np.minimum(p0 + cell, n_pixels)
+        r0, r1 = p0 * n_map / n_pixels, p1 * n_map / n_pixels
+        texels = np.arange(n_map)
+        overlap = np.minimum(r1[:, None], texels[None, :] + 1) - np.maximum(r0[:, None], texels[None, :])
+        return np.clip(overlap, 0, None), (p1 - p0).astype(np.float64)
+
+    wy, extent_y = spans(grid[1], height, r.shape[0])
+    wx, extent_x = spans(grid[0], width, r.shape[1])
+    mean = (wy @ r @ wx.T) / (wy.sum(1)[:, None] * wx.sum(1)[None, :])
+    row_peaks = np.stack([r[wy[j] > 0].max(axis=0) for j in range(grid[1])])
+    peak = np.stack([row_peaks[:, wx[i] > 0].max(axis=1) for i in range(grid[0])], axis=1)
+    levels = [np.stack([mean, peak, extent_y[:, None] * extent_x[None, :]], axis=-1)]
+    while levels[-1].shape[:2] != (1, 1):
+        fine = levels[-1]
+        h, w = fine.shape[:2]
+        padded = np.zeros((h + h % 2, w + w % 2, 3))
+        padded[:h, :w] = fine
+        blocks = padded.reshape(padded.shape[0] // 2, 2, padded.shape[1] // 2, 2, 3)
+        area = blocks[..., 2].sum(axis=(1, 3))
+        mass = (blocks[..., 0] * blocks[..., 2]).sum(axis=(1, 3))
+        coarse_mean = np.divide(mass, area, out=np.zeros_like(mass), where=area > 0)
+        levels.append(np.stack([coarse_mean, blocks[..., 1].max(axis=(1, 3)), area], axis=-1))
+    return [level.astype(np.float32) for level in levels]
+
+
+def saliency_features(values: np.ndarray) -> np.ndarray:
+    """Intensity and two colour-opponent features of (N, C) samples (C < 3: the first channel)."""
+    if values.shape[1] < 3:
+        return np.stack([values[:, 0], np.zeros(len(values)), np.zeros(len(values))], axis=1)
+    r, g, b = values[:, 0], values[:, 1], values[:, 2]
+    return np.stack([(r + g + b) / 3, r - g, b - 0.5 * (r + g)], axis=1)
+
+
+def saliency(levels: list[np.ndarray], size: tuple[int, int], centres: tuple[int, ...], deltas: tuple[int, ...],
+             srgb: bool = False) -> np.ndarray:
+    """Reference of `glmip.relevance.saliency(normalise=False)`: summed centre-surround feature
+    distances at the centres of a `size` = (width, height) grid, trilinear at each level."""
+    width, height = size
+    xs, ys = np.meshgrid((np.arange(width) + 0.5) / width, (np.arange(height) + 0.5) / height)
+    uv = np.stack([xs.ravel(), ys.ravel()], axis=1)
+    decoded = [decode(level, srgb) for level in levels]
+    total = np.zeros(len(uv))
+    for c in centres:
+        centre = saliency_features(trilinear(decoded, uv, np.full(len(uv), float(c))))
+        for d in deltas:
+            surround = saliency_features(trilinear(decoded, uv, np.full(len(uv), float(c + d))))
+            total += np.linalg.norm(centre - surround, axis=1)
+    return total.reshape(height, width)

@@ -5,9 +5,14 @@ Convention: row 0 is the image's top; any resolution (consumers sample it by uv)
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .context import Context
+    from .pyramid import Pyramid
 
 
 def as_relevance(relevance: Any) -> np.ndarray:
@@ -50,3 +55,146 @@ def gaze(size: tuple[int, int], point: tuple[float, float], radius: float = 0.12
     rows = (np.arange(height) + 0.5) - y * height
     d2 = rows[:, None] ** 2 + cols[None, :] ** 2
     return np.exp(-0.5 * d2 / sigma**2).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class RelevancePyramid:
+    """Relevance summarised per quadtree cell, so any cell's relevance is one texel fetch.
+
+    Level 0 has one texel per `cell` x `cell` block of image pixels (the finest token's square);
+    each level above halves the grid, rounding up, so a block of 2^k x 2^k base cells is texel
+    (x >> k, y >> k) of level k. Each texel holds (mean, max, area): the area-weighted mean
+    relevance over the block's in-image pixels, the largest relevance texel it touches, and its
+    in-image area in pixels. mean x area is the block's relevance mass.
+    """
+
+    levels: tuple[np.ndarray, ...]  # (gh_k, gw_k, 3) float32 per level
+    cell: int
+    image_size: tuple[int, int]
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        """Base grid (width, height) in cells."""
+        return self.levels[0].shape[1], self.levels[0].shape[0]
+
+    def texel(self, level: int, x: int, y: int) -> tuple[float, float, float]:
+        """(mean, max, area) of the block of base cells at texel (x, y) of `level`."""
+        mean, peak, area = self.levels[level][y, x]
+        return float(mean), float(peak), float(area)
+
+
+def _pyramid_shape(relevance: Any, cell: int, image_size: tuple[int, int] | None) -> tuple[np.ndarray, int,
+                                                                                             tuple[int, int]]:
+    r = as_relevance(relevance)
+    width, height = image_size or (r.shape[1], r.shape[0])
+    if not isinstance(cell, (int, np.integer)) or isinstance(cell, bool) or cell < 1:
+        raise ValueError(f"cell must be a positive int (pixels a side), got {cell!r}")
+    if int(width) < 1 or int(height) < 1:
+        raise ValueError(f"image_size must be positive (width, height), got {image_size}")
+    return r, int(cell), (int(width), int(height))
+
+
+def relevance_pyramid(relevance: Any, cell: int, image_size: tuple[int, int] | None = None,
+                      context: Context | None = None) -> RelevancePyramid:
+    """The max/mean pyramid of `relevance` over an image of `image_size` (default the map's own),
+    with `cell`-pixel base cells. Built on the GPU when a `context` is given (one dispatch per
+    level), else by the numpy reference (`glmip.reference.relevance_pyramid`), which it matches.
+    """
+    r, cell, size = _pyramid_shape(relevance, cell, image_size)
+    if context is None:
+        from . import reference
+
+        return RelevancePyramid(tuple(reference.relevance_pyramid(r, cell, size)), cell, size)
+    import moderngl
+
+    gl = context.gl
+    grid = (-(-size[0] // cell), -(-size[1] // cell))
+    levels: list[np.ndarray] = []
+    buffers = [gl.buffer(r)]
+    try:
+        base = context.program("relevance_base.comp")
+        buffers.append(gl.buffer(reserve=grid[0] * grid[1] * 16))
+        buffers[0].bind_to_storage_buffer(0)
+        buffers[1].bind_to_storage_buffer(1)
+        base["map_size"] = (r.shape[1], r.shape[0])
+        base["image_size"] = size
+        base["grid_size"] = grid
+        base["cell"] = cell
+        base.run(-(-grid[0] // 8), -(-grid[1] // 8))
+        sizes = [grid]
+        while sizes[-1] != (1, 1):
+            sizes.append(((sizes[-1][0] + 1) // 2, (sizes[-1][1] + 1) // 2))
+        reduce = context.program("relevance_reduce.comp")
+        for fine, coarse in zip(sizes, sizes[1:], strict=False):
+            gl.memory_barrier(moderngl.SHADER_STORAGE_BARRIER_BIT)
+            buffers.append(gl.buffer(reserve=coarse[0] * coarse[1] * 16))
+            buffers[-2].bind_to_storage_buffer(0)
+            buffers[-1].bind_to_storage_buffer(1)
+            reduce["fine_size"] = fine
+            reduce["coarse_size"] = coarse
+            reduce.run(-(-coarse[0] // 8), -(-coarse[1] // 8))
+        gl.memory_barrier(moderngl.BUFFER_UPDATE_BARRIER_BIT)
+        for (w, h), buffer in zip(sizes, buffers[1:], strict=True):
+            level = np.empty((h, w, 4), np.float32)
+            buffer.read_into(level)
+            levels.append(np.ascontiguousarray(level[..., :3]))
+    finally:
+        for buffer in buffers:
+            buffer.release()
+    return RelevancePyramid(tuple(levels), cell, size)
+
+
+SALIENCY_CENTRES = (1, 2, 3)
+SALIENCY_DELTAS = (2, 3)
+
+
+def saliency(pyramid: Pyramid, size: tuple[int, int] | None = None, *, centres: tuple[int, ...] = SALIENCY_CENTRES,
+             deltas: tuple[int, ...] = SALIENCY_DELTAS, normalise: bool = True) -> np.ndarray:
+    """A saliency map that needs no weights, computed on the GPU from the image's own pyramid:
+    centre-surround contrast of intensity and two colour-opponent features, summed over centre
+    levels `centres` and surround levels centre + `deltas` (consecutive ints each).
+
+    `size` = (width, height) of the map, default the size of level 2. Returns float32 (h, w),
+    rescaled to [0, 1] (a flat image gives zeros) unless `normalise` is False.
+    """
+    for name, values in (("centres", centres), ("deltas", deltas)):
+        values = tuple(values)
+        if (not values or any(not isinstance(v, (int, np.integer)) or isinstance(v, bool) for v in values)
+                or list(values) != list(range(values[0], values[0] + len(values)))):
+            raise ValueError(f"{name} must be consecutive ints, got {values!r}")
+    if min(centres) < 0 or min(deltas) < 1:
+        raise ValueError(f"need centres >= 0 and deltas >= 1, got {centres!r}, {deltas!r}")
+    if size is None:
+        size = pyramid.sizes[min(2, pyramid.levels - 1)]
+    width, height = size
+    if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0 for v in (width, height)):
+        raise ValueError(f"size must be two positive ints (width, height), got {size!r}")
+    import moderngl
+
+    from . import _gl
+
+    ctx = pyramid.context
+    program = ctx.program("saliency.comp", CHANNELS=pyramid.channels)
+    out = ctx.gl.buffer(reserve=width * height * 4)
+    try:
+        pyramid.texture.use(0)
+        sampler = ctx.sampler(_gl.GL_LINEAR_MIPMAP_LINEAR, _gl.GL_LINEAR, _gl.GL_CLAMP_TO_EDGE)
+        ctx.raw.glBindSampler(0, sampler)
+        program["image"] = 0
+        program["size"] = (int(width), int(height))
+        program["centre_first"] = int(centres[0])
+        program["centre_count"] = len(centres)
+        program["delta_first"] = int(deltas[0])
+        program["delta_count"] = len(deltas)
+        out.bind_to_storage_buffer(0)
+        program.run(-(-int(width) // 8), -(-int(height) // 8))
+        ctx.gl.memory_barrier(moderngl.BUFFER_UPDATE_BARRIER_BIT)
+        ctx.raw.glBindSampler(0, 0)
+        values = np.empty((int(height), int(width)), np.float32)
+        out.read_into(values)
+    finally:
+        out.release()
+    if not normalise:
+        return values
+    lo, hi = float(values.min()), float(values.max())
+    return (values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)

@@ -17,6 +17,9 @@ def test_every_shader_file_compiles(ctx):
                         {"CHANNELS": 2, "SHADER_ANISO": 1}],
         "render.comp": [{}],
         "tokens.comp": [{"CHANNELS": 3}, {"CHANNELS": 4, "SHADER_ANISO": 1}],
+        "relevance_base.comp": [{}],
+        "relevance_reduce.comp": [{}],
+        "saliency.comp": [{"CHANNELS": 1}, {"CHANNELS": 3}],
     }
     on_disk = {p.name for p in shaders.shader_dir().glob("*.comp")}
     assert on_disk == set(variants), "a shader file without a compile test"
