@@ -253,13 +253,15 @@ class Pyramid:
         return sample(self, uv, lod, filter=filter, grad=grad, anisotropy=anisotropy, lod_bias=lod_bias,
                       wrap=wrap, out=out)
 
-    def tokens(self, layout: Any, patch: int | None = None, filter: str = "trilinear", lod_bias: float = 0.0) -> Any:
+    def tokens(self, layout: Any, patch: int | None = None, filter: str = "trilinear", lod_bias: float = 0.0,
+               out: Any = None) -> Any:
         """Every token of `layout` (`glmip.allocate`) sampled as patch x patch at its own level, in one
-        dispatch: torch (N, C, patch, patch) float32, so one patch embedding serves all levels."""
+        dispatch: torch (N, C, patch, patch) float32, so one patch embedding serves all levels.
+        `out` is an optional tensor of that shape to fill (reused memory reads back faster)."""
         self._check_open()
         from .sampling import tokens
 
-        return tokens(self, layout, patch, filter, lod_bias)
+        return tokens(self, layout, patch, filter, lod_bias, out)
 
     def render(self, lod_map: Any = None, *, relevance: Any = None, size: tuple[int, int] | None = None,
                max_level: float | None = None, gamma: float = 1.0, lod_bias: float = 0.0,

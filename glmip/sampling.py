@@ -164,12 +164,13 @@ def sample(pyramid: Pyramid, uv: Any, lod: Any = None, *, filter: str | Filter =
 
 
 def tokens(pyramid: Pyramid, layout: Any, patch: int | None = None, filter: str | Filter = "trilinear",
-           lod_bias: float = 0.0) -> Any:
+           lod_bias: float = 0.0, out: Any = None) -> Any:
     """Every token of `layout` as a patch x patch sample grid at its level: torch (N, C, patch, patch).
 
     One dispatch writes all tokens into one GL buffer, read back straight into the tensor's memory.
     `layout` is a `TokenLayout` (or anything with cx, cy, size, level arrays in level-0 pixels);
-    levels may be fractional. `patch` defaults to the layout's.
+    levels may be fractional. `patch` defaults to the layout's. `out`: a float32 tensor of the
+    result's shape to fill (CPU or CUDA), reused across calls.
     """
     import torch
 
@@ -188,7 +189,7 @@ def tokens(pyramid: Pyramid, layout: Any, patch: int | None = None, filter: str 
     n = table.shape[0]
     shape = (n, pyramid.channels, patch, patch)
     if n == 0:
-        return torch.empty(shape, dtype=torch.float32)
+        return torch.empty(shape, dtype=torch.float32) if out is None else out
     ctx = pyramid.context
     defines: dict[str, object] = {"CHANNELS": pyramid.channels}
     if mode is Filter.ANISOTROPIC:
@@ -208,7 +209,7 @@ def tokens(pyramid: Pyramid, layout: Any, patch: int | None = None, filter: str 
         dispatch_flat(program, n * patch * patch, _LOCAL)
         gl.memory_barrier(moderngl.BUFFER_UPDATE_BARRIER_BIT)
         ctx.raw.glBindSampler(0, 0)
-        return buffer_to_tensor(buffers[1], shape).tensor
+        return buffer_to_tensor(buffers[1], shape, out=out).tensor
     finally:
         for buffer in buffers:
             buffer.release()

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from glmip.bridge import BridgePath, buffer_to_tensor, level_to_tensor, writable_view
+import glmip
+from glmip.bridge import BridgePath, buffer_to_tensor, level_to_tensor, tensor_to_texture, writable_view
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.uint8, torch.int64, torch.bfloat16, torch.float16])
@@ -67,3 +68,60 @@ def test_pinned_readback_to_cuda(ctx):
         buffer.release()
     assert transfer.path is BridgePath.PINNED_READBACK and transfer.tensor.is_cuda
     assert torch.equal(transfer.tensor.cpu(), torch.arange(8, dtype=torch.float32))
+
+
+def test_out_tensor_is_filled_in_place(ctx):
+    buffer = ctx.gl.buffer(np.arange(12, dtype=np.float32))
+    out = torch.full((3, 4), -1.0)
+    try:
+        transfer = buffer_to_tensor(buffer, (3, 4), out=out)
+        assert transfer.tensor is out and transfer.path is BridgePath.READBACK
+        assert torch.equal(out, torch.arange(12, dtype=torch.float32).reshape(3, 4))
+        with pytest.raises(ValueError, match="shape"):
+            buffer_to_tensor(buffer, (3, 4), out=torch.zeros(4, 3))
+        with pytest.raises(ValueError, match="contiguous"):
+            buffer_to_tensor(buffer, (3, 4), out=torch.zeros(4, 3).t())
+        with pytest.raises(TypeError, match="torch tensor"):
+            buffer_to_tensor(buffer, (3, 4), out=np.zeros((3, 4), np.float32))
+    finally:
+        buffer.release()
+    image = np.random.default_rng(1).integers(0, 256, (9, 14, 3), dtype=np.uint8)
+    with ctx.pyramid(image, method="box") as p:
+        level = torch.zeros(4, 7, 3, dtype=torch.uint8)
+        assert level_to_tensor(p, 1, out=level).tensor is level
+        np.testing.assert_array_equal(level.numpy(), p.level(1))
+        layout = glmip.allocate(np.ones((4, 4)), budget=8, patch=4, image_size=(14, 9))
+        first = p.tokens(layout)
+        reused = torch.empty_like(first)
+        assert p.tokens(layout, out=reused) is reused and torch.equal(reused, first)
+
+
+@pytest.mark.parametrize("dtype, channels", [(torch.uint8, 1), (torch.uint8, 4), (torch.uint16, 2),
+                                             (torch.float16, 3), (torch.float32, 4)])
+def test_tensor_to_texture_round_trip(ctx, dtype, channels):
+    rng = np.random.default_rng(channels)
+    if dtype.is_floating_point:
+        source = torch.from_numpy(rng.random((7, 11, channels), dtype=np.float32)).to(dtype)
+    else:
+        source = torch.from_numpy(rng.integers(0, 2 ** (8 * dtype.itemsize), (7, 11, channels))).to(dtype)
+    for layout, tensor in (("HWC", source), ("CHW", source.permute(2, 0, 1))):
+        texture = tensor_to_texture(ctx, tensor, layout=layout)
+        try:
+            assert texture.size == (11, 7) and texture.components == channels
+            back = np.frombuffer(texture.read(alignment=1), dtype=str(dtype).removeprefix("torch."))
+            np.testing.assert_array_equal(back.reshape(7, 11, channels), source.numpy())
+        finally:
+            texture.release()
+
+
+def test_tensor_to_texture_rejects_bad_tensors(ctx):
+    with pytest.raises(TypeError, match="uint8, uint16, float16 or float32"):
+        tensor_to_texture(ctx, torch.zeros(4, 4, 3, dtype=torch.int64))
+    with pytest.raises(ValueError, match="1..4 channels"):
+        tensor_to_texture(ctx, torch.zeros(4, 4, 5))
+    with pytest.raises(ValueError, match="NaN"):
+        tensor_to_texture(ctx, torch.full((4, 4), float("nan")))
+    with pytest.raises(TypeError, match="torch tensor"):
+        tensor_to_texture(ctx, np.zeros((4, 4), np.float32))
+    with pytest.raises(ValueError, match="layout"):
+        tensor_to_texture(ctx, torch.zeros(4, 4), layout="WHC")
