@@ -6,7 +6,7 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
-apt_packages=(libegl1 libegl-mesa0 libgl1-mesa-dri libgles2 xvfb)
+apt_packages=(libegl1 libegl-mesa0 libgl1-mesa-dri libgles2 xvfb libgl1 libxtst6)
 missing=()
 for pkg in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")

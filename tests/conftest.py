@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import settings
 
 import glmip
@@ -51,3 +52,29 @@ def tolerance(method: str, dtype: str, image: np.ndarray) -> float:
     if dtype == "float32":
         return FLOAT_TOLERANCE * max(1.0, float(np.abs(image).max()))
     return TOLERANCE_LSB[method]
+
+
+VOCAB = ["<s>", "</s>", "<pad>", "<unk>", "a", "red", "cup", "of", "coffee", "square"]
+
+
+@pytest.fixture(scope="session")
+def tiny_clip():
+    """A tiny randomly initialised transformers CLIP and a word-level tokenizer, built here (no download)."""
+    transformers = pytest.importorskip("transformers")
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    config = transformers.CLIPConfig(
+        text_config={"vocab_size": len(VOCAB), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                     "num_attention_heads": 2, "max_position_embeddings": 16, "bos_token_id": 0, "eos_token_id": 1,
+                     "pad_token_id": 2},
+        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+                       "image_size": 32, "patch_size": 8},
+        projection_dim=16)
+    torch.manual_seed(0)
+    model = transformers.CLIPModel(config).eval()
+    words = Tokenizer(models.WordLevel({w: i for i, w in enumerate(VOCAB)}, unk_token="<unk>"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    words.post_processor = processors.TemplateProcessing(single="<s> $A </s>", special_tokens=[("<s>", 0), ("</s>", 1)])
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=words, bos_token="<s>", eos_token="</s>",
+                                                     pad_token="<pad>", unk_token="<unk>")
+    return model, tokenizer

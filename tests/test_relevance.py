@@ -169,32 +169,6 @@ def test_bad_saliency_arguments(ctx):
 
 
 # -- text queries ----------------------------------------------------------------------------
-VOCAB = ["<s>", "</s>", "<pad>", "<unk>", "a", "red", "cup", "of", "coffee", "square"]
-
-
-@pytest.fixture(scope="module")
-def tiny_clip():
-    """A tiny randomly initialised transformers CLIP and a word-level tokenizer, built here (no download)."""
-    transformers = pytest.importorskip("transformers")
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-
-    config = transformers.CLIPConfig(
-        text_config={"vocab_size": len(VOCAB), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-                     "num_attention_heads": 2, "max_position_embeddings": 16, "bos_token_id": 0, "eos_token_id": 1,
-                     "pad_token_id": 2},
-        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
-                       "image_size": 32, "patch_size": 8},
-        projection_dim=16)
-    torch.manual_seed(0)
-    model = transformers.CLIPModel(config).eval()
-    words = Tokenizer(models.WordLevel({w: i for i, w in enumerate(VOCAB)}, unk_token="<unk>"))
-    words.pre_tokenizer = pre_tokenizers.Whitespace()
-    words.post_processor = processors.TemplateProcessing(single="<s> $A </s>", special_tokens=[("<s>", 0), ("</s>", 1)])
-    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=words, bos_token="<s>", eos_token="</s>",
-                                                     pad_token="<pad>", unk_token="<unk>")
-    return model, tokenizer
-
-
 def test_query_scores_are_the_models_scores_of_the_windows(ctx, tiny_clip):
     """Each window's score is the model's cosine similarity on the reference crop of that window."""
     model, tokenizer = tiny_clip
