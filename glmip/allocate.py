@@ -225,9 +225,11 @@ def _split(cells: list[tuple[int, int, int]], budget: int, patch: int, min_level
 
     order = 0
 
-    def heap_of(candidates: list[tuple[int, int, int]]) -> list[tuple[float, int, tuple[int, int, int]]]:
+    def heap_of(candidates: list[tuple[int, int, int]]) -> list[tuple[float, int, int, tuple[int, int, int]]]:
+        """Cells by relevance mass, ties (e.g. zero relevance) broken coarsest first, then in order, so
+        budget left over after the relevant cells spreads evenly instead of in one band."""
         nonlocal order
-        heap = [(-score(*c), i, c) for i, c in enumerate(candidates) if c[2] > min_level]
+        heap = [(-score(*c), -c[2], i, c) for i, c in enumerate(candidates) if c[2] > min_level]
         order = len(candidates)
         heapq.heapify(heap)
         return heap
@@ -239,7 +241,7 @@ def _split(cells: list[tuple[int, int, int]], budget: int, patch: int, min_level
         skipped = []
         while heap:
             item = heapq.heappop(heap)
-            parent = item[2]
+            parent = item[3]
             after, kids = split_counts(parent)
             verdict = wanted(after) if fits(after) else None
             if verdict is None:
@@ -254,7 +256,7 @@ def _split(cells: list[tuple[int, int, int]], budget: int, patch: int, min_level
                 leaves.add(kid)
                 if kid[2] > min_level:
                     order += 1
-                    heapq.heappush(heap, (-score(*kid), order, kid))
+                    heapq.heappush(heap, (-score(*kid), -kid[2], order, kid))
         for item in skipped:
             heapq.heappush(heap, item)
 
