@@ -6,7 +6,16 @@ tensor's memory, allocation and first-touch page faults included), the same read
 existing tensor (`buffer.read_into(writable_view(t))`), and, as the yardstick, `dst.copy_(src)` between two
 host tensors of the same size (a plain memcpy). Results as JSON under bench/results/.
 
-Usage: python bench/bridge.py [--sizes-mib 4 16 64 256] [--repeats 7] [--out PATH]
+Into CUDA, where torch has CUDA (same sizes, `torch.cuda.synchronize()` inside every timing):
+pinned read-back into a new CUDA tensor and into an existing one (`prefer="readback"`); where
+the CUDA-GL interop path is available (NVIDIA GL on the same GPU, cuda-python), interop into a
+new tensor registering the buffer per call (`buffer_to_tensor(prefer="interop")`) and into an
+existing tensor through a buffer registered once (`GLBufferResource.copy_to`), with a device
+`copy_` between two CUDA tensors as the yardstick; `interop_vs_readback` = pinned read-back into
+an existing tensor / interop registered once, same run. Without interop those rows are left out
+and the report says why. The interop rows are NOT YET RUN ON A GPU.
+
+Usage: python bench/bridge.py [--sizes-mib 4 16 64 256] [--repeats 7] [--plot PNG] [--out PATH]
 """
 
 from __future__ import annotations
@@ -26,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 
 import glmip  # noqa: E402
 from bench.pyramid import write_report  # noqa: E402
-from glmip.bridge import buffer_to_tensor, writable_view  # noqa: E402
+from glmip.bridge import BridgePath, buffer_to_tensor, writable_view  # noqa: E402
 
 
 def median_seconds(run, repeats: int) -> float:
@@ -39,11 +48,91 @@ def median_seconds(run, repeats: int) -> float:
     return statistics.median(times)
 
 
+def synced(run):
+    """`run` followed by a CUDA synchronize, so the timing covers the asynchronous copies too."""
+    def timed() -> None:
+        run()
+        torch.cuda.synchronize()
+
+    return timed
+
+
+def cuda_rows(ctx: glmip.Context, sizes_mib: list[int], repeats: int) -> tuple[list[dict], dict]:
+    """GL buffer -> CUDA tensor, read-back against interop (where available); (rows, interop status)."""
+    if not torch.cuda.is_available():
+        return [], {"available": False, "why": "torch sees no CUDA device"}
+    from glmip.interop import GLBufferResource
+
+    index = torch.cuda.current_device()
+    available, why = ctx.interop_available(index)
+    rows = []
+    for mib in tqdm(sizes_mib, desc="cuda sizes", unit="size"):
+        count = mib * 2**20 // 4
+        buffer = ctx.gl.buffer(np.random.default_rng(0).random(count, dtype=np.float32))
+        out, src = torch.empty(count, device="cuda"), torch.rand(count, device="cuda")
+        gib = mib / 1024
+        row = {"mib": mib}
+        try:
+            cases = {
+                "pinned_readback_new": lambda b=buffer, n=count: buffer_to_tensor(b, (n,), device="cuda",
+                                                                                 prefer="readback"),
+                "pinned_readback_into_existing": lambda b=buffer, n=count, o=out: buffer_to_tensor(
+                    b, (n,), out=o, prefer="readback"),
+                "cuda_copy": lambda o=out, s=src: o.copy_(s),
+            }
+            resource = GLBufferResource(buffer, flags="read_only", device=index) if available else None
+            if resource is not None:
+                cases["interop_new"] = lambda b=buffer, n=count: buffer_to_tensor(b, (n,), device="cuda",
+                                                                                 prefer="interop")
+                cases["interop_registered_into_existing"] = lambda r=resource, o=out: r.copy_to(o)
+            try:
+                for name, case in cases.items():
+                    row[f"{name}_s"] = median_seconds(synced(case), repeats)
+                    row[f"{name}_gib_per_s"] = gib / row[f"{name}_s"]
+                if available:
+                    check = buffer_to_tensor(buffer, (count,), device="cuda", prefer="interop")
+                    assert check.path is BridgePath.CUDA_GL
+                    row["interop_equals_readback"] = bool(torch.equal(
+                        check.tensor, buffer_to_tensor(buffer, (count,), device="cuda", prefer="readback").tensor))
+                    row["interop_vs_readback"] = (row["pinned_readback_into_existing_s"]
+                                                  / row["interop_registered_into_existing_s"])
+            finally:
+                if resource is not None:
+                    resource.close()
+        finally:
+            buffer.release()
+        rows.append(row)
+    return rows, {"available": available, "why": why, "cuda_device": torch.cuda.get_device_name(index)}
+
+
+def plot(report: dict, path: Path) -> Path:
+    """GiB/s against MiB for every measured path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for rows in (report["results"], report["cuda_results"]):
+        for key in (rows[0] if rows else {}):
+            if key.endswith("_gib_per_s"):
+                ax.plot([r["mib"] for r in rows], [r[key] for r in rows], marker="o", label=key.removesuffix(
+                    "_gib_per_s"))
+    ax.set(xscale="log", yscale="log", xlabel="MiB", ylabel="GiB/s", title=f"GL -> torch on {report['device']}")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes-mib", type=int, nargs="+", default=[4, 16, 64, 256])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--out", default=None)
+    parser.add_argument("--plot", type=Path, default=None, help="also draw GiB/s per size and path to this PNG")
     args = parser.parse_args(argv)
     results = []
     with glmip.Context() as ctx:
@@ -64,15 +153,32 @@ def main(argv: list[str] | None = None) -> None:
                             "memcpy_s": memcpy, "readback_gib_per_s": gib / readback,
                             "readback_into_existing_gib_per_s": gib / into, "memcpy_gib_per_s": gib / memcpy,
                             "readback_vs_memcpy": memcpy / readback, "into_existing_vs_memcpy": memcpy / into})
+        cuda_results, interop_status = cuda_rows(ctx, args.sizes_mib, args.repeats)
     report = {"device": renderer, "date": datetime.date.today().isoformat(), "repeats": args.repeats,
-              "path": "readback (host; pinned when the target is CUDA)", "results": results}
+              "path": "readback (host; pinned when the target is CUDA)", "results": results,
+              "interop": interop_status, "cuda_results": cuda_results}
     print("| MiB | new tensor GiB/s | existing tensor GiB/s | memcpy GiB/s | existing / memcpy |")
     print("|---:|---:|---:|---:|---:|")
     for r in results:
         print(f"| {r['mib']} | {r['readback_gib_per_s']:.2f} | {r['readback_into_existing_gib_per_s']:.2f} | "
               f"{r['memcpy_gib_per_s']:.2f} | {r['into_existing_vs_memcpy']:.2f} |")
+    if cuda_results:
+        keys = [k.removesuffix("_gib_per_s") for k in cuda_results[0] if k.endswith("_gib_per_s")]
+        print("\nGL buffer -> CUDA tensor, GiB/s:")
+        print("| MiB | " + " | ".join(keys) + " | interop / readback |")
+        print("|---:|" + "---:|" * (len(keys) + 1))
+        for r in cuda_results:
+            ratio = f"{r['interop_vs_readback']:.2f}" if "interop_vs_readback" in r else "–"
+            print(f"| {r['mib']} | " + " | ".join(f"{r[k + '_gib_per_s']:.2f}" for k in keys) + f" | {ratio} |")
+    if not interop_status["available"]:
+        print(f"\ninterop rows skipped: {interop_status['why']}")
     out = write_report(report, "bridge", args.out)
     print(f"wrote {out}")
+    if args.plot:
+        try:
+            print(f"wrote {plot(report, args.plot)}")
+        except ImportError:
+            print("no plot: matplotlib is not installed")
 
 
 if __name__ == "__main__":

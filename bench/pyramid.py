@@ -23,9 +23,18 @@ median(torch avg_pool2d on the same device family) / median(this method), so > 1
 avg_pool2d. glmip is compared with CUDA torch when GL runs on a GPU and CUDA is available, and with
 CPU torch otherwise (software renderers such as llvmpipe run on the CPU).
 
+Memory-bandwidth bound, where a peak bandwidth is known (``--peak-gbs``, else the nominal datasheet
+figure of the CUDA device from ``PEAK_GBS``, e.g. H100 SXM 3350, H200 4800 GB/s; none for llvmpipe):
+the least traffic a mip chain of the RGBA8 image needs, every level but the last read once and every
+level but level 0 written once (~5/3 of level 0's bytes), over that peak. Each result gets
+``bound_fraction`` = bound / median (1 = at the bound). The timed runs also upload level 0 from host
+memory, which the bound leaves out, so small fractions at large sizes are expected; the figure is
+nominal, not measured.
+
 Usage::
 
-    python bench/pyramid.py [--sizes 1024 2048 4096] [--repeats 5] [--out bench/results/pyramid-<device>.json]
+    python bench/pyramid.py [--sizes 1024 2048 4096 8192] [--repeats 5] [--peak-gbs GB/S] [--plot PNG]
+                            [--out bench/results/pyramid-<device>.json]
 """
 
 from __future__ import annotations
@@ -53,6 +62,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 import glmip  # noqa: E402
 
 GLMIP_METHODS = ("hardware", "box", "lanczos")
+MAX_SIZE = 8192
+# Nominal peak memory bandwidth in GB/s (NVIDIA datasheets), by a substring of the device name; the
+# first match wins, so the more specific names come first.
+PEAK_GBS = (("H200", 4800.0), ("H100 NVL", 3900.0), ("H100 PCIe", 2000.0), ("H100", 3350.0),
+            ("A100-SXM4-80GB", 2039.0), ("A100 80GB PCIe", 1935.0), ("A100", 1555.0), ("L40S", 864.0),
+            ("L4", 300.0), ("RTX 4090", 1008.0))
 SOFTWARE_RENDERERS = ("llvmpipe", "softpipe", "swrast", "lavapipe")
 KORNIA_BORDER = "replicate"
 
@@ -92,6 +107,29 @@ def kornia_pyramid(x: torch.Tensor) -> list[torch.Tensor]:
     from kornia.geometry.transform import build_pyramid
 
     return build_pyramid(x, level_count(max(x.shape[-2:])), border_type=KORNIA_BORDER)
+
+
+def nominal_peak_gbs(name: str) -> float | None:
+    """The nominal peak memory bandwidth of a device named `name`, None where `PEAK_GBS` does not know it."""
+    for key, gbs in PEAK_GBS:
+        if key.lower() in name.lower():
+            return gbs
+    return None
+
+
+def chain_traffic_bytes(size: int, bytes_per_texel: int = 4) -> int:
+    """Least bytes read + written to build the mip chain of a size² image from level 0: every level but
+    the last read once, every level but level 0 written once."""
+    levels = [max(1, size >> i) ** 2 * bytes_per_texel for i in range(level_count(size))]
+    return sum(levels[:-1]) + sum(levels[1:])
+
+
+def add_bandwidth_bound(results: list[dict[str, Any]], peak_gbs: float | None) -> None:
+    """`bound_s` (traffic / peak) and `bound_fraction` (bound_s / median) on every result; None without a peak."""
+    for r in results:
+        r["traffic_bytes"] = chain_traffic_bytes(r["size"])
+        r["bound_s"] = r["traffic_bytes"] / (peak_gbs * 1e9) if peak_gbs else None
+        r["bound_fraction"] = r["bound_s"] / r["median_s"] if peak_gbs else None
 
 
 def torch_case(image: np.ndarray, device: torch.device,
@@ -203,7 +241,7 @@ def cases(ctx: glmip.Context, image: np.ndarray, family: str) -> list[tuple[str,
     return out
 
 
-def run(sizes: list[int], repeats: int, budget_s: float) -> dict[str, Any]:
+def run(sizes: list[int], repeats: int, budget_s: float, peak_gbs: float | None = None) -> dict[str, Any]:
     results: list[dict[str, Any]] = []
     with glmip.Context() as ctx:
         renderer = str(ctx.info()["renderer"])
@@ -218,6 +256,11 @@ def run(sizes: list[int], repeats: int, budget_s: float) -> dict[str, Any]:
                     results.append(summarize(size, method, fam, times, warmup))
                     bar.update()
     add_ratios(results)
+    peak_source = "--peak-gbs" if peak_gbs else None
+    if peak_gbs is None and torch.cuda.is_available() and family == "cuda":
+        peak_gbs = nominal_peak_gbs(torch.cuda.get_device_name(0))
+        peak_source = f"nominal datasheet figure for {torch.cuda.get_device_name(0)}" if peak_gbs else None
+    add_bandwidth_bound(results, peak_gbs)
     reduced = sorted({(r["size"], r["method"]) for r in results if r["repeats"] < repeats})
     return {
         "device": renderer,
@@ -231,10 +274,14 @@ def run(sizes: list[int], repeats: int, budget_s: float) -> dict[str, Any]:
         "repeats": repeats,
         "budget_s_per_case": budget_s,
         "reduced_repeats": [f"{s} {m}" for s, m in reduced],
+        "peak_gbs": peak_gbs,
+        "peak_gbs_source": peak_source,
         "notes": [
             "times are wall clock of convert/upload + full chain to 1x1 + device sync; warm-up run excluded",
             "ratio_vs_avg_pool2d = median(torch avg_pool2d, same size, same device family) / median(this)",
             f"kornia build_pyramid uses border_type={KORNIA_BORDER!r}: the default 'reflect' fails at the 2x2 level",
+            "bound_s = (bytes read + written for the RGBA8 mip chain) / peak_gbs (nominal); bound_fraction = "
+            "bound_s / median_s; the timed runs also include the host-to-device upload of level 0",
         ],
         "results": results,
     }
@@ -278,20 +325,59 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="at most this many seconds of timed runs per case (repeats are reduced to fit)")
     parser.add_argument("--out", type=Path, default=None,
                         help="JSON path (default bench/results/pyramid-<renderer>.json)")
+    parser.add_argument("--peak-gbs", type=float, default=None,
+                        help="peak memory bandwidth in GB/s for the bound (default: nominal figure of the CUDA "
+                             "device when GL runs on it, from PEAK_GBS)")
+    parser.add_argument("--plot", type=Path, default=None, help="also draw ms per size and method to this PNG")
     return parser.parse_args(argv)
+
+
+def plot(report: dict[str, Any], path: Path) -> Path:
+    """ms against image size per method (log-log), the bandwidth bound dashed where known."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for method in dict.fromkeys(r["method"] for r in report["results"]):
+        rows = sorted((r for r in report["results"] if r["method"] == method), key=lambda r: r["size"])
+        ax.plot([r["size"] for r in rows], [r["median_s"] * 1e3 for r in rows], marker="o", label=method)
+    bound = sorted({(r["size"], r["bound_s"]) for r in report["results"] if r["bound_s"]})
+    if bound:
+        ax.plot([b[0] for b in bound], [b[1] * 1e3 for b in bound], "k--",
+                label=f"bandwidth bound ({report['peak_gbs']:g} GB/s, nominal)")
+    ax.set(xscale="log", yscale="log", xlabel="image side (px), RGBA8", ylabel="median ms",
+           title=f"mip pyramid build on {report['device']}")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    if args.repeats < 1 or any(s < 1 for s in args.sizes):
-        raise SystemExit("--repeats and --sizes must be positive")
-    report = run(args.sizes, args.repeats, args.budget_s)
+    if args.repeats < 1 or any(not 1 <= s <= MAX_SIZE for s in args.sizes):
+        raise SystemExit(f"--repeats must be positive and --sizes within 1..{MAX_SIZE}")
+    if args.peak_gbs is not None and args.peak_gbs <= 0:
+        raise SystemExit("--peak-gbs must be positive")
+    report = run(args.sizes, args.repeats, args.budget_s, args.peak_gbs)
     out = write_report(report, "pyramid", args.out)
     print(f"\ndevice: {report['device']}   torch: {report['torch_device']}   repeats: {report['repeats']}")
     if report["reduced_repeats"]:
         print("fewer repeats (budget): " + ", ".join(report["reduced_repeats"]))
     print(markdown_table(report))
+    if report["peak_gbs"]:
+        print(f"\nbandwidth bound at {report['peak_gbs']:g} GB/s ({report['peak_gbs_source']}):")
+        print(markdown_table(report, "bound / median", lambda r: "–" if r is None else f"{r['bound_fraction']:.2f}"))
     print(f"\nwrote {out}")
+    if args.plot:
+        try:
+            print(f"wrote {plot(report, args.plot)}")
+        except ImportError:
+            print("no plot: matplotlib is not installed")
 
 
 if __name__ == "__main__":

@@ -37,10 +37,15 @@ GL_CLAMP_TO_EDGE = 0x812F
 GL_REPEAT = 0x2901
 GL_MIRRORED_REPEAT = 0x8370
 
+# EGL enums, as Khronos' api/EGL/egl.h and eglext.h define them.
+EGL_VENDOR = 0x3053
 EGL_EXTENSIONS = 0x3055
-EGL_DRM_DEVICE_FILE_EXT = 0x3233
-EGL_CUDA_DEVICE_NV = 0x323A
-EGL_RENDERER_EXT = 0x335F
+EGL_DRM_DEVICE_FILE_EXT = 0x3233  # EGL_EXT_device_drm
+EGL_CUDA_DEVICE_NV = 0x323A  # EGL_NV_device_cuda
+EGL_DEVICE_UUID_EXT = 0x335C  # EGL_EXT_device_persistent_id (binary, 16 bytes)
+EGL_DRIVER_NAME_EXT = 0x335E  # EGL_EXT_device_persistent_id (string)
+EGL_RENDERER_EXT = 0x335F  # EGL_EXT_device_query_name
+EGL_UUID_SIZE = 16
 
 # Sized internal formats by (numpy dtype name, channels).
 INTERNAL_FORMATS: dict[tuple[str, int], int] = {
@@ -174,7 +179,11 @@ class GL:
 
 
 def egl_devices() -> list[dict[str, object]]:
-    """EGL devices as EGL_EXT_device_enumeration lists them: index, DRM file, CUDA index, extensions."""
+    """EGL devices as EGL_EXT_device_enumeration lists them, in EGL's order (the index `Context(device=)`
+    takes). Each: `index`, `extensions`, and where the device's extensions expose them `drm_file`
+    (EGL_EXT_device_drm), `renderer` and `vendor` (EGL_EXT_device_query_name), `driver` and `uuid`
+    (EGL_EXT_device_persistent_id; the UUID as 32 lowercase hex digits), `cuda_device`
+    (EGL_NV_device_cuda: the CUDA device ordinal the NVIDIA driver reports)."""
     try:
         query_devices = _proc(
             "eglQueryDevicesEXT", ctypes.c_uint, ctypes.c_int, ctypes.POINTER(ctypes.c_void_p),
@@ -187,24 +196,43 @@ def egl_devices() -> list[dict[str, object]]:
         )
     except (OSError, RuntimeError):
         return []
+    try:
+        query_binary = _proc(
+            "eglQueryDeviceBinaryEXT", ctypes.c_uint, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_void_p,
+            ctypes.POINTER(ctypes.c_int),
+        )
+    except RuntimeError:  # an EGL loader older than EGL_EXT_device_persistent_id
+        query_binary = None
     count = ctypes.c_int(0)
     if not query_devices(0, None, ctypes.byref(count)) or count.value == 0:
         return []
     handles = (ctypes.c_void_p * count.value)()
     query_devices(count.value, handles, ctypes.byref(count))
+
+    def text(handle: int, name: int) -> str | None:
+        value = query_string(handle, name)
+        return value.decode(errors="replace") if value else None
+
     devices: list[dict[str, object]] = []
     for index in range(count.value):
-        extensions = (query_string(handles[index], EGL_EXTENSIONS) or b"").decode().split()
+        handle = handles[index]
+        extensions = (query_string(handle, EGL_EXTENSIONS) or b"").decode().split()
         device: dict[str, object] = {"index": index, "extensions": extensions}
         if "EGL_EXT_device_drm" in extensions:
-            drm = query_string(handles[index], EGL_DRM_DEVICE_FILE_EXT)
-            device["drm_file"] = drm.decode() if drm else None
+            device["drm_file"] = text(handle, EGL_DRM_DEVICE_FILE_EXT)
         if "EGL_EXT_device_query_name" in extensions:
-            renderer = query_string(handles[index], EGL_RENDERER_EXT)
-            device["renderer"] = renderer.decode() if renderer else None
+            device["renderer"] = text(handle, EGL_RENDERER_EXT)
+            device["vendor"] = text(handle, EGL_VENDOR)
+        if "EGL_EXT_device_persistent_id" in extensions:
+            device["driver"] = text(handle, EGL_DRIVER_NAME_EXT)
+            if query_binary is not None:
+                uuid = (ctypes.c_ubyte * EGL_UUID_SIZE)()
+                size = ctypes.c_int(0)
+                if query_binary(handle, EGL_DEVICE_UUID_EXT, EGL_UUID_SIZE, uuid, ctypes.byref(size)) and size.value:
+                    device["uuid"] = bytes(uuid[: size.value]).hex()
         if "EGL_NV_device_cuda" in extensions:
             value = ctypes.c_ssize_t(-1)
-            if query_attrib(handles[index], EGL_CUDA_DEVICE_NV, ctypes.byref(value)):
+            if query_attrib(handle, EGL_CUDA_DEVICE_NV, ctypes.byref(value)):
                 device["cuda_device"] = int(value.value)
         devices.append(device)
     return devices

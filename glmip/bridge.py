@@ -3,14 +3,25 @@ path each transfer took.
 
 On any machine: read-back straight into the tensor's own memory (no numpy or bytes copy in
 between), or into a caller's `out` tensor; the host tensor is pinned when the destination is a
-CUDA device, so the upload that follows is asynchronous. The CUDA-GL interop path (no host round trip) is not built yet;
-`Context.info()["interop"]` says whether this machine could offer it and why.
+CUDA device, so the upload that follows is asynchronous.
+
+Where the destination is a CUDA tensor, the GL context is NVIDIA's on that same GPU and
+cuda-python is installed, the CUDA-GL interop path (`glmip.interop`) copies device to device on
+torch's current stream instead, with no host round trip (`BridgePath.CUDA_GL`); textures in
+RGB (3 channels) or sRGB formats cannot be registered with CUDA and are read back. `prefer`
+chooses: "auto" (interop where available), "interop" (a ValueError saying why when it is not),
+"readback". Each Transfer names the path taken. The interop path is NOT YET RUN ON A GPU; its
+tests (tests/test_interop.py) are skipped without one. These calls register the GL object for
+one transfer; for repeated transfers of one buffer, keep a `glmip.interop.GLBufferResource`.
+`Context.info()["interop"]` says which paths this machine offers and why.
 """
 
 from __future__ import annotations
 
 import ctypes
 import enum
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +36,22 @@ if TYPE_CHECKING:
 class BridgePath(str, enum.Enum):
     READBACK = "readback"  # GL -> host tensor memory
     PINNED_READBACK = "pinned_readback"  # GL -> pinned host tensor -> CUDA tensor (async copy)
+    CUDA_GL = "cuda_gl"  # GL object mapped into CUDA -> device-to-device copy (no host round trip)
+
+
+class Prefer(str, enum.Enum):
+    """Which path a transfer into (or out of) a CUDA tensor takes."""
+
+    AUTO = "auto"  # CUDA-GL interop where available, else read-back
+    INTEROP = "interop"  # CUDA-GL interop, or a ValueError saying why not
+    READBACK = "readback"  # always through host memory
+
+    @classmethod
+    def parse(cls, value: str | Prefer) -> Prefer:
+        try:
+            return cls(value)
+        except ValueError:
+            raise ValueError(f"prefer must be one of {', '.join(repr(p.value) for p in cls)}, got {value!r}") from None
 
 
 @dataclass(frozen=True)
@@ -65,23 +92,79 @@ def _finish(host: torch.Tensor, target: torch.device) -> Transfer:
     return Transfer(host, BridgePath.READBACK)
 
 
-def _destination(out: torch.Tensor | None, shape: tuple[int, ...], dtype: torch.dtype, device: Any
-                 ) -> tuple[torch.Tensor, torch.device]:
-    """The host tensor GL writes into: `out` itself when it is a contiguous CPU tensor, else a new
-    (pinned, when the destination is CUDA) one."""
+def _check_out(out: Any, shape: tuple[int, ...], dtype: torch.dtype) -> torch.device:
+    """Validate a caller's `out` tensor; returns the device it lives on."""
     import torch
 
-    if out is None:
-        target, pinned = _target(device)
-        return _host_tensor(shape, dtype, pinned), target
     if not isinstance(out, torch.Tensor):
         raise TypeError(f"out must be a torch tensor, got {type(out).__name__}")
     if tuple(out.shape) != shape or out.dtype != dtype:
         raise ValueError(f"out must have shape {shape} and dtype {dtype}, got {tuple(out.shape)} {out.dtype}")
     if not out.is_contiguous():
         raise ValueError("out must be contiguous")
-    target, pinned = _target(out.device)
-    return (out if target.type == "cpu" else _host_tensor(shape, dtype, pinned)), target
+    return _target(out.device)[0]
+
+
+def _resolve(out: torch.Tensor | None, shape: tuple[int, ...], dtype: torch.dtype, device: Any) -> torch.device:
+    """The destination device: `out`'s, else `device`'s; a CUDA device always with its index."""
+    import torch
+
+    target = _check_out(out, shape, dtype) if out is not None else _target(device)[0]
+    if target.type == "cuda" and target.index is None:
+        target = torch.device("cuda", torch.cuda.current_device())
+    return target
+
+
+def _destination(out: torch.Tensor | None, shape: tuple[int, ...], dtype: torch.dtype, target: torch.device
+                 ) -> torch.Tensor:
+    """The host tensor GL writes into: `out` itself when it is a CPU tensor, else a new (pinned, when
+    the destination is CUDA) one."""
+    if out is not None and target.type == "cpu":
+        return out
+    return _host_tensor(shape, dtype, target.type == "cuda")
+
+
+def _use_interop(prefer: str | Prefer, target: torch.device, availability: Callable[[], tuple[bool, str]]) -> bool:
+    """Whether to take the CUDA-GL path to/from `target`; availability() is asked only when it matters."""
+    choice = Prefer.parse(prefer)
+    if choice is Prefer.READBACK:
+        return False
+    if target.type != "cuda":
+        if choice is Prefer.INTEROP:
+            raise ValueError(f"prefer='interop' moves data between GL and CUDA tensors; the tensor here is on "
+                             f"{target}. Pass a CUDA device, or prefer='auto'/'readback'")
+        return False
+    available, why = availability()
+    if not available and choice is Prefer.INTEROP:
+        raise ValueError(f"prefer='interop' asked for, but the CUDA-GL interop path is not available: {why}")
+    return available
+
+
+def _gl_cuda_devices_of_current_context() -> tuple[list[int] | None, str]:
+    from .interop import gl_cuda_devices_or_reason
+
+    return gl_cuda_devices_or_reason()
+
+
+def _buffer_availability(buffer: moderngl.Buffer, target: torch.device) -> tuple[bool, str]:
+    from .context import cuda_gl_availability
+
+    return cuda_gl_availability(buffer.ctx.info["GL_VENDOR"], int(target.index), _gl_cuda_devices_of_current_context)
+
+
+# Texture formats CUDA can register (cudaGraphicsGLRegisterImage): R/RG/RGBA of these element types.
+_INTEROP_TEXTURE_DTYPES = ("uint8", "uint16", "float16", "float32")
+
+
+def _texture_availability(context: Context, target: torch.device, channels: int, dtype_name: str,
+                          srgb: bool = False) -> tuple[bool, str]:
+    if channels == 3:
+        return False, "CUDA cannot register 3-channel (RGB) textures; they are read back through the host"
+    if srgb:
+        return False, "CUDA cannot register sRGB textures; they are read back through the host"
+    if dtype_name not in _INTEROP_TEXTURE_DTYPES:
+        return False, f"CUDA-GL interop handles {', '.join(_INTEROP_TEXTURE_DTYPES)} textures, not {dtype_name}"
+    return context.interop_available(int(target.index))
 
 
 def _deliver(host: torch.Tensor, target: torch.device, out: torch.Tensor | None) -> Transfer:
@@ -93,13 +176,21 @@ def _deliver(host: torch.Tensor, target: torch.device, out: torch.Tensor | None)
     return _finish(host, target)
 
 
+def _empty_cuda(out: torch.Tensor | None, shape: tuple[int, ...], dtype: torch.dtype, target: torch.device
+                ) -> torch.Tensor:
+    import torch
+
+    return out if out is not None else torch.empty(shape, dtype=dtype, device=target)
+
+
 def buffer_to_tensor(buffer: moderngl.Buffer, shape: tuple[int, ...], dtype: Any = None, device: Any = "cpu",
-                     offset: int = 0, out: torch.Tensor | None = None) -> Transfer:
+                     offset: int = 0, out: torch.Tensor | None = None, prefer: str | Prefer = "auto") -> Transfer:
     """The bytes of GL `buffer` from `offset` as a tensor of `shape` and `dtype` (default float32).
 
     With `out` (a contiguous tensor of that shape and dtype, CPU or CUDA) the data lands in it, so
     repeated transfers reuse memory that is already paged in (several times faster than a fresh
-    tensor on first touch; see bench/bridge.py).
+    tensor on first touch; see bench/bridge.py). A CUDA destination takes the CUDA-GL interop path
+    when available (`prefer`, see the module docstring); the buffer's GL context must be current.
     """
     import torch
 
@@ -109,26 +200,88 @@ def buffer_to_tensor(buffer: moderngl.Buffer, shape: tuple[int, ...], dtype: Any
     shape = tuple(int(s) for s in shape)
     if any(s < 0 for s in shape):
         raise ValueError(f"shape must be non-negative, got {shape}")
-    host, target = _destination(out, shape, dtype, device)
-    nbytes = host.numel() * host.element_size()
+    target = _resolve(out, shape, dtype, device)
+    nbytes = math.prod(shape) * dtype.itemsize
     if offset < 0 or offset + nbytes > buffer.size:
         raise ValueError(f"{nbytes} bytes from offset {offset} do not fit a GL buffer of {buffer.size} bytes")
+    if _use_interop(prefer, target, lambda: _buffer_availability(buffer, target)):
+        from .interop import GLBufferResource
+
+        tensor = _empty_cuda(out, shape, dtype, target)
+        with GLBufferResource(buffer, flags="read_only", device=target.index) as resource:
+            resource.copy_to(tensor, offset)
+        return Transfer(tensor, BridgePath.CUDA_GL)
+    host = _destination(out, shape, dtype, target)
     if nbytes:
         buffer.read_into(writable_view(host), size=nbytes, offset=offset)
     return _deliver(host, target, out)
 
 
-def level_to_tensor(pyramid: Pyramid, level: int, device: Any = "cpu", out: torch.Tensor | None = None) -> Transfer:
+def level_to_tensor(pyramid: Pyramid, level: int, device: Any = "cpu", out: torch.Tensor | None = None,
+                    prefer: str | Prefer = "auto") -> Transfer:
     """Pyramid level `level` as an HxWxC tensor of the image's dtype (see `Pyramid.level`), into
-    `out` when given (as `buffer_to_tensor`)."""
+    `out` when given (as `buffer_to_tensor`); CUDA destinations through CUDA-GL interop where
+    available (not for RGB or sRGB pyramids, see the module docstring)."""
     import torch
 
     if not 0 <= level < pyramid.levels:
         raise ValueError(f"level {level} does not exist; this pyramid has levels 0..{pyramid.levels - 1}")
     w, h = pyramid.sizes[level]
-    host, target = _destination(out, (h, w, pyramid.channels), getattr(torch, pyramid.dtype.name), device)
-    pyramid.context.raw.read_level(pyramid.texture.glo, level, pyramid.channels, pyramid.dtype.name,
-                                   host.data_ptr(), host.numel() * host.element_size())
+    shape, dtype = (h, w, pyramid.channels), getattr(torch, pyramid.dtype.name)
+    target = _resolve(out, shape, dtype, device)
+    context = pyramid.context
+    if _use_interop(prefer, target, lambda: _texture_availability(context, target, pyramid.channels,
+                                                                  pyramid.dtype.name, pyramid.srgb)):
+        from .interop import GLImageResource
+
+        tensor = _empty_cuda(out, shape, dtype, target)
+        context.make_current()
+        with GLImageResource(pyramid.texture.glo, flags="read_only", device=target.index) as resource:
+            resource.copy_level_to(level, tensor)
+        return Transfer(tensor, BridgePath.CUDA_GL)
+    host = _destination(out, shape, dtype, target)
+    context.raw.read_level(pyramid.texture.glo, level, pyramid.channels, pyramid.dtype.name,
+                           host.data_ptr(), host.numel() * host.element_size())
+    return _deliver(host, target, out)
+
+
+# moderngl texture dtypes -> tensor dtypes (unsigned normalised read as their integers).
+_TENSOR_DTYPES = {"f1": "uint8", "nu2": "uint16", "f2": "float16", "f4": "float32"}
+
+
+def texture_to_tensor(context: Context, texture: moderngl.Texture, level: int = 0, device: Any = "cpu",
+                      out: torch.Tensor | None = None, prefer: str | Prefer = "auto") -> Transfer:
+    """Level `level` of any 2-D moderngl texture of `context` (a render target, say) as an (H, W, C)
+    tensor, rows as GL stores them (row 0 first: the bottom of a rendered picture). Texture dtypes
+    'f1' (uint8), 'nu2' (uint16), 'f2' (float16), 'f4' (float32). Paths as `level_to_tensor`."""
+    import moderngl
+    import torch
+
+    name = _TENSOR_DTYPES.get(texture.dtype)
+    if name is None:
+        raise TypeError(f"texture_to_tensor reads textures of dtype {', '.join(_TENSOR_DTYPES)}, got {texture.dtype!r}")
+    levels = max(texture.size).bit_length()
+    if not isinstance(level, int) or not 0 <= level < levels:
+        raise ValueError(f"level must be an int in 0..{levels - 1} for a {texture.size[0]}x{texture.size[1]} "
+                         f"texture, got {level!r}")
+    w, h = max(1, texture.size[0] >> level), max(1, texture.size[1] >> level)
+    shape, dtype = (h, w, texture.components), getattr(torch, name)
+    target = _resolve(out, shape, dtype, device)
+    if _use_interop(prefer, target, lambda: _texture_availability(context, target, texture.components, name)):
+        from .interop import GLImageResource
+
+        tensor = _empty_cuda(out, shape, dtype, target)
+        context.make_current()
+        with GLImageResource(texture, flags="read_only", device=target.index) as resource:
+            resource.copy_level_to(level, tensor)
+        return Transfer(tensor, BridgePath.CUDA_GL)
+    host = _destination(out, shape, dtype, target)
+    context.make_current()
+    try:
+        texture.read_into(writable_view(host), level=level, alignment=1)
+    except moderngl.Error as error:
+        raise ValueError(f"level {level} of this texture is not there (moderngl: {error}); build its mipmaps "
+                         "first (texture.build_mipmaps())") from None
     return _deliver(host, target, out)
 
 
@@ -136,11 +289,13 @@ def level_to_tensor(pyramid: Pyramid, level: int, device: Any = "cpu", out: torc
 _TEXTURE_DTYPES = {"uint8": "f1", "uint16": "nu2", "float16": "f2", "float32": "f4"}
 
 
-def tensor_to_texture(context: Context, tensor: torch.Tensor, layout: str = "HWC") -> moderngl.Texture:
+def tensor_to_texture(context: Context, tensor: torch.Tensor, layout: str = "HWC",
+                      prefer: str | Prefer = "auto") -> moderngl.Texture:
     """A new GL texture (one level) holding `tensor`: (H, W, C) or, with layout="CHW", (C, H, W);
     C in 1..4; uint8/uint16 (normalised), float16 or float32. A contiguous CPU tensor is uploaded
-    straight from its memory; other tensors (CUDA, strided) go through one contiguous host copy.
-    The caller releases the texture.
+    straight from its memory; a CUDA tensor is copied device to device through CUDA-GL interop
+    where available (C != 3; `prefer` as in the module docstring), else through one contiguous host
+    copy, as are strided CPU tensors. The caller releases the texture.
     """
     import torch
 
@@ -162,8 +317,21 @@ def tensor_to_texture(context: Context, tensor: torch.Tensor, layout: str = "HWC
         raise ValueError(f"need 1..4 channels and a non-empty image, got (H, W, C) = {tuple(tensor.shape)}")
     if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
         raise ValueError("the tensor holds NaN or infinite values")
-    host = tensor.detach().to("cpu").contiguous()
     gl = context.gl
+    if _use_interop(prefer, tensor.device, lambda: _texture_availability(
+            context, _resolve(None, (), tensor.dtype, tensor.device), int(channels), name)):
+        from .interop import GLImageResource
+
+        source = tensor.detach().contiguous()
+        texture = gl.texture((width, height), channels, dtype=_TEXTURE_DTYPES[name], alignment=1)
+        try:
+            with GLImageResource(texture, flags="write_discard", device=source.device.index) as resource:
+                resource.copy_level_from(0, source)
+        except BaseException:
+            texture.release()
+            raise
+        return texture
+    host = tensor.detach().to("cpu").contiguous()
     texture = gl.texture((width, height), channels, writable_view(host), dtype=_TEXTURE_DTYPES[name],
                          alignment=1)
     return texture

@@ -7,7 +7,14 @@ import pytest
 import torch
 
 import glmip
-from glmip.bridge import BridgePath, buffer_to_tensor, level_to_tensor, tensor_to_texture, writable_view
+from glmip.bridge import (
+    BridgePath,
+    buffer_to_tensor,
+    level_to_tensor,
+    tensor_to_texture,
+    texture_to_tensor,
+    writable_view,
+)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.uint8, torch.int64, torch.bfloat16, torch.float16])
@@ -125,3 +132,39 @@ def test_tensor_to_texture_rejects_bad_tensors(ctx):
         tensor_to_texture(ctx, np.zeros((4, 4), np.float32))
     with pytest.raises(ValueError, match="layout"):
         tensor_to_texture(ctx, torch.zeros(4, 4), layout="WHC")
+
+
+def test_texture_to_tensor_reads_a_rendered_picture(ctx):
+    gl = ctx.gl
+    program = gl.program(
+        vertex_shader="#version 450\nin vec2 p; out vec2 uv; void main() { uv = p; gl_Position = vec4(p, 0, 1); }",
+        fragment_shader="#version 450\nin vec2 uv; out vec4 c; void main() { c = vec4(uv * 0.5 + 0.5, 0.25, 1); }")
+    vbo = gl.buffer(np.array([-1, -1, 3, -1, -1, 3], np.float32))
+    vao = gl.vertex_array(program, [(vbo, "2f", "p")])
+    target = gl.texture((37, 19), 4)
+    fbo = gl.framebuffer([target])
+    try:
+        fbo.use()
+        vao.render()
+        transfer = texture_to_tensor(ctx, target)
+        assert transfer.path is BridgePath.READBACK and transfer.tensor.shape == (19, 37, 4)
+        expected = np.frombuffer(target.read(alignment=1), np.uint8).reshape(19, 37, 4)
+        np.testing.assert_array_equal(transfer.tensor.numpy(), expected)
+        assert transfer.tensor[0, 0, 0] < 10 and transfer.tensor[0, -1, 0] > 245, "row 0 first, as GL stores it"
+        with pytest.raises(ValueError, match="level 1 of this texture is not there"):
+            texture_to_tensor(ctx, target, level=1)
+        target.build_mipmaps()
+        half = texture_to_tensor(ctx, target, level=1, out=torch.zeros(9, 18, 4, dtype=torch.uint8))
+        expected = np.frombuffer(target.read(level=1, alignment=1), np.uint8).reshape(9, 18, 4)
+        np.testing.assert_array_equal(half.tensor.numpy(), expected)
+        with pytest.raises(ValueError, match="level must be an int in 0..5"):
+            texture_to_tensor(ctx, target, level=6)
+    finally:
+        for obj in (fbo, target, vao, vbo, program):
+            obj.release()
+    odd = gl.texture((4, 4), 1, dtype="i4")
+    try:
+        with pytest.raises(TypeError, match="dtype f1, nu2, f2, f4"):
+            texture_to_tensor(ctx, odd)
+    finally:
+        odd.release()

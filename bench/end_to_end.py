@@ -1,0 +1,204 @@
+"""End to end: image -> pyramid -> relevance -> tokens -> LodPatchEmbed -> a small ViT, against dense tokens.
+
+glmip, per image: upload + mip chain (`ctx.pyramid`, method box), weight-free GPU saliency as the
+relevance (`glmip.saliency`), `glmip.allocate` (budget tokens, GPU relevance pyramid), `Pyramid.tokens`
+into a tensor on the torch device (CUDA-GL interop where available, else pinned read-back), then
+`glmip.nn.LodPatchEmbed` (sin-cos position + level embedding) and a small pre-norm ViT encoder
+(`nn.TransformerEncoder`, --dim/--depth/--heads) with the padding mask. The peer, dense
+full-resolution tokenisation: the same image uploaded to the torch device, every patch x patch patch
+embedded by a strided conv, sin-cos position, the same encoder. Per image (median of --repeats) and
+per batch of --batch images (glmip: one pyramid per image, one embedding + encoder call for the padded
+batch; dense: one stacked batch). Every stage of a timing ends with a device sync. Ratios in the same
+run: `dense_vs_glmip` = dense median / glmip median (> 1: glmip faster). Runs on CUDA when torch has
+it, else on the CPU (GL on llvmpipe there). JSON under bench/results/end_to_end-<device>.json.
+
+The CUDA rows are NOT YET RUN ON A GPU.
+
+Usage: python bench/end_to_end.py [--size 1024] [--budget 256] [--patch 16] [--batch 64] [--repeats 5]
+                                  [--dim 384] [--depth 6] [--heads 6] [--out PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
+
+import glmip  # noqa: E402
+from bench.pyramid import write_report  # noqa: E402
+from glmip.nn import LodPatchEmbed, sincos_position  # noqa: E402
+
+
+def images(size: int, count: int) -> list[np.ndarray]:
+    """`count` RGB uint8 size x size images: the bundled photo resized, each shifted differently."""
+    base = np.asarray(Image.open(glmip.DEFAULT_IMAGE).convert("RGB").resize((size, size), Image.BICUBIC))
+    return [np.ascontiguousarray(np.roll(base, 7 * k, axis=1)) for k in range(count)]
+
+
+def encoder(dim: int, depth: int, heads: int, device: torch.device) -> nn.Module:
+    layer = nn.TransformerEncoderLayer(dim, heads, 4 * dim, dropout=0.0, batch_first=True, norm_first=True)
+    return nn.TransformerEncoder(layer, depth, enable_nested_tensor=False).to(device).eval()
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Glmip:
+    """The glmip pipeline, timing each stage."""
+
+    def __init__(self, ctx: glmip.Context, embed: LodPatchEmbed, vit: nn.Module, budget: int, patch: int,
+                 device: torch.device) -> None:
+        self.ctx, self.embed, self.vit, self.budget, self.patch, self.device = ctx, embed, vit, budget, patch, device
+
+    def tokens(self, image: np.ndarray, stages: dict[str, float]) -> tuple[torch.Tensor, Any]:
+        start = time.perf_counter()
+        pyramid = self.ctx.pyramid(image, method="box")
+        self.ctx.gl.finish()
+        stages["pyramid"] += time.perf_counter() - start
+        try:
+            start = time.perf_counter()
+            relevance = glmip.saliency(pyramid)
+            stages["relevance"] += time.perf_counter() - start
+            start = time.perf_counter()
+            layout = glmip.allocate(relevance, budget=self.budget, patch=self.patch,
+                                    image_size=(pyramid.width, pyramid.height), context=self.ctx)
+            stages["allocate"] += time.perf_counter() - start
+            start = time.perf_counter()
+            shape = (len(layout.cx), pyramid.channels, self.patch, self.patch)
+            tokens = pyramid.tokens(layout, out=torch.empty(shape, device=self.device))
+            sync(self.device)
+            stages["tokens"] += time.perf_counter() - start
+        finally:
+            pyramid.close()
+        return tokens, layout
+
+    def __call__(self, batch: list[np.ndarray]) -> tuple[dict[str, float], int]:
+        stages = dict.fromkeys(("pyramid", "relevance", "allocate", "tokens", "embed", "vit"), 0.0)
+        pairs = [self.tokens(image, stages) for image in batch]
+        with torch.inference_mode():
+            start = time.perf_counter()
+            embedded = self.embed([t for t, _ in pairs], [layout for _, layout in pairs])
+            sync(self.device)
+            stages["embed"] += time.perf_counter() - start
+            start = time.perf_counter()
+            self.vit(embedded.embeddings, src_key_padding_mask=embedded.padding)
+            sync(self.device)
+            stages["vit"] += time.perf_counter() - start
+        return stages, sum(t.shape[0] for t, _ in pairs)
+
+
+class Dense:
+    """Every patch of the full-resolution image, conv-embedded, into the same encoder."""
+
+    def __init__(self, embed: LodPatchEmbed, vit: nn.Module, patch: int, device: torch.device) -> None:
+        self.conv = nn.Conv2d(3, embed.dim, patch, stride=patch).to(device).eval()
+        with torch.no_grad():
+            self.conv.weight.copy_(embed.proj.weight.reshape(embed.dim, 3, patch, patch))
+            self.conv.bias.copy_(embed.proj.bias)
+        self.mean, self.std = embed.mean.to(device), embed.std.to(device)
+        self.vit, self.patch, self.dim, self.device = vit, patch, embed.dim, device
+
+    def __call__(self, batch: list[np.ndarray]) -> tuple[dict[str, float], int]:
+        stages = dict.fromkeys(("upload", "embed", "vit"), 0.0)
+        with torch.inference_mode():
+            start = time.perf_counter()
+            pixels = torch.from_numpy(np.stack(batch)).to(self.device).permute(0, 3, 1, 2).float() / 255
+            sync(self.device)
+            stages["upload"] += time.perf_counter() - start
+            start = time.perf_counter()
+            x = self.conv((pixels - self.mean) / self.std)
+            b, d, gh, gw = x.shape
+            ys, xs = torch.meshgrid(torch.arange(gh, device=self.device), torch.arange(gw, device=self.device),
+                                    indexing="ij")
+            xy = torch.stack([xs.flatten(), ys.flatten()], 1).float() + 0.5
+            x = x.flatten(2).transpose(1, 2) + sincos_position(xy, self.dim)
+            sync(self.device)
+            stages["embed"] += time.perf_counter() - start
+            start = time.perf_counter()
+            self.vit(x)
+            sync(self.device)
+            stages["vit"] += time.perf_counter() - start
+        return stages, b * gh * gw
+
+
+def measure(pipeline: Any, batch: list[np.ndarray], repeats: int) -> dict[str, Any]:
+    pipeline(batch)  # warm-up: shader compilation, allocator, kernels
+    runs = [pipeline(batch) for _ in range(repeats)]
+    totals = [sum(stages.values()) for stages, _ in runs]
+    return {"median_s": statistics.median(totals), "min_s": min(totals), "repeats": repeats,
+            "tokens": runs[0][1], "stages_median_s": {k: statistics.median(s[k] for s, _ in runs) for k in runs[0][0]}}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=1024, help="image side in pixels (square RGB)")
+    parser.add_argument("--budget", type=int, default=256, help="glmip tokens per image at most")
+    parser.add_argument("--patch", type=int, default=16)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--dim", type=int, default=384)
+    parser.add_argument("--depth", type=int, default=6)
+    parser.add_argument("--heads", type=int, default=6)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+    if min(args.size, args.budget, args.patch, args.batch, args.repeats, args.dim, args.depth, args.heads) < 1:
+        raise SystemExit("every size and count must be positive")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(0)
+    embed = LodPatchEmbed(args.patch, 3, args.dim, position="sincos").to(device).eval()
+    vit = encoder(args.dim, args.depth, args.heads, device)
+    batch = images(args.size, args.batch)
+    context = glmip.Context(cuda_device=torch.cuda.current_device()) if device.type == "cuda" else glmip.Context()
+    with context as ctx:
+        info = ctx.info()
+        if device.type == "cuda":
+            available, why = ctx.interop_available(torch.cuda.current_device())
+            path = "cuda_gl" if available else "pinned_readback"
+        else:
+            path, why = "readback", "tokens land in host memory (CPU torch)"
+        ours, dense = Glmip(ctx, embed, vit, args.budget, args.patch, device), Dense(embed, vit, args.patch, device)
+        results = {}
+        for label, images_ in (("per_image", batch[:1]), (f"batch_{args.batch}", batch)):
+            results[label] = {"glmip": measure(ours, images_, args.repeats), "dense": measure(dense, images_,
+                                                                                            args.repeats)}
+            results[label]["dense_vs_glmip"] = results[label]["dense"]["median_s"] / results[label]["glmip"]["median_s"]
+    report = {
+        "device": info["renderer"],
+        "torch_device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "settings": {k: getattr(args, k) for k in ("size", "budget", "patch", "batch", "repeats", "dim", "depth",
+                                                   "heads")},
+        "tokens_path": path, "tokens_path_why": why,
+        "notes": ["times are wall clock with a device sync after every stage; warm-up run excluded",
+                  "dense_vs_glmip = dense median / glmip median, same run (> 1: glmip faster)",
+                  "glmip per image: pyramid (upload + box mips), saliency, allocate, tokens, embed, vit; dense: "
+                  "upload + float conversion, conv patch embed + sin-cos position, vit"],
+        "results": results,
+    }
+    print(f"device: {report['device']}   torch: {report['torch_device']}   tokens via {path}")
+    print("| case | glmip ms (tokens) | dense ms (tokens) | dense / glmip |")
+    print("|---|---:|---:|---:|")
+    for label, r in results.items():
+        print(f"| {label} | {r['glmip']['median_s'] * 1e3:.1f} ({r['glmip']['tokens']}) | "
+              f"{r['dense']['median_s'] * 1e3:.1f} ({r['dense']['tokens']}) | {r['dense_vs_glmip']:.2f} |")
+    for label, r in results.items():
+        stages = ", ".join(f"{k} {v * 1e3:.1f}" for k, v in r["glmip"]["stages_median_s"].items())
+        print(f"glmip {label} stages (ms): {stages}")
+    print(f"wrote {write_report(report, 'end_to_end', args.out)}")
+
+
+if __name__ == "__main__":
+    main()
