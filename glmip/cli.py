@@ -23,6 +23,15 @@ def _print_info(info: dict, stream=sys.stdout) -> None:
     print(f"renderer        {info['renderer']} ({info['vendor']})", file=stream)
     print(f"OpenGL          {info['gl_version']}", file=stream)
     print(f"EGL device      {info['egl_device']} of {max(1, len(info['egl_devices']))}", file=stream)
+    for device in info["egl_devices"]:
+        mark = "*" if device.get("chosen") else " "
+        name = device.get("renderer") or device.get("vendor") or device.get("drm_file") or \
+            (info["renderer"] if device.get("chosen") else "unnamed")
+        print(f"  {mark} {device.get('index')}: {name}; uuid {device.get('uuid') or 'not exposed'}; "
+              f"CUDA device {device.get('cuda_device') if device.get('cuda_device') is not None else 'none'}",
+              file=stream)
+    if info.get("gl_cuda_devices") is not None:
+        print(f"CUDA devices    {info['gl_cuda_devices']} run this context", file=stream)
     print(f"max texture     {info['max_texture_size']} px", file=stream)
     print(f"max anisotropy  {info['max_anisotropy']:g}x", file=stream)
     print(f"compute shaders {'yes' if info['compute_shaders'] else 'no'}", file=stream)
