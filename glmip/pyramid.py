@@ -265,12 +265,13 @@ class Pyramid:
 
     def render(self, lod_map: Any = None, *, relevance: Any = None, size: tuple[int, int] | None = None,
                max_level: float | None = None, gamma: float = 1.0, lod_bias: float = 0.0,
-               return_lod: bool = False) -> Any:
+               region: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0), return_lod: bool = False) -> Any:
         """The image composited at per-pixel levels in one pass (trilinear, seamless): the foveated picture.
 
         Pass a LOD map (h, w) of any resolution, or a relevance map in [0, 1] turned into one by
         `glmip.lod_map(relevance, max_level (default: min(5, last level)), gamma)`. `size` is the
-        output's (width, height), default the image's. Returns HxWxC in the image's dtype, and with
+        output's (width, height), default the image's; `region` = (u0, v0, u1, v1) the part of the
+        image it covers (default all). Returns HxWxC in the image's dtype, and with
         `return_lod` also the level each output pixel used (h, w) float32.
         """
         self._check_open()
@@ -282,7 +283,7 @@ class Pyramid:
         if relevance is not None:
             lod_map = make_lod_map(relevance, max_level=self.default_max_level if max_level is None else max_level,
                                    gamma=gamma)
-        image, used = render(self, lod_map, size, lod_bias)
+        image, used = render(self, lod_map, size, lod_bias, region)
         return (image, used) if return_lod else image
 
     # -- life cycle ---------------------------------------------------------------------

@@ -230,18 +230,24 @@ def _set_if_used(program: moderngl.ComputeShader, name: str, value: object) -> N
 
 
 def render(pyramid: Pyramid, lod_map: np.ndarray, size: tuple[int, int] | None = None,
-           lod_bias: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+           lod_bias: float = 0.0, region: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)
+           ) -> tuple[np.ndarray, np.ndarray]:
     """Composite the image at per-pixel LODs in one pass: each output pixel samples `lod_map`
     bilinearly at its centre and the pyramid trilinearly at that level (no seams between levels).
 
-    `lod_map` is a float (h, w) map of any resolution; `size` = (width, height) of the result,
-    default the image's. Returns (image HxWxC in the pyramid's dtype, LOD used per pixel HxW).
+    `lod_map` is a float (h, w) map of any resolution over the whole image; `size` = (width,
+    height) of the result, default the image's; `region` = (u0, v0, u1, v1) the part of the image
+    the result covers (default all of it), so a zoomed-in view renders only what it shows.
+    Returns (image HxWxC in the pyramid's dtype, LOD used per pixel HxW).
     """
     lods = as_lod_map(lod_map)
     width, height = size or (pyramid.width, pyramid.height)
     if not (isinstance(width, (int, np.integer)) and isinstance(height, (int, np.integer)) and width > 0
             and height > 0):
         raise ValueError(f"size must be two positive ints (width, height), got {size!r}")
+    region = tuple(float(v) for v in region)
+    if len(region) != 4 or not all(np.isfinite(region)) or not (region[0] < region[2] and region[1] < region[3]):
+        raise ValueError(f"region must be (u0, v0, u1, v1) with u0 < u1 and v0 < v1, got {region!r}")
     ctx = pyramid.context
     gl = ctx.gl
     channels, dtype = pyramid.channels, pyramid.dtype
@@ -262,6 +268,7 @@ def render(pyramid: Pyramid, lod_map: np.ndarray, size: tuple[int, int] | None =
         lod_texture.use(1)
         render_program["lod_map"] = 1
         render_program["size"] = (width, height)
+        render_program["region"] = region
         render_program["lod_bias"] = float(lod_bias)
         colour.bind_to_storage_buffer(0)
         lod_out.bind_to_storage_buffer(1)

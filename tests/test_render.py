@@ -104,6 +104,24 @@ def test_render_argument_errors(ctx):
             p.render(np.zeros((2, 2)), size=(0, 5))
         with pytest.raises(ValueError, match="LOD map"):
             p.render(np.zeros((2, 2, 2)))
+        with pytest.raises(ValueError, match="region"):
+            p.render(np.zeros((2, 2)), region=(0.5, 0.0, 0.5, 1.0))
+
+
+@pytest.mark.parametrize("x0, y0, x1, y1", [(0, 0, 97, 61), (13, 7, 60, 40), (96, 60, 97, 61), (40, 0, 41, 61)])
+def test_render_of_a_region_is_the_crop_of_the_whole(ctx, x0, y0, x1, y1):
+    """A region on the output's pixel grid gives the same pixels as rendering all and cropping
+    (within 1 LSB: the uv of a pixel centre is rounded differently)."""
+    rng = np.random.default_rng(x0 + y1)
+    image = random_image(rng, 61, 97, 3, "uint8")
+    lods = rng.random((9, 13)).astype(np.float32) * 4
+    with ctx.pyramid(image, method="box") as p:
+        whole, whole_lod = p.render(lods, return_lod=True)
+        part, part_lod = p.render(lods, size=(x1 - x0, y1 - y0), region=(x0 / 97, y0 / 61, x1 / 97, y1 / 61),
+                                  return_lod=True)
+    assert part.shape == (y1 - y0, x1 - x0, 3)
+    assert np.abs(part.astype(int) - whole[y0:y1, x0:x1].astype(int)).max() <= 1
+    np.testing.assert_allclose(part_lod, whole_lod[y0:y1, x0:x1], atol=1e-4)
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:

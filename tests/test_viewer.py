@@ -440,3 +440,20 @@ def test_query_relevance_in_the_viewer(ctx, tiny_clip, tmp_path, noise_image):
     np.testing.assert_allclose(relevance, expected, atol=1e-5)
     off = Scene(ctx, noise_image, method="box")
     assert off.query_available[0] is False and "--clip-model" in off.query_available[1]
+
+
+@settings(max_examples=60, deadline=None)
+@given(u0=st.floats(0, 0.9), v0=st.floats(0, 0.9), du=st.floats(0.01, 1), dv=st.floats(0.01, 1),
+       width=st.integers(1, 4096), height=st.integers(1, 4096))
+def test_render_region_covers_what_is_visible(u0, v0, du, dv, width, height):
+    """The foveated picture is rendered over the visible part (plus a margin, snapped to tiles), or
+    over the whole image when that part is most of it; it always covers what the view shows."""
+    from viewer.scene import REGION_MAX_SHARE, render_region
+
+    u1, v1 = min(1.0, u0 + du), min(1.0, v0 + dv)
+    x0, y0, x1, y1 = render_region((u0, v0, u1, v1), (width, height))
+    assert 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height
+    assert x0 <= u0 * width and x1 >= min(width, u1 * width) and y0 <= v0 * height and y1 >= min(height, v1 * height)
+    if (x0, y0, x1, y1) != (0, 0, width, height):
+        assert (x1 - x0) * (y1 - y0) <= REGION_MAX_SHARE * width * height
+    assert render_region(None, (width, height)) == (0, 0, width, height)

@@ -123,7 +123,9 @@ class Presenter:
         else:
             rect = state.image_rect
             if frame.base is not None:
-                self._quad(frame.base, rect)
+                u0, v0, u1, v1 = frame.base.uv
+                self._quad(frame.base, Rect(rect.x0 + u0 * rect.width, rect.y0 + v0 * rect.height,
+                                            rect.x0 + u1 * rect.width, rect.y0 + v1 * rect.height))
             if frame.overlay is not None:
                 self._quad(frame.overlay, rect, blend=True)
         target.scissor = None

@@ -37,6 +37,7 @@ class Picture:
     pixels: np.ndarray
     nearest: bool = False  # magnify texels as squares (single-level view)
     one_to_one: bool = False  # drawn texel for pixel (tilted plane): no mipmaps, nearest
+    uv: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)  # the part of the image it shows
 
 
 @dataclass
@@ -74,6 +75,31 @@ def render_scale(display_scale: float) -> float:
     if display_scale >= 1:
         return 1.0
     return min(1.0, 2.0 ** (math.ceil(2 * math.log2(display_scale)) / 2))
+
+
+REGION_TILE = 256  # render-region edges snap to this many output pixels (small pans reuse the picture)
+REGION_MARGIN = 128  # output pixels rendered beyond the visible edge
+REGION_MAX_SHARE = 0.6  # above this share of the image, render all of it
+
+
+def render_region(visible: tuple[float, float, float, float] | None, full: tuple[int, int]
+                  ) -> tuple[int, int, int, int]:
+    """The output pixels (x0, y0, x1, y1) of a `full`-sized render worth computing: the visible uv
+    rectangle plus a margin, snapped outward to a tile grid; the whole image when that is most of it."""
+    width, height = full
+    if visible is None:
+        return 0, 0, width, height
+    u0, v0, u1, v1 = visible
+
+    def span(a: float, b: float, n: int) -> tuple[int, int]:
+        lo = max(0, math.floor((a * n - REGION_MARGIN) / REGION_TILE) * REGION_TILE)
+        hi = min(n, math.ceil((b * n + REGION_MARGIN) / REGION_TILE) * REGION_TILE)
+        return lo, max(hi, lo + 1)
+
+    (x0, x1), (y0, y1) = span(u0, u1, width), span(v0, v1, height)
+    if (x1 - x0) * (y1 - y0) > REGION_MAX_SHARE * width * height:
+        return 0, 0, width, height
+    return x0, y0, x1, y1
 
 
 class Scene:
@@ -242,17 +268,21 @@ class Scene:
             frame.levels_in_view = (float(level), float(level))
 
     def foveated(self, state: ViewState) -> Picture:
-        """The LOD-composited image, rendered no finer than the display shows it (see `render_scale`)."""
+        """The LOD-composited image, rendered no finer than the display shows it (see `render_scale`),
+        and only around the visible part when zoomed in (see `render_region`)."""
         scale = render_scale(state.scale)
-        key = ("foveated", self._method, self.relevance_key(state), state.gamma, state.lod_bias, scale)
+        w, h = self.image_size
+        full = (max(1, math.ceil(w * scale)), max(1, math.ceil(h * scale)))
+        region = render_region(state.visible_uv(), full)
+        key = ("foveated", self._method, self.relevance_key(state), state.gamma, state.lod_bias, scale, region)
 
         def make() -> Picture:
-            w, h = self.image_size
-            size = (max(1, math.ceil(w * scale)), max(1, math.ceil(h * scale)))
+            x0, y0, x1, y1 = region
             # Below full size, no level finer than the output's own pixel spacing: no aliasing.
             lods = np.maximum(self.lods(state), math.log2(1 / scale)).astype(np.float32)
-            image = self.pyramid.render(lod_map=lods, size=size)
-            return Picture(key, display_rgb(image))
+            uv = (x0 / full[0], y0 / full[1], x1 / full[0], y1 / full[1])
+            image = self.pyramid.render(lod_map=lods, size=(x1 - x0, y1 - y0), region=uv)
+            return Picture(key, display_rgb(image), uv=uv)
 
         return self._memo("foveated", key, make)
 
