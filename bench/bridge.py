@@ -34,7 +34,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
 import glmip  # noqa: E402
-from bench.pyramid import write_report  # noqa: E402
+from bench.pyramid import save_figure, write_report  # noqa: E402
 from glmip.bridge import BridgePath, buffer_to_tensor, writable_view  # noqa: E402
 
 
@@ -120,11 +120,7 @@ def plot(report: dict, path: Path) -> Path:
                     "_gib_per_s"))
     ax.set(xscale="log", yscale="log", xlabel="MiB", ylabel="GiB/s", title=f"GL -> torch on {report['device']}")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -221,6 +221,17 @@ def device_slug(renderer: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", words).strip("-") or platform.node()
 
 
+def save_figure(fig: Any, path: Path, dpi: int = 120) -> Path:
+    """Lay out, write (making the folder) and close a matplotlib figure; every bench plot ends here."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
 def write_report(report: dict[str, Any], name: str, out: str | Path | None = None) -> Path:
     """Write `report` as JSON to `out`, default bench/results/<name>-<device slug>.json; returns the path."""
     default = Path(__file__).resolve().parent / "results" / f"{name}-{device_slug(report['device'])}.json"
@@ -350,11 +361,7 @@ def plot(report: dict[str, Any], path: Path) -> Path:
     ax.set(xscale="log", yscale="log", xlabel="image side (px), RGBA8", ylabel="median ms",
            title=f"mip pyramid build on {report['device']}")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> None:

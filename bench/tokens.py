@@ -82,7 +82,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
 import glmip  # noqa: E402
-from bench.pyramid import torch_device_label, write_report  # noqa: E402
+from bench.pyramid import save_figure, torch_device_label, write_report  # noqa: E402
 from glmip.allocate import TokenLayout  # noqa: E402
 from glmip.image import as_image_array  # noqa: E402
 from glmip.reconstruct import reconstruct  # noqa: E402
@@ -604,10 +604,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     ax.set_xticks(report["budgets"], [str(b) for b in report["budgets"]])
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 # -- tables ---------------------------------------------------------------------------------

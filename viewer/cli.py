@@ -5,15 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from glmip.cli import parse_pair
+
 from .state import ViewState, parse_mode
-
-
-def parse_pair(text: str, what: str) -> tuple[float, float]:
-    try:
-        a, b = (float(v) for v in text.replace("x", ",").split(","))
-    except ValueError:
-        raise ValueError(f"{what} must be two numbers like 0.4,0.3, got {text!r}") from None
-    return a, b
 
 
 def parser() -> argparse.ArgumentParser:
