@@ -86,12 +86,6 @@ def _target(device: Any) -> tuple[torch.device, bool]:
     return target, target.type == "cuda"
 
 
-def _finish(host: torch.Tensor, target: torch.device) -> Transfer:
-    if target.type == "cuda":
-        return Transfer(host.to(target, non_blocking=True), BridgePath.PINNED_READBACK)
-    return Transfer(host, BridgePath.READBACK)
-
-
 def _check_out(out: Any, shape: tuple[int, ...], dtype: torch.dtype) -> torch.device:
     """Validate a caller's `out` tensor; returns the device it lives on."""
     import torch
@@ -152,8 +146,10 @@ def _buffer_availability(buffer: moderngl.Buffer, target: torch.device) -> tuple
     return cuda_gl_availability(buffer.ctx.info["GL_VENDOR"], int(target.index), _gl_cuda_devices_of_current_context)
 
 
-# Texture formats CUDA can register (cudaGraphicsGLRegisterImage): R/RG/RGBA of these element types.
-_INTEROP_TEXTURE_DTYPES = ("uint8", "uint16", "float16", "float32")
+# Tensor dtypes a texture can hold -> moderngl's texture dtypes (unsigned ints normalised), and back.
+# CUDA can register (cudaGraphicsGLRegisterImage) R/RG/RGBA textures of all of them.
+_TEXTURE_DTYPES = {"uint8": "f1", "uint16": "nu2", "float16": "f2", "float32": "f4"}
+_TENSOR_DTYPES = {texture: tensor for tensor, texture in _TEXTURE_DTYPES.items()}
 
 
 def _texture_availability(context: Context, target: torch.device, channels: int, dtype_name: str,
@@ -162,25 +158,34 @@ def _texture_availability(context: Context, target: torch.device, channels: int,
         return False, "CUDA cannot register 3-channel (RGB) textures; they are read back through the host"
     if srgb:
         return False, "CUDA cannot register sRGB textures; they are read back through the host"
-    if dtype_name not in _INTEROP_TEXTURE_DTYPES:
-        return False, f"CUDA-GL interop handles {', '.join(_INTEROP_TEXTURE_DTYPES)} textures, not {dtype_name}"
+    if dtype_name not in _TEXTURE_DTYPES:
+        return False, f"CUDA-GL interop handles {', '.join(_TEXTURE_DTYPES)} textures, not {dtype_name}"
     return context.interop_available(int(target.index))
 
 
 def _deliver(host: torch.Tensor, target: torch.device, out: torch.Tensor | None) -> Transfer:
-    if out is not None and target.type == "cuda":
-        out.copy_(host, non_blocking=True)
-        return Transfer(out, BridgePath.PINNED_READBACK)
-    if out is not None:
-        return Transfer(out, BridgePath.READBACK)
-    return _finish(host, target)
+    """The read-back host tensor at its destination: itself on the CPU, else copied (asynchronously,
+    from pinned memory) into `out` or a new CUDA tensor."""
+    if target.type != "cuda":
+        return Transfer(host, BridgePath.READBACK)
+    if out is None:
+        return Transfer(host.to(target, non_blocking=True), BridgePath.PINNED_READBACK)
+    out.copy_(host, non_blocking=True)
+    return Transfer(out, BridgePath.PINNED_READBACK)
 
 
-def _empty_cuda(out: torch.Tensor | None, shape: tuple[int, ...], dtype: torch.dtype, target: torch.device
-                ) -> torch.Tensor:
+def _image_to_cuda(context: Context, texture: Any, level: int, out: torch.Tensor | None, shape: tuple[int, ...],
+                   dtype: torch.dtype, target: torch.device) -> Transfer:
+    """Texture level -> CUDA tensor (`out` or a new one) through CUDA-GL interop, device to device."""
     import torch
 
-    return out if out is not None else torch.empty(shape, dtype=dtype, device=target)
+    from .interop import GLImageResource
+
+    tensor = out if out is not None else torch.empty(shape, dtype=dtype, device=target)
+    context.make_current()
+    with GLImageResource(texture, flags="read_only", device=target.index) as resource:
+        resource.copy_level_to(level, tensor)
+    return Transfer(tensor, BridgePath.CUDA_GL)
 
 
 def buffer_to_tensor(buffer: moderngl.Buffer, shape: tuple[int, ...], dtype: Any = None, device: Any = "cpu",
@@ -207,7 +212,7 @@ def buffer_to_tensor(buffer: moderngl.Buffer, shape: tuple[int, ...], dtype: Any
     if _use_interop(prefer, target, lambda: _buffer_availability(buffer, target)):
         from .interop import GLBufferResource
 
-        tensor = _empty_cuda(out, shape, dtype, target)
+        tensor = out if out is not None else torch.empty(shape, dtype=dtype, device=target)
         with GLBufferResource(buffer, flags="read_only", device=target.index) as resource:
             resource.copy_to(tensor, offset)
         return Transfer(tensor, BridgePath.CUDA_GL)
@@ -232,21 +237,11 @@ def level_to_tensor(pyramid: Pyramid, level: int, device: Any = "cpu", out: torc
     context = pyramid.context
     if _use_interop(prefer, target, lambda: _texture_availability(context, target, pyramid.channels,
                                                                   pyramid.dtype.name, pyramid.srgb)):
-        from .interop import GLImageResource
-
-        tensor = _empty_cuda(out, shape, dtype, target)
-        context.make_current()
-        with GLImageResource(pyramid.texture.glo, flags="read_only", device=target.index) as resource:
-            resource.copy_level_to(level, tensor)
-        return Transfer(tensor, BridgePath.CUDA_GL)
+        return _image_to_cuda(context, pyramid.texture.glo, level, out, shape, dtype, target)
     host = _destination(out, shape, dtype, target)
     context.raw.read_level(pyramid.texture.glo, level, pyramid.channels, pyramid.dtype.name,
                            host.data_ptr(), host.numel() * host.element_size())
     return _deliver(host, target, out)
-
-
-# moderngl texture dtypes -> tensor dtypes (unsigned normalised read as their integers).
-_TENSOR_DTYPES = {"f1": "uint8", "nu2": "uint16", "f2": "float16", "f4": "float32"}
 
 
 def texture_to_tensor(context: Context, texture: moderngl.Texture, level: int = 0, device: Any = "cpu",
@@ -268,13 +263,7 @@ def texture_to_tensor(context: Context, texture: moderngl.Texture, level: int = 
     shape, dtype = (h, w, texture.components), getattr(torch, name)
     target = _resolve(out, shape, dtype, device)
     if _use_interop(prefer, target, lambda: _texture_availability(context, target, texture.components, name)):
-        from .interop import GLImageResource
-
-        tensor = _empty_cuda(out, shape, dtype, target)
-        context.make_current()
-        with GLImageResource(texture, flags="read_only", device=target.index) as resource:
-            resource.copy_level_to(level, tensor)
-        return Transfer(tensor, BridgePath.CUDA_GL)
+        return _image_to_cuda(context, texture, level, out, shape, dtype, target)
     host = _destination(out, shape, dtype, target)
     context.make_current()
     try:
@@ -283,10 +272,6 @@ def texture_to_tensor(context: Context, texture: moderngl.Texture, level: int = 
         raise ValueError(f"level {level} of this texture is not there (moderngl: {error}); build its mipmaps "
                          "first (texture.build_mipmaps())") from None
     return _deliver(host, target, out)
-
-
-# moderngl's texture dtypes for the tensor dtypes a texture can hold (unsigned ints normalised).
-_TEXTURE_DTYPES = {"uint8": "f1", "uint16": "nu2", "float16": "f2", "float32": "f4"}
 
 
 def tensor_to_texture(context: Context, tensor: torch.Tensor, layout: str = "HWC",
