@@ -223,16 +223,11 @@ def _split(cells: list[tuple[int, int, int]], budget: int, patch: int, min_level
     def deficient(tally: dict[bool, int]) -> set[bool]:
         return set() if classes is None else {k for k in (True, False) if tally[k] < classes.range(k)[0]}
 
-    order = 0
-
-    def heap_of(candidates: list[tuple[int, int, int]]) -> list[tuple[float, int, int, tuple[int, int, int]]]:
-        """Cells by relevance mass, ties (e.g. zero relevance) broken coarsest first, then in order, so
-        budget left over after the relevant cells spreads evenly instead of in one band."""
-        nonlocal order
-        heap = [(-score(*c), -c[2], i, c) for i, c in enumerate(candidates) if c[2] > min_level]
-        order = len(candidates)
-        heapq.heapify(heap)
-        return heap
+    # Cells by relevance mass; ties (e.g. zero relevance) broken coarsest first, then in order, so budget
+    # left over after the relevant cells spreads evenly instead of in one band.
+    heap = [(-score(*c), -c[2], i, c) for i, c in enumerate(cells) if c[2] > min_level]
+    heapq.heapify(heap)
+    order = len(cells)
 
     def run(heap: list, wanted: Any) -> None:
         """Split greedily from `heap`: `wanted(counts after the split)` says True (split), None (skip
@@ -260,7 +255,6 @@ def _split(cells: list[tuple[int, int, int]], budget: int, patch: int, min_level
         for item in skipped:
             heapq.heappush(heap, item)
 
-    heap = heap_of(cells)
     if deficient(counts):  # phase 1: only splits that add tokens to a class below its minimum
         run(heap, lambda after: (any(after[k] > counts[k] for k in deficient(counts)) or None)
             if deficient(counts) else False)
