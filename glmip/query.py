@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .relevance import rescale_to_unit
+
 if TYPE_CHECKING:
     from .pyramid import Pyramid
 
@@ -191,6 +193,5 @@ def query_relevance(pyramid: Pyramid, text: str, model: Any, tokenizer: Any = No
         total += w * score
         weight += w
     mean = total / np.maximum(weight, 1e-12)
-    lo, hi = mean.min(), mean.max()
-    relevance = ((mean - lo) / (hi - lo) if hi > lo else np.zeros_like(mean)).astype(np.float32)
+    relevance = rescale_to_unit(mean).astype(np.float32)
     return (relevance, windows, scores) if return_scores else relevance

@@ -15,6 +15,12 @@ if TYPE_CHECKING:
     from .pyramid import Pyramid
 
 
+def rescale_to_unit(values: np.ndarray) -> np.ndarray:
+    """`values` mapped linearly so that their min is 0 and their max 1; a constant map gives zeros."""
+    lo, hi = float(values.min()), float(values.max())
+    return (values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)
+
+
 def as_relevance(relevance: Any) -> np.ndarray:
     """A validated relevance map: numpy/torch (h, w) or (h, w, 1), finite, non-empty.
 
@@ -33,9 +39,8 @@ def as_relevance(relevance: Any) -> np.ndarray:
     array = array.astype(np.float32)
     if not np.isfinite(array).all():
         raise ValueError("the relevance map holds NaN or infinite values")
-    lo, hi = float(array.min()), float(array.max())
-    if lo < 0.0 or hi > 1.0:
-        array = (array - lo) / (hi - lo) if hi > lo else np.zeros_like(array)
+    if float(array.min()) < 0.0 or float(array.max()) > 1.0:
+        array = rescale_to_unit(array)
     return np.ascontiguousarray(array)
 
 
@@ -172,15 +177,13 @@ def saliency(pyramid: Pyramid, size: tuple[int, int] | None = None, *, centres: 
     import moderngl
 
     from . import _gl
+    from .sampling import _MIN_MAG, Filter, _bind_texture
 
     ctx = pyramid.context
     program = ctx.program("saliency.comp", CHANNELS=pyramid.channels)
     out = ctx.gl.buffer(reserve=width * height * 4)
     try:
-        pyramid.texture.use(0)
-        sampler = ctx.sampler(_gl.GL_LINEAR_MIPMAP_LINEAR, _gl.GL_LINEAR, _gl.GL_CLAMP_TO_EDGE)
-        ctx.raw.glBindSampler(0, sampler)
-        program["image"] = 0
+        _bind_texture(ctx, pyramid, ctx.sampler(*_MIN_MAG[Filter.TRILINEAR], _gl.GL_CLAMP_TO_EDGE), program)
         program["size"] = (int(width), int(height))
         program["centre_first"] = int(centres[0])
         program["centre_count"] = len(centres)
@@ -194,7 +197,4 @@ def saliency(pyramid: Pyramid, size: tuple[int, int] | None = None, *, centres: 
         out.read_into(values)
     finally:
         out.release()
-    if not normalise:
-        return values
-    lo, hi = float(values.min()), float(values.max())
-    return (values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)
+    return rescale_to_unit(values) if normalise else values
