@@ -49,8 +49,7 @@ ViT on those tokens; ``dense`` = the same ViT on every 16x16 patch of the full-r
 (``unfold``; patches past the edge zero-padded), its tokenisation timed separately. The ViT:
 ``--depth`` (12) pre-norm blocks of width ``--dim`` (192) with ``--heads`` (3), torch SDPA attention,
 a class token and a linear head (ViT-Ti/16's shape, random weights, ``inference_mode``); its patch
-embedding is ``glmip.nn.LodPatchEmbed(position="sincos", prefix_tokens=1)`` (falling back to a
-linear projection where glmip.nn is missing; the JSON says which), the same for both paths.
+embedding is ``glmip.nn.LodPatchEmbed(position="sincos", prefix_tokens=1)``, the same for both paths.
 Median of ``--repeats`` after one warm-up; CPU torch on a 2-core machine shared with llvmpipe:
 expect noise of tens of percent.
 
@@ -85,6 +84,7 @@ import glmip  # noqa: E402
 from bench.pyramid import save_figure, torch_device_label, write_report  # noqa: E402
 from glmip.allocate import TokenLayout  # noqa: E402
 from glmip.image import as_image_array  # noqa: E402
+from glmip.nn import LodPatchEmbed  # noqa: E402
 from glmip.reconstruct import reconstruct  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -433,55 +433,19 @@ class Block(torch.nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
-class LinearEmbed(torch.nn.Module):
-    """Fallback patch embedding when glmip.nn is missing: flatten + linear + a linear embedding of
-    (u, v, level), a learned class token in front."""
-
-    def __init__(self, channels: int, patch: int, dim: int) -> None:
-        super().__init__()
-        self.proj = torch.nn.Linear(channels * patch * patch, dim)
-        self.where = torch.nn.Linear(3, dim)
-        self.cls = torch.nn.Parameter(torch.zeros(1, dim))
-
-    def forward(self, tokens: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
-        meta = torch.from_numpy(np.concatenate([layout.uv_centres, np.asarray(layout.level, np.float64)[:, None]],
-                                               1).astype(np.float32))
-        return torch.cat([self.cls, self.proj(tokens.flatten(1)) + self.where(meta)])[None]
-
-
-class LodEmbed(torch.nn.Module):
-    """`glmip.nn.LodPatchEmbed` (sin-cos position of the centre + level embedding, one class token)."""
-
-    def __init__(self, channels: int, patch: int, dim: int) -> None:
-        super().__init__()
-        from glmip.nn import LodPatchEmbed
-
-        self.embed = LodPatchEmbed(patch, channels, dim, position="sincos", prefix_tokens=1)
-
-    def forward(self, tokens: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
-        return self.embed(tokens, layout).embeddings  # one image: no padding
-
-
-def make_embed(channels: int, dim: int) -> tuple[torch.nn.Module, str]:
-    try:
-        import glmip.nn  # noqa: F401
-    except ImportError:
-        return LinearEmbed(channels, PATCH, dim), "bench LinearEmbed (glmip.nn not available)"
-    return LodEmbed(channels, PATCH, dim), "glmip.nn.LodPatchEmbed(position='sincos', prefix_tokens=1)"
-
-
 class TinyViT(torch.nn.Module):
     """A plain pre-norm ViT over one image's variable-length token set: embed, `depth` blocks, class-token head."""
 
     def __init__(self, channels: int, dim: int, depth: int, heads: int) -> None:
         super().__init__()
-        self.embed, self.embed_name = make_embed(channels, dim)
+        self.embed = LodPatchEmbed(PATCH, channels, dim, position="sincos", prefix_tokens=1)
+        self.embed_name = "glmip.nn.LodPatchEmbed(position='sincos', prefix_tokens=1)"
         self.blocks = torch.nn.Sequential(*[Block(dim, heads) for _ in range(depth)])
         self.norm = torch.nn.LayerNorm(dim)
         self.head = torch.nn.Linear(dim, 1000)
 
     def forward(self, tokens: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
-        x = self.blocks(self.embed(tokens, layout))
+        x = self.blocks(self.embed(tokens, layout).embeddings)  # one image: no padding
         return self.head(self.norm(x[:, 0]))
 
 
