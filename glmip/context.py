@@ -325,9 +325,8 @@ def _find_spec(name: str) -> bool:
 
 def interop_paths(vendor: str, extensions: set[str]) -> dict[str, dict[str, object]]:
     """Which GL -> torch paths this machine offers, each with the reason when it does not."""
-    torch_found = importlib.util.find_spec("torch") is not None
     cuda = False
-    if torch_found:
+    if _find_spec("torch"):
         import torch
 
         cuda = bool(torch.cuda.is_available())
