@@ -61,7 +61,7 @@ def cuda_rows(ctx: glmip.Context, sizes_mib: list[int], repeats: int) -> tuple[l
     """GL buffer -> CUDA tensor, read-back against interop (where available); (rows, interop status)."""
     if not torch.cuda.is_available():
         return [], {"available": False, "why": "torch sees no CUDA device"}
-    from glmip.interop import GLBufferResource
+    from glmip.gl.interop import GLBufferResource
 
     index = torch.cuda.current_device()
     available, why = ctx.interop_available(index)

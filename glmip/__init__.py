@@ -1,20 +1,27 @@
-"""glmip: GPU mipmap pyramids with OpenGL, sampled at a per-region level of detail, for ViTs."""
+"""glmip: GPU mipmap pyramids with OpenGL, sampled at a per-region level of detail, for ViTs.
+
+The public surface is what `__all__` lists here, plus the public modules `glmip.reference`
+(the numpy oracle), `glmip.bridge` (GL ↔ torch), `glmip.nn` (torch modules), `glmip.errors`
+and `glmip.gl` (the GL layer, for those who extend glmip).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from .allocate import ClassBudgets, TokenLayout, allocate, lod_map
+from .allocate import ClassBudgets, TokenLayout, allocate
 from .context import Context
-from .pyramid import Pyramid, PyramidMethod, level_sizes
+from .errors import ClosedError, ForkedContextError, GLError, GlmipError, WrongThreadError
+from .levels import level_sizes
+from .maps import as_relevance, lod_map
+from .pyramid import Pyramid, PyramidMethod
 from .query import ClipScorer, query_relevance
-from .relevance import RelevancePyramid, as_relevance, gaze, relevance_pyramid, saliency
+from .relevance import RelevancePyramid, gaze, relevance_pyramid, saliency
 from .sampling import Filter, Wrap
 
 __version__ = "0.1.0"
 
 DEFAULT_IMAGE = Path(__file__).resolve().parent / "data" / "coffee.png"
-
 
 
 def __getattr__(name: str):
@@ -30,4 +37,5 @@ __all__ = [
     "Context", "Pyramid", "PyramidMethod", "Filter", "Wrap", "TokenLayout", "allocate", "level_sizes", "lod_map",
     "as_relevance", "gaze", "saliency", "relevance_pyramid", "RelevancePyramid", "ClassBudgets", "query_relevance",
     "ClipScorer", "LodPatchEmbed", "DEFAULT_IMAGE", "__version__",
+    "GlmipError", "ClosedError", "WrongThreadError", "ForkedContextError", "GLError",
 ]

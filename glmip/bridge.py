@@ -6,52 +6,35 @@ between), or into a caller's `out` tensor; the host tensor is pinned when the de
 CUDA device, so the upload that follows is asynchronous.
 
 Where the destination is a CUDA tensor, the GL context is NVIDIA's on that same GPU and
-cuda-python is installed, the CUDA-GL interop path (`glmip.interop`) copies device to device on
+cuda-python is installed, the CUDA-GL interop path (`glmip.gl.interop`) copies device to device on
 torch's current stream instead, with no host round trip (`BridgePath.CUDA_GL`); textures in
 RGB (3 channels) or sRGB formats cannot be registered with CUDA and are read back. `prefer`
 chooses: "auto" (interop where available), "interop" (a ValueError saying why when it is not),
 "readback". Each Transfer names the path taken. The interop path is NOT YET RUN ON A GPU; its
 tests (tests/test_interop.py) are skipped without one. These calls register the GL object for
-one transfer; for repeated transfers of one buffer, keep a `glmip.interop.GLBufferResource`.
+one transfer; for repeated transfers of one buffer, keep a `glmip.gl.interop.GLBufferResource`.
 `Context.info()["interop"]` says which paths this machine offers and why.
 """
 
 from __future__ import annotations
 
 import ctypes
-import enum
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from .gl.formats import FORMATS, by_moderngl_dtype
+from .gl.paths import BridgePath, Prefer, buffer_availability, texture_availability, use_interop
 
 if TYPE_CHECKING:
     import moderngl
     import torch
 
-    from .context import Context
-    from .pyramid import Pyramid
+    from .gl.context import GLContext
+    from .gl.texture import MipTexture
 
-
-class BridgePath(str, enum.Enum):
-    READBACK = "readback"  # GL -> host tensor memory
-    PINNED_READBACK = "pinned_readback"  # GL -> pinned host tensor -> CUDA tensor (async copy)
-    CUDA_GL = "cuda_gl"  # GL object mapped into CUDA -> device-to-device copy (no host round trip)
-
-
-class Prefer(str, enum.Enum):
-    """Which path a transfer into (or out of) a CUDA tensor takes."""
-
-    AUTO = "auto"  # CUDA-GL interop where available, else read-back
-    INTEROP = "interop"  # CUDA-GL interop, or a ValueError saying why not
-    READBACK = "readback"  # always through host memory
-
-    @classmethod
-    def parse(cls, value: str | Prefer) -> Prefer:
-        try:
-            return cls(value)
-        except ValueError:
-            raise ValueError(f"prefer must be one of {', '.join(repr(p.value) for p in cls)}, got {value!r}") from None
+__all__ = ["BridgePath", "Prefer", "Transfer", "buffer_to_tensor", "level_to_tensor", "texture_to_tensor",
+           "tensor_to_texture", "writable_view"]
 
 
 @dataclass(frozen=True)
@@ -118,51 +101,6 @@ def _destination(out: torch.Tensor | None, shape: tuple[int, ...], dtype: torch.
     return _host_tensor(shape, dtype, target.type == "cuda")
 
 
-def _use_interop(prefer: str | Prefer, target: torch.device, availability: Callable[[], tuple[bool, str]]) -> bool:
-    """Whether to take the CUDA-GL path to/from `target`; availability() is asked only when it matters."""
-    choice = Prefer.parse(prefer)
-    if choice is Prefer.READBACK:
-        return False
-    if target.type != "cuda":
-        if choice is Prefer.INTEROP:
-            raise ValueError(f"prefer='interop' moves data between GL and CUDA tensors; the tensor here is on "
-                             f"{target}. Pass a CUDA device, or prefer='auto'/'readback'")
-        return False
-    available, why = availability()
-    if not available and choice is Prefer.INTEROP:
-        raise ValueError(f"prefer='interop' asked for, but the CUDA-GL interop path is not available: {why}")
-    return available
-
-
-def _gl_cuda_devices_of_current_context() -> tuple[list[int] | None, str]:
-    from .interop import gl_cuda_devices_or_reason
-
-    return gl_cuda_devices_or_reason()
-
-
-def _buffer_availability(buffer: moderngl.Buffer, target: torch.device) -> tuple[bool, str]:
-    from .context import cuda_gl_availability
-
-    return cuda_gl_availability(buffer.ctx.info["GL_VENDOR"], int(target.index), _gl_cuda_devices_of_current_context)
-
-
-# Tensor dtypes a texture can hold -> moderngl's texture dtypes (unsigned ints normalised), and back.
-# CUDA can register (cudaGraphicsGLRegisterImage) R/RG/RGBA textures of all of them.
-_TEXTURE_DTYPES = {"uint8": "f1", "uint16": "nu2", "float16": "f2", "float32": "f4"}
-_TENSOR_DTYPES = {texture: tensor for tensor, texture in _TEXTURE_DTYPES.items()}
-
-
-def _texture_availability(context: Context, target: torch.device, channels: int, dtype_name: str,
-                          srgb: bool = False) -> tuple[bool, str]:
-    if channels == 3:
-        return False, "CUDA cannot register 3-channel (RGB) textures; they are read back through the host"
-    if srgb:
-        return False, "CUDA cannot register sRGB textures; they are read back through the host"
-    if dtype_name not in _TEXTURE_DTYPES:
-        return False, f"CUDA-GL interop handles {', '.join(_TEXTURE_DTYPES)} textures, not {dtype_name}"
-    return context.interop_available(int(target.index))
-
-
 def _deliver(host: torch.Tensor, target: torch.device, out: torch.Tensor | None) -> Transfer:
     """The read-back host tensor at its destination: itself on the CPU, else copied (asynchronously,
     from pinned memory) into `out` or a new CUDA tensor."""
@@ -174,12 +112,12 @@ def _deliver(host: torch.Tensor, target: torch.device, out: torch.Tensor | None)
     return Transfer(out, BridgePath.PINNED_READBACK)
 
 
-def _image_to_cuda(context: Context, texture: Any, level: int, out: torch.Tensor | None, shape: tuple[int, ...],
+def _image_to_cuda(context: GLContext, texture: Any, level: int, out: torch.Tensor | None, shape: tuple[int, ...],
                    dtype: torch.dtype, target: torch.device) -> Transfer:
     """Texture level -> CUDA tensor (`out` or a new one) through CUDA-GL interop, device to device."""
     import torch
 
-    from .interop import GLImageResource
+    from .gl.interop import GLImageResource
 
     tensor = out if out is not None else torch.empty(shape, dtype=dtype, device=target)
     context.make_current()
@@ -209,8 +147,8 @@ def buffer_to_tensor(buffer: moderngl.Buffer, shape: tuple[int, ...], dtype: Any
     nbytes = math.prod(shape) * dtype.itemsize
     if offset < 0 or offset + nbytes > buffer.size:
         raise ValueError(f"{nbytes} bytes from offset {offset} do not fit a GL buffer of {buffer.size} bytes")
-    if _use_interop(prefer, target, lambda: _buffer_availability(buffer, target)):
-        from .interop import GLBufferResource
+    if use_interop(prefer, target, lambda: buffer_availability(buffer, target)):
+        from .gl.interop import GLBufferResource
 
         tensor = out if out is not None else torch.empty(shape, dtype=dtype, device=target)
         with GLBufferResource(buffer, flags="read_only", device=target.index) as resource:
@@ -222,7 +160,7 @@ def buffer_to_tensor(buffer: moderngl.Buffer, shape: tuple[int, ...], dtype: Any
     return _deliver(host, target, out)
 
 
-def level_to_tensor(pyramid: Pyramid, level: int, device: Any = "cpu", out: torch.Tensor | None = None,
+def level_to_tensor(pyramid: MipTexture, level: int, device: Any = "cpu", out: torch.Tensor | None = None,
                     prefer: str | Prefer = "auto") -> Transfer:
     """Pyramid level `level` as an HxWxC tensor of the image's dtype (see `Pyramid.level`), into
     `out` when given (as `buffer_to_tensor`); CUDA destinations through CUDA-GL interop where
@@ -235,7 +173,7 @@ def level_to_tensor(pyramid: Pyramid, level: int, device: Any = "cpu", out: torc
     shape, dtype = (h, w, pyramid.channels), getattr(torch, pyramid.dtype.name)
     target = _resolve(out, shape, dtype, device)
     context = pyramid.context
-    if _use_interop(prefer, target, lambda: _texture_availability(context, target, pyramid.channels,
+    if use_interop(prefer, target, lambda: texture_availability(context, target, pyramid.channels,
                                                                   pyramid.dtype.name, pyramid.srgb)):
         return _image_to_cuda(context, pyramid.texture.glo, level, out, shape, dtype, target)
     host = _destination(out, shape, dtype, target)
@@ -244,7 +182,7 @@ def level_to_tensor(pyramid: Pyramid, level: int, device: Any = "cpu", out: torc
     return _deliver(host, target, out)
 
 
-def texture_to_tensor(context: Context, texture: moderngl.Texture, level: int = 0, device: Any = "cpu",
+def texture_to_tensor(context: GLContext, texture: moderngl.Texture, level: int = 0, device: Any = "cpu",
                       out: torch.Tensor | None = None, prefer: str | Prefer = "auto") -> Transfer:
     """Level `level` of any 2-D moderngl texture of `context` (a render target, say) as an (H, W, C)
     tensor, rows as GL stores them (row 0 first: the bottom of a rendered picture). Texture dtypes
@@ -252,9 +190,11 @@ def texture_to_tensor(context: Context, texture: moderngl.Texture, level: int = 
     import moderngl
     import torch
 
-    name = _TENSOR_DTYPES.get(texture.dtype)
-    if name is None:
-        raise TypeError(f"texture_to_tensor reads textures of dtype {', '.join(_TENSOR_DTYPES)}, got {texture.dtype!r}")
+    record = by_moderngl_dtype(texture.dtype)
+    if record is None:
+        accepted = ", ".join(f.moderngl for f in FORMATS.values())
+        raise TypeError(f"texture_to_tensor reads textures of dtype {accepted}, got {texture.dtype!r}")
+    name = record.dtype
     levels = max(texture.size).bit_length()
     if not isinstance(level, int) or not 0 <= level < levels:
         raise ValueError(f"level must be an int in 0..{levels - 1} for a {texture.size[0]}x{texture.size[1]} "
@@ -262,7 +202,7 @@ def texture_to_tensor(context: Context, texture: moderngl.Texture, level: int = 
     w, h = max(1, texture.size[0] >> level), max(1, texture.size[1] >> level)
     shape, dtype = (h, w, texture.components), getattr(torch, name)
     target = _resolve(out, shape, dtype, device)
-    if _use_interop(prefer, target, lambda: _texture_availability(context, target, texture.components, name)):
+    if use_interop(prefer, target, lambda: texture_availability(context, target, texture.components, name)):
         return _image_to_cuda(context, texture, level, out, shape, dtype, target)
     host = _destination(out, shape, dtype, target)
     context.make_current()
@@ -274,7 +214,7 @@ def texture_to_tensor(context: Context, texture: moderngl.Texture, level: int = 
     return _deliver(host, target, out)
 
 
-def tensor_to_texture(context: Context, tensor: torch.Tensor, layout: str = "HWC",
+def tensor_to_texture(context: GLContext, tensor: torch.Tensor, layout: str = "HWC",
                       prefer: str | Prefer = "auto") -> moderngl.Texture:
     """A new GL texture (one level) holding `tensor`: (H, W, C) or, with layout="CHW", (C, H, W);
     C in 1..4; uint8/uint16 (normalised), float16 or float32. A contiguous CPU tensor is uploaded
@@ -296,19 +236,19 @@ def tensor_to_texture(context: Context, tensor: torch.Tensor, layout: str = "HWC
         tensor = tensor.permute(1, 2, 0)
     height, width, channels = tensor.shape
     name = str(tensor.dtype).removeprefix("torch.")
-    if name not in _TEXTURE_DTYPES:
+    if name not in FORMATS:
         raise TypeError(f"texture data must be uint8, uint16, float16 or float32, got {tensor.dtype}")
     if not 1 <= channels <= 4 or height < 1 or width < 1:
         raise ValueError(f"need 1..4 channels and a non-empty image, got (H, W, C) = {tuple(tensor.shape)}")
     if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
         raise ValueError("the tensor holds NaN or infinite values")
     gl = context.gl
-    if _use_interop(prefer, tensor.device, lambda: _texture_availability(
+    if use_interop(prefer, tensor.device, lambda: texture_availability(
             context, _resolve(None, (), tensor.dtype, tensor.device), int(channels), name)):
-        from .interop import GLImageResource
+        from .gl.interop import GLImageResource
 
         source = tensor.detach().contiguous()
-        texture = gl.texture((width, height), channels, dtype=_TEXTURE_DTYPES[name], alignment=1)
+        texture = gl.texture((width, height), channels, dtype=FORMATS[name].moderngl, alignment=1)
         try:
             with GLImageResource(texture, flags="write_discard", device=source.device.index) as resource:
                 resource.copy_level_from(0, source)
@@ -317,6 +257,6 @@ def tensor_to_texture(context: Context, tensor: torch.Tensor, layout: str = "HWC
             raise
         return texture
     host = tensor.detach().to("cpu").contiguous()
-    texture = gl.texture((width, height), channels, writable_view(host), dtype=_TEXTURE_DTYPES[name],
+    texture = gl.texture((width, height), channels, writable_view(host), dtype=FORMATS[name].moderngl,
                          alignment=1)
     return texture

@@ -12,11 +12,14 @@ from typing import Any
 import numpy as np
 
 from . import DEFAULT_IMAGE, Context, PyramidMethod, __version__
-from .allocate import ClassBudgets, allocate, lod_map
+from .allocate import ClassBudgets, allocate
+from .gl.formats import unorm_scale
 from .image import as_image_array
+from .maps import as_relevance
 from .pictures import contact_sheet, heat_colours, level_colours, level_legend, overlay, save_png
-from .relevance import as_relevance, gaze, saliency
-from .sampling import render
+from .relevance import gaze, saliency
+
+__all__ = ["main"]
 
 
 def _print_info(info: dict, stream=sys.stdout) -> None:
@@ -84,7 +87,7 @@ def load_relevance(path: str) -> np.ndarray:
     if path.endswith(".npy"):
         return as_relevance(np.load(path))
     pixels = as_image_array(path)[..., 0]
-    scale = {"uint8": 255.0, "uint16": 65535.0}.get(pixels.dtype.name, 1.0)
+    scale = unorm_scale(pixels.dtype.name) or 1.0
     return as_relevance(pixels.astype(np.float32) / scale)
 
 
@@ -164,8 +167,8 @@ def cmd_render(args: argparse.Namespace) -> int:
         size = (int(args.size[0]), int(args.size[1])) if args.size else (pyramid.width, pyramid.height)
         relevance = relevance_from_args(args, pyramid)
         max_level = pyramid.default_max_level if args.max_level is None else args.max_level
-        lods = lod_map(relevance, max_level=max_level, gamma=args.gamma)
-        composite, used = render(pyramid, lods, size)
+        composite, used = pyramid.render(relevance=relevance, max_level=max_level, gamma=args.gamma, size=size,
+                                         return_lod=True)
         if args.mode == "lod":
             picture = composite
         elif args.mode == "levels":
@@ -180,23 +183,57 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_view(args: argparse.Namespace) -> int:
-    from viewer.cli import main as view_main
+    from . import viewer
 
-    device = [] if args.device is None else ["--device", str(args.device)]
-    return view_main(device + args.view_args)
+    size = tuple(int(v) for v in parse_pair(args.size, "--size"))
+    state = viewer.view_state(
+        mode=args.mode, gaze=parse_pair(args.gaze, "--gaze") if args.gaze else None, method=args.method,
+        zoom=args.zoom, tilt=args.tilt, compare_filter=args.filter, anisotropy=args.anisotropy,
+        lod_bias=args.lod_bias, budget=args.budget, patch=args.patch, gamma=args.gamma, show_panel=not args.no_ui)
+    print(viewer.run(args.image, size=size, screenshot=args.screenshot, headless=args.headless, device=args.device,
+                     srgb=args.srgb, clip_model=args.clip_model, state=state))
+    return 0
+
+
+def add_view_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("image", nargs="?", help="image file (default: the bundled coffee.png)")
+    p.add_argument("--screenshot", metavar="OUT.png", help="render one frame to this PNG and exit")
+    p.add_argument("--mode", default="foveated",
+                   help="original | foveated | levels | heat | tokens | level:K (default foveated)")
+    p.add_argument("--gaze", help="gaze point X,Y as fractions of width and height (default 0.5,0.5); pins it")
+    p.add_argument("--size", default="1280x800", help="window / screenshot WIDTHxHEIGHT in pixels")
+    p.add_argument("--method", choices=[m.value for m in PyramidMethod], default="hardware", help="pyramid filter")
+    p.add_argument("--srgb", action="store_true", help="filter 8-bit RGB(A) in linear light")
+    p.add_argument("--zoom", type=float, default=1.0, help="zoom relative to fitting the image (default 1)")
+    p.add_argument("--tilt", type=float, default=0.0, help="degrees; > 0 compares trilinear with --filter")
+    p.add_argument("--filter", default="anisotropic", choices=["anisotropic", "anisotropic_hw", "trilinear", "nearest"],
+                   help="the compared filter on the tilted plane")
+    p.add_argument("--anisotropy", type=int, default=16, help="1..16 (default 16)")
+    p.add_argument("--lod-bias", type=float, default=0.0)
+    p.add_argument("--budget", type=int, default=256, help="token budget")
+    p.add_argument("--patch", type=int, default=16, help="samples per token side")
+    p.add_argument("--gamma", type=float, default=1.0, help="relevance curve exponent")
+    p.add_argument("--no-ui", action="store_true", help="hide the side panel (toggle with u)")
+    p.add_argument("--clip-model", metavar="PATH", help="CLIP model for text-query relevance")
+    p.add_argument("--headless", action="store_true", help="render through EGL even where a display exists")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="glmip", description="GPU mipmap pyramids with OpenGL, for vision models.")
     parser.add_argument("--version", action="version", version=f"glmip {__version__}")
-    parser.add_argument("--device", type=int, default=None, help="EGL device index (default: EGL's first)")
+    # --device goes before or after the subcommand; the subcommand's copy keeps a value given before it.
+    parser.add_argument("--device", type=int, default=None, help="EGL device index (default: the first NVIDIA "
+                        "device, else EGL's first; see glmip info)")
+    device = argparse.ArgumentParser(add_help=False)
+    device.add_argument("--device", type=int, default=argparse.SUPPRESS, help="EGL device index")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    info = commands.add_parser("info", help="report the GL device's capabilities and interop paths")
+    info = commands.add_parser("info", parents=[device], help="report the GL device's capabilities and interop paths")
     info.add_argument("--json", action="store_true", help="print the report as JSON")
     info.set_defaults(run=cmd_info)
 
-    build = commands.add_parser("build", help="build an image's pyramid and write its levels as a PNG contact sheet")
+    build = commands.add_parser(
+        "build", parents=[device], help="build an image's pyramid and write its levels as a PNG contact sheet")
     build.add_argument("image", nargs="?", help="image file (default: the bundled coffee.png)")
     build.add_argument("--method", choices=[m.value for m in PyramidMethod], default="hardware")
     build.add_argument("--srgb", action="store_true", help="filter 8-bit RGB(A) in linear light")
@@ -204,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument("-q", "--quiet", action="store_true", help="skip the capability report")
     build.set_defaults(run=cmd_build)
 
-    rend = commands.add_parser("render", help="the image at relevance-driven levels of detail, as a PNG")
+    rend = commands.add_parser(
+        "render", parents=[device], help="the image at relevance-driven levels of detail, as a PNG")
     rend.add_argument("image", nargs="?", help="image file (default: the bundled coffee.png)")
     add_relevance_arguments(rend)
     rend.add_argument("--mode", choices=["lod", "levels", "heat"], default="lod",
@@ -218,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     rend.add_argument("-o", "--output", default="glmip-render.png")
     rend.set_defaults(run=cmd_render)
 
-    tokens = commands.add_parser("tokens", help="split an image into a token budget by relevance; draw the layout")
+    tokens = commands.add_parser(
+        "tokens", parents=[device], help="split an image into a token budget by relevance; draw the layout")
     tokens.add_argument("image", nargs="?", help="image file (default: the bundled coffee.png)")
     add_relevance_arguments(tokens)
     tokens.add_argument("--budget", type=int, default=256, help="most tokens to use")
@@ -230,17 +269,17 @@ def main(argv: list[str] | None = None) -> int:
     tokens.add_argument("-o", "--output", default="glmip-layout.png")
     tokens.set_defaults(run=cmd_tokens)
 
-    view = commands.add_parser("view", add_help=False, help="the interactive LOD viewer (glmip view --help)")
+    view = commands.add_parser("view", parents=[device], help="the interactive LOD viewer (GLFW + Dear ImGui; "
+                               "needs the viewer extra: pip install 'glmip[viewer]')",
+                               description="The interactive LOD viewer: a mipmap pyramid sampled at relevance-driven "
+                                           "levels of detail (keys: press h in the window).")
+    add_view_arguments(view)
     view.set_defaults(run=cmd_view)
 
-    args, extra = parser.parse_known_args(argv)
-    if args.command == "view":
-        args.view_args = extra
-    elif extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args = parser.parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, TypeError) as error:
+    except (ValueError, TypeError, ImportError) as error:
         print(f"glmip {args.command}: error: {error}", file=sys.stderr)
         return 2
 

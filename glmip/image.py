@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+__all__ = ["as_image_array"]
+
 ACCEPTED_DTYPES = ("uint8", "uint16", "float32")
 ACCEPTED_KINDS = "a numpy array (HxWxC), a torch tensor (CxHxW or HxWxC), a PIL image or a file path"
 

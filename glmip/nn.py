@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+__all__ = ["Position", "LodEmbedding", "attention_mask", "sincos_position", "interpolate_grid", "LodPatchEmbed"]
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # timm's IMAGENET_DEFAULT_MEAN / _STD
 IMAGENET_STD = (0.229, 0.224, 0.225)
 

@@ -7,6 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
+__all__ = [
+    "to_display_uint8", "contact_sheet", "save_png", "level_colours", "level_legend", "heat_colours", "overlay",
+]
+
 
 def to_display_uint8(level: np.ndarray) -> np.ndarray:
     """An `HxWxC` level of any glmip dtype as uint8 for display (float clipped to [0, 1])."""

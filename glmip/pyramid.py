@@ -15,11 +15,17 @@ from typing import TYPE_CHECKING, Any
 import moderngl
 import numpy as np
 
-from . import _gl
+from .errors import ClosedError
+from .gl.formats import internal_format, texel_format
+from .gl.programs import encode_texels, groups, scratch
 from .image import as_image_array
+from .levels import LANCZOS_A, level_sizes
+from .maps import default_max_level
 
 if TYPE_CHECKING:
-    from .context import Context
+    from .gl.context import GLContext
+
+__all__ = ["PyramidMethod", "Pyramid"]
 
 
 class PyramidMethod(str, enum.Enum):
@@ -38,44 +44,9 @@ class PyramidMethod(str, enum.Enum):
             raise ValueError(f"unknown pyramid method {value!r}; choose one of {names}") from None
 
 
-_MODERNGL_DTYPE = {"uint8": "f1", "uint16": "nu2", "float32": "f4"}
-ENCODE_FORMAT = {"uint8": "FORMAT_UNORM8", "uint16": "FORMAT_UNORM16", "float32": "FORMAT_FLOAT32"}
-LANCZOS_A = 3
-
-
-def level_sizes(width: int, height: int) -> list[tuple[int, int]]:
-    """OpenGL's mip chain: (max(1, w >> i), max(1, h >> i)) down to 1x1."""
-    count = max(width, height).bit_length()
-    return [(max(1, width >> i), max(1, height >> i)) for i in range(count)]
-
-
 def _nests(size_above: int, size: int) -> bool:
     """Whether each texel of a level covers whole texels of the level above along this axis."""
     return size_above == 2 * size or size_above == size == 1
-
-
-def _groups(n: int, local: int) -> int:
-    return (n + local - 1) // local
-
-
-def dispatch_flat(program: moderngl.ComputeShader, invocations: int, local_size: int) -> None:
-    """Run a 1-D job of `invocations` as a 2-D grid of work groups (x is capped at 65535);
-    the shader recovers its index with common.glsl's flat_invocation_index()."""
-    groups = max(1, _groups(invocations, local_size))
-    program.run(min(groups, 65535), _groups(groups, 65535))
-
-
-def encode_texels(context: Context, source: moderngl.Buffer, packed: moderngl.Buffer, texels: int,
-                  dtype: np.dtype, channels: int, srgb: bool) -> None:
-    """Pack `texels` float RGBA texels of `source` into the bytes of a `dtype` x `channels` texture
-    level in `packed` (encode.comp), ready for a pixel-unpack upload or a read-back."""
-    program = context.program("encode.comp", **{ENCODE_FORMAT[dtype.name]: 1, "CHANNELS": channels,
-                                                 "SRGB": int(srgb)})
-    count = texels * channels
-    source.bind_to_storage_buffer(0)
-    packed.bind_to_storage_buffer(1)
-    program["element_count"] = count
-    dispatch_flat(program, _groups(count * dtype.itemsize, 4), 256)
 
 
 class Pyramid:
@@ -86,7 +57,7 @@ class Pyramid:
     stores the texture as sRGB so every method filters in linear light.
     """
 
-    def __init__(self, context: Context, image: Any, method: str | PyramidMethod = "hardware",
+    def __init__(self, context: GLContext, image: Any, method: str | PyramidMethod = "hardware",
                  srgb: bool = False) -> None:
         context.check_open()
         self.method = PyramidMethod.parse(method)
@@ -109,13 +80,11 @@ class Pyramid:
         self._texture: moderngl.Texture | None = None
         self._texture_name = 0
         self._closed = False
-        internal = _gl.INTERNAL_FORMATS[(self.dtype.name, channels)]
-        if srgb:
-            internal = _gl.GL_SRGB8 if channels == 3 else _gl.GL_SRGB8_ALPHA8
+        internal = internal_format(self.dtype.name, channels, srgb)
         try:
             self._texture_name = context.raw.create_texture_storage(len(self.sizes), internal, width, height)
             self._texture = context.gl.external_texture(
-                self._texture_name, (width, height), channels, 0, _MODERNGL_DTYPE[self.dtype.name]
+                self._texture_name, (width, height), channels, 0, texel_format(self.dtype.name).moderngl
             )
             self._texture.write(pixels, level=0, alignment=1)
             if self.method is PyramidMethod.HARDWARE:
@@ -127,6 +96,7 @@ class Pyramid:
         except BaseException:
             self.close()
             raise
+        context.adopt(self)
 
     # -- building -----------------------------------------------------------------------
     def _build_compute(self) -> None:
@@ -145,35 +115,31 @@ class Pyramid:
         w0, h0 = self.sizes[0]
         w1, h1 = self.sizes[1] if len(self.sizes) > 1 else (1, 1)
         texel = 16  # vec4 of float32
-        buffers: list[moderngl.Buffer] = []
-        try:
+        with scratch(self.context) as buffers:
             # Float RGBA texels of level 0, and two scratch buffers that fit every pass's output.
             level0 = gl.buffer(reserve=w0 * h0 * texel)
             buffers.append(level0)
-            scratch = [gl.buffer(reserve=w1 * h0 * texel), gl.buffer(reserve=w1 * h0 * texel)]
-            buffers += scratch
-            packed = gl.buffer(reserve=_groups(w1 * h1 * self.channels * self.dtype.itemsize, 4) * 4)
+            pool = [gl.buffer(reserve=w1 * h0 * texel), gl.buffer(reserve=w1 * h0 * texel)]
+            buffers += pool
+            packed = gl.buffer(reserve=groups(w1 * h1 * self.channels * self.dtype.itemsize, 4) * 4)
             buffers.append(packed)
             self._texture.use(0)
             decode["source_texture"] = 0
             decode["size"] = (w0, h0)
             level0.bind_to_storage_buffer(0)
-            decode.run(_groups(w0, 16), _groups(h0, 16))
+            decode.run(groups(w0, 16), groups(h0, 16))
             gl.memory_barrier(moderngl.SHADER_STORAGE_BARRIER_BIT)
             current = level0
             for level, (w, h) in enumerate(self.sizes[1:], start=1):
                 sw, sh = self.sizes[level - 1]
                 if box and not (_nests(sw, w) and _nests(sh, h)):
                     current, (sw, sh) = level0, (w0, h0)
-                current = self._resample(resample, current, scratch, (sw, sh), (w, sh), 0)
-                current = self._resample(resample, current, scratch, (w, sh), (w, h), 1)
+                current = self._resample(resample, current, pool, (sw, sh), (w, sh), 0)
+                current = self._resample(resample, current, pool, (w, sh), (w, h), 1)
                 encode_texels(self.context, current, packed, w * h, self.dtype, self.channels, self.srgb)
                 gl.memory_barrier(moderngl.PIXEL_BUFFER_BARRIER_BIT | moderngl.TEXTURE_UPDATE_BARRIER_BIT)
                 self.context.raw.upload_level_from_buffer(
                     self._texture_name, level, (w, h), self.channels, self.dtype.name, packed.glo)
-        finally:
-            for buffer in buffers:
-                buffer.release()
 
     @staticmethod
     def _resample(program: moderngl.ComputeShader, source: moderngl.Buffer, pool: list[moderngl.Buffer],
@@ -188,7 +154,7 @@ class Pyramid:
         program["source_size"] = source_size
         program["destination_size"] = destination_size
         program["axis"] = axis
-        program.run(_groups(destination_size[0], 16), _groups(destination_size[1], 16))
+        program.run(groups(destination_size[0], 16), groups(destination_size[1], 16))
         program.ctx.memory_barrier(moderngl.SHADER_STORAGE_BARRIER_BIT)
         return destination
 
@@ -220,71 +186,34 @@ class Pyramid:
             raise ValueError(f"level {i} does not exist; this pyramid has levels 0..{self.levels - 1}")
         if out not in ("numpy", "torch"):
             raise ValueError(f"out must be 'numpy' or 'torch', got {out!r}")
-        if out == "torch":
-            from .bridge import level_to_tensor
+        from .bridge import level_to_tensor
 
-            return level_to_tensor(self, int(i)).tensor
-        w, h = self.sizes[i]
-        array = np.empty((h, w, self.channels), dtype=self.dtype)
-        self.context.raw.read_level(self._texture_name, int(i), self.channels, self.dtype.name, array.ctypes.data,
-                                    array.nbytes)
-        return array
+        tensor = level_to_tensor(self, int(i)).tensor
+        return tensor if out == "torch" else tensor.numpy()
 
     @property
     def default_max_level(self) -> int:
         """The coarsest level relevance maps send the periphery to by default: 5 (1/32 scale) or the last."""
-        return min(5, self.levels - 1)
+        return default_max_level(self.levels)
 
-    # -- sampling -----------------------------------------------------------------------
-    def sample(self, uv: Any, lod: Any = None, *, filter: str = "trilinear", grad: Any = None,
-               anisotropy: float = 16, lod_bias: float = 0.0, wrap: str = "clamp", out: str = "numpy") -> Any:
-        """Sample N points in one compute dispatch; returns (N, C) float32 (unorm normalised).
-
-        uv: (N, 2) in [0, 1]^2, (0, 0) the image's top-left, texel centres at (i + 0.5) / w.
-        lod: scalar or (N,) levels, fractional allowed (textureLod); or grad: (N, 2, 2) with
-        grad[:, 0] = d(uv)/dx, grad[:, 1] = d(uv)/dy (textureGrad). filter: "nearest",
-        "bilinear" (level 0 only), "trilinear", "anisotropic" (footprint assembly in the shader,
-        up to `anisotropy` taps, identical on every GPU) or "anisotropic_hw" (the texture unit's
-        own). lod_bias shifts every level; wrap: "clamp", "repeat" or "mirror".
-        """
-        self._check_open()
+    # -- sampling (conveniences: the operations live in glmip.sampling) --------------------
+    def sample(self, uv: Any, lod: Any = None, **options: Any) -> Any:
+        """`glmip.sampling.sample(self, uv, lod, **options)`: N points in one dispatch, (N, C) float32."""
         from .sampling import sample
 
-        return sample(self, uv, lod, filter=filter, grad=grad, anisotropy=anisotropy, lod_bias=lod_bias,
-                      wrap=wrap, out=out)
+        return sample(self, uv, lod, **options)
 
-    def tokens(self, layout: Any, patch: int | None = None, filter: str = "trilinear", lod_bias: float = 0.0,
-               out: Any = None) -> Any:
-        """Every token of `layout` (`glmip.allocate`) sampled as patch x patch at its own level, in one
-        dispatch: torch (N, C, patch, patch) float32, so one patch embedding serves all levels.
-        `out` is an optional tensor of that shape to fill (reused memory reads back faster)."""
-        self._check_open()
+    def tokens(self, layout: Any, patch: int | None = None, **options: Any) -> Any:
+        """`glmip.sampling.tokens(self, layout, patch, **options)`: torch (N, C, patch, patch) float32."""
         from .sampling import tokens
 
-        return tokens(self, layout, patch, filter, lod_bias, out)
+        return tokens(self, layout, patch, **options)
 
-    def render(self, lod_map: Any = None, *, relevance: Any = None, size: tuple[int, int] | None = None,
-               max_level: float | None = None, gamma: float = 1.0, lod_bias: float = 0.0,
-               region: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0), return_lod: bool = False) -> Any:
-        """The image composited at per-pixel levels in one pass (trilinear, seamless): the foveated picture.
-
-        Pass a LOD map (h, w) of any resolution, or a relevance map in [0, 1] turned into one by
-        `glmip.lod_map(relevance, max_level (default: min(5, last level)), gamma)`. `size` is the
-        output's (width, height), default the image's; `region` = (u0, v0, u1, v1) the part of the
-        image it covers (default all). Returns HxWxC in the image's dtype, and with
-        `return_lod` also the level each output pixel used (h, w) float32.
-        """
-        self._check_open()
-        from .allocate import lod_map as make_lod_map
+    def render(self, lod_map: Any = None, **options: Any) -> Any:
+        """`glmip.sampling.render(self, lod_map, **options)`: the image composited at per-pixel levels."""
         from .sampling import render
 
-        if (lod_map is None) == (relevance is None):
-            raise ValueError("pass exactly one of lod_map or relevance")
-        if relevance is not None:
-            lod_map = make_lod_map(relevance, max_level=self.default_max_level if max_level is None else max_level,
-                                   gamma=gamma)
-        image, used = render(self, lod_map, size, lod_bias, region)
-        return (image, used) if return_lod else image
+        return render(self, lod_map, **options)
 
     # -- life cycle ---------------------------------------------------------------------
     @property
@@ -293,7 +222,7 @@ class Pyramid:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise RuntimeError("this Pyramid is closed")
+            raise ClosedError("this Pyramid is closed")
         self.context.check_open()
 
     def close(self) -> None:

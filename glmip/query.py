@@ -9,16 +9,18 @@ the level that fits it to the model's input size), so a query costs one dispatch
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .relevance import rescale_to_unit
+from .allocate import TokenLayout
+from .maps import rescale_to_unit
 
 if TYPE_CHECKING:
-    from .pyramid import Pyramid
+    from .gl.texture import MipTexture
+
+__all__ = ["sliding_windows", "ClipScorer", "as_rgb", "query_relevance"]
 
 # OpenAI CLIP's pixel normalisation, used when neither the model nor a processor says otherwise.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -26,18 +28,7 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 DEFAULT_SCALES = (0.5, 0.25)
 
 
-@dataclass(frozen=True)
-class Windows:
-    """Square windows over an image, in level-0 pixels (the token layout `Pyramid.tokens` takes)."""
-
-    cx: np.ndarray
-    cy: np.ndarray
-    size: np.ndarray
-    level: np.ndarray
-    patch: int
-
-
-def sliding_windows(image_size: tuple[int, int], scales: tuple[float, ...], input_size: int) -> Windows:
+def sliding_windows(image_size: tuple[int, int], scales: tuple[float, ...], input_size: int) -> TokenLayout:
     """Windows of side `scale` x the image's shorter side, overlapping by half, inside the image;
     each sampled at the level that brings it to `input_size` pixels (fractional, >= 0)."""
     width, height = image_size
@@ -53,8 +44,9 @@ def sliding_windows(image_size: tuple[int, int], scales: tuple[float, ...], inpu
         cy.append(gy.ravel())
         size.append(np.full(gx.size, side))
     sizes = np.concatenate(size)
-    return Windows(cx=np.concatenate(cx), cy=np.concatenate(cy), size=sizes,
-                   level=np.maximum(np.log2(sizes / input_size), 0.0), patch=int(input_size))
+    return TokenLayout(cx=np.concatenate(cx), cy=np.concatenate(cy), size=sizes,
+                       level=np.maximum(np.log2(sizes / input_size), 0.0), patch=int(input_size),
+                       image_size=(int(width), int(height)))
 
 
 class ClipScorer:
@@ -151,7 +143,7 @@ def as_rgb(windows: Any) -> Any:
     return windows[:, :1].expand(-1, 3, -1, -1)
 
 
-def query_relevance(pyramid: Pyramid, text: str, model: Any, tokenizer: Any = None, *,
+def query_relevance(pyramid: MipTexture, text: str, model: Any, tokenizer: Any = None, *,
                     scales: tuple[float, ...] = DEFAULT_SCALES, size: tuple[int, int] | None = None,
                     batch: int = 64, return_scores: bool = False) -> Any:
     """Relevance of each image region to `text`: float32 (h, w) in [0, 1] (min-max of the scores).

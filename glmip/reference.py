@@ -11,9 +11,15 @@ from functools import lru_cache
 
 import numpy as np
 
-from .pyramid import LANCZOS_A, level_sizes
+from .gl.formats import unorm_scale
+from .levels import LANCZOS_A, level_sizes
 
-_UNORM_SCALE = {"uint8": 255.0, "uint16": 65535.0}
+__all__ = [
+    "srgb_to_linear", "linear_to_srgb", "decode", "encode", "box_weights", "lanczos_weights", "resample",
+    "box_pyramid", "lanczos_pyramid", "area_mean_level", "bilinear_weights", "mip_step", "pyramid", "lsb_error",
+    "wrap_index", "nearest_texel", "bilinear", "lod_from_gradients", "trilinear", "nearest", "footprint_assembly",
+    "sample", "tokens", "relevance_pyramid", "saliency_features", "saliency",
+]
 
 
 # -- value encoding ----------------------------------------------------------------------
@@ -30,7 +36,7 @@ def decode(image: np.ndarray, srgb: bool = False) -> np.ndarray:
     """Stored values -> float64 in the filtering space (linear light when `srgb`)."""
     if image.dtype.name == "float32":
         return image.astype(np.float64)
-    values = image.astype(np.float64) / _UNORM_SCALE[image.dtype.name]
+    values = image.astype(np.float64) / unorm_scale(image.dtype.name)
     if srgb:
         values = values.copy()
         values[..., :3] = srgb_to_linear(values[..., :3])
@@ -46,7 +52,7 @@ def encode(values: np.ndarray, dtype: np.dtype | str, srgb: bool = False) -> np.
     if srgb:
         values = values.copy()
         values[..., :3] = linear_to_srgb(values[..., :3])
-    return np.floor(values * _UNORM_SCALE[dtype.name] + 0.5).astype(dtype)
+    return np.floor(values * unorm_scale(dtype.name) + 0.5).astype(dtype)
 
 
 # -- 1-D resampling weights --------------------------------------------------------------

@@ -10,38 +10,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .gl.programs import TRILINEAR, WRAP_MODES, bound_texture, scratch
+from .maps import as_relevance, rescale_to_unit
+
 if TYPE_CHECKING:
-    from .context import Context
-    from .pyramid import Pyramid
+    from .gl.context import GLContext
+    from .gl.texture import MipTexture
 
-
-def rescale_to_unit(values: np.ndarray) -> np.ndarray:
-    """`values` mapped linearly so that their min is 0 and their max 1; a constant map gives zeros."""
-    lo, hi = float(values.min()), float(values.max())
-    return (values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)
-
-
-def as_relevance(relevance: Any) -> np.ndarray:
-    """A validated relevance map: numpy/torch (h, w) or (h, w, 1), finite, non-empty.
-
-    Values already in [0, 1] are kept as they are (a map that is low everywhere stays low);
-    anything outside is rescaled linearly so that its min is 0 and its max 1.
-    """
-    if hasattr(relevance, "detach"):
-        relevance = relevance.detach().cpu().numpy()
-    if not isinstance(relevance, np.ndarray):
-        raise TypeError(f"a relevance map must be a numpy array or torch tensor, got {type(relevance).__name__}")
-    array = relevance[..., 0] if relevance.ndim == 3 and relevance.shape[2] == 1 else relevance
-    if array.ndim != 2 or array.size == 0:
-        raise ValueError(f"a relevance map must be a non-empty (h, w) array, got shape {relevance.shape}")
-    if array.dtype.kind not in "fiub":
-        raise TypeError(f"a relevance map must hold numbers, got dtype {array.dtype}")
-    array = array.astype(np.float32)
-    if not np.isfinite(array).all():
-        raise ValueError("the relevance map holds NaN or infinite values")
-    if float(array.min()) < 0.0 or float(array.max()) > 1.0:
-        array = rescale_to_unit(array)
-    return np.ascontiguousarray(array)
+__all__ = ["gaze", "RelevancePyramid", "relevance_pyramid", "saliency"]
 
 
 def gaze(size: tuple[int, int], point: tuple[float, float], radius: float = 0.12) -> np.ndarray:
@@ -100,7 +76,7 @@ def _pyramid_shape(relevance: Any, cell: int, image_size: tuple[int, int] | None
 
 
 def relevance_pyramid(relevance: Any, cell: int, image_size: tuple[int, int] | None = None,
-                      context: Context | None = None) -> RelevancePyramid:
+                      context: GLContext | None = None) -> RelevancePyramid:
     """The max/mean pyramid of `relevance` over an image of `image_size` (default the map's own),
     with `cell`-pixel base cells. Built on the GPU when a `context` is given (one dispatch per
     level), else by the numpy reference (`glmip.reference.relevance_pyramid`), which it matches.
@@ -115,8 +91,8 @@ def relevance_pyramid(relevance: Any, cell: int, image_size: tuple[int, int] | N
     gl = context.gl
     grid = (-(-size[0] // cell), -(-size[1] // cell))
     levels: list[np.ndarray] = []
-    buffers = [gl.buffer(r)]
-    try:
+    with scratch(context) as buffers:
+        buffers.append(gl.buffer(r))
         base = context.program("relevance_base.comp")
         buffers.append(gl.buffer(reserve=grid[0] * grid[1] * 16))
         buffers[0].bind_to_storage_buffer(0)
@@ -143,9 +119,6 @@ def relevance_pyramid(relevance: Any, cell: int, image_size: tuple[int, int] | N
             level = np.empty((h, w, 4), np.float32)
             buffer.read_into(level)
             levels.append(np.ascontiguousarray(level[..., :3]))
-    finally:
-        for buffer in buffers:
-            buffer.release()
     return RelevancePyramid(tuple(levels), cell, size)
 
 
@@ -153,7 +126,7 @@ SALIENCY_CENTRES = (1, 2, 3)
 SALIENCY_DELTAS = (2, 3)
 
 
-def saliency(pyramid: Pyramid, size: tuple[int, int] | None = None, *, centres: tuple[int, ...] = SALIENCY_CENTRES,
+def saliency(pyramid: MipTexture, size: tuple[int, int] | None = None, *, centres: tuple[int, ...] = SALIENCY_CENTRES,
              deltas: tuple[int, ...] = SALIENCY_DELTAS, normalise: bool = True) -> np.ndarray:
     """A saliency map that needs no weights, computed on the GPU from the image's own pyramid:
     centre-surround contrast of intensity and two colour-opponent features, summed over centre
@@ -176,25 +149,21 @@ def saliency(pyramid: Pyramid, size: tuple[int, int] | None = None, *, centres: 
         raise ValueError(f"size must be two positive ints (width, height), got {size!r}")
     import moderngl
 
-    from . import _gl
-    from .sampling import _MIN_MAG, Filter, _bind_texture
-
     ctx = pyramid.context
+    texture = pyramid.texture
     program = ctx.program("saliency.comp", CHANNELS=pyramid.channels)
-    out = ctx.gl.buffer(reserve=width * height * 4)
-    try:
-        _bind_texture(ctx, pyramid, ctx.sampler(*_MIN_MAG[Filter.TRILINEAR], _gl.GL_CLAMP_TO_EDGE), program)
-        program["size"] = (int(width), int(height))
-        program["centre_first"] = int(centres[0])
-        program["centre_count"] = len(centres)
-        program["delta_first"] = int(deltas[0])
-        program["delta_count"] = len(deltas)
-        out.bind_to_storage_buffer(0)
-        program.run(-(-int(width) // 8), -(-int(height) // 8))
+    with scratch(ctx) as buffers:
+        out = ctx.gl.buffer(reserve=width * height * 4)
+        buffers.append(out)
+        with bound_texture(ctx, texture, ctx.sampler(*TRILINEAR, WRAP_MODES["clamp"]), program):
+            program["size"] = (int(width), int(height))
+            program["centre_first"] = int(centres[0])
+            program["centre_count"] = len(centres)
+            program["delta_first"] = int(deltas[0])
+            program["delta_count"] = len(deltas)
+            out.bind_to_storage_buffer(0)
+            program.run(-(-int(width) // 8), -(-int(height) // 8))
         ctx.gl.memory_barrier(moderngl.BUFFER_UPDATE_BARRIER_BIT)
-        ctx.raw.glBindSampler(0, 0)
         values = np.empty((int(height), int(width)), np.float32)
         out.read_into(values)
-    finally:
-        out.release()
     return rescale_to_unit(values) if normalise else values

@@ -15,12 +15,25 @@ from typing import TYPE_CHECKING, Any
 import moderngl
 import numpy as np
 
-from . import _gl
 from .bridge import buffer_to_tensor
-from .pyramid import dispatch_flat, encode_texels
+from .gl.programs import (
+    BILINEAR_BASE,
+    NEAREST_MIPMAP,
+    TRILINEAR,
+    WRAP_MODES,
+    bound_texture,
+    dispatch_flat,
+    encode_texels,
+    scratch,
+    set_if_used,
+)
+from .maps import as_lod_map, default_max_level
+from .maps import lod_map as relevance_to_lod
 
 if TYPE_CHECKING:
-    from .pyramid import Pyramid  # noqa: F401
+    from .gl.texture import MipTexture
+
+__all__ = ["Filter", "Wrap", "sample", "tokens", "render", "parse_enum"]
 
 
 class Filter(str, enum.Enum):
@@ -38,13 +51,12 @@ class Wrap(str, enum.Enum):
 
 
 _MIN_MAG = {
-    Filter.NEAREST: (_gl.GL_NEAREST_MIPMAP_NEAREST, _gl.GL_NEAREST),
-    Filter.BILINEAR: (_gl.GL_LINEAR, _gl.GL_LINEAR),
-    Filter.TRILINEAR: (_gl.GL_LINEAR_MIPMAP_LINEAR, _gl.GL_LINEAR),
-    Filter.ANISOTROPIC: (_gl.GL_LINEAR_MIPMAP_LINEAR, _gl.GL_LINEAR),
-    Filter.ANISOTROPIC_HW: (_gl.GL_LINEAR_MIPMAP_LINEAR, _gl.GL_LINEAR),
+    Filter.NEAREST: NEAREST_MIPMAP,
+    Filter.BILINEAR: BILINEAR_BASE,
+    Filter.TRILINEAR: TRILINEAR,
+    Filter.ANISOTROPIC: TRILINEAR,
+    Filter.ANISOTROPIC_HW: TRILINEAR,
 }
-_WRAP = {Wrap.CLAMP: _gl.GL_CLAMP_TO_EDGE, Wrap.REPEAT: _gl.GL_REPEAT, Wrap.MIRROR: _gl.GL_MIRRORED_REPEAT}
 _LOCAL = 64
 
 
@@ -72,26 +84,18 @@ def as_float_array(values: Any, what: str, shape_tail: tuple[int, ...]) -> np.nd
     return array
 
 
-def as_lod_map(lod_map: Any) -> np.ndarray:
-    """A per-pixel LOD map (numpy or torch, h x w, finite) as C-contiguous float32."""
-    if hasattr(lod_map, "detach"):
-        lod_map = lod_map.detach().cpu().numpy()
-    array = np.asarray(lod_map)
-    if array.ndim == 3 and array.shape[2] == 1:
-        array = array[..., 0]
-    if array.ndim != 2 or array.size == 0:
-        raise ValueError(f"a LOD map must be a non-empty 2-D (h, w) array, got shape {array.shape}")
-    if array.dtype.kind not in "fiu":
-        raise TypeError(f"a LOD map must hold numbers, got dtype {array.dtype}")
-    array = np.ascontiguousarray(array, dtype=np.float32)
-    if not np.isfinite(array).all():
-        raise ValueError("the LOD map holds NaN or infinite values")
-    return array
-
-
-def sample(pyramid: Pyramid, uv: Any, lod: Any = None, *, filter: str | Filter = "trilinear", grad: Any = None,
+def sample(pyramid: MipTexture, uv: Any, lod: Any = None, *, filter: str | Filter = "trilinear", grad: Any = None,
            anisotropy: float = 16, lod_bias: float = 0.0, wrap: str | Wrap = "clamp", out: str = "numpy") -> Any:
-    """Sample `pyramid` at N points; see `Pyramid.sample` for the arguments. Returns (N, C) float32."""
+    """Sample `pyramid` at N points in one compute dispatch; returns (N, C) float32 (unorm normalised),
+    numpy or, with out="torch", a torch tensor.
+
+    uv: (N, 2) in [0, 1]^2, (0, 0) the image's top-left, texel centres at (i + 0.5) / w.
+    lod: scalar or (N,) levels, fractional allowed (textureLod); or grad: (N, 2, 2) with
+    grad[:, 0] = d(uv)/dx, grad[:, 1] = d(uv)/dy (textureGrad). filter: "nearest",
+    "bilinear" (level 0 only), "trilinear", "anisotropic" (footprint assembly in the shader,
+    up to `anisotropy` taps, identical on every GPU) or "anisotropic_hw" (the texture unit's
+    own). lod_bias shifts every level; wrap: "clamp", "repeat" or "mirror".
+    """
     mode = parse_enum(Filter, filter, "filter")
     wrap_mode = parse_enum(Wrap, wrap, "wrap mode")
     if out not in ("numpy", "torch"):
@@ -133,11 +137,11 @@ def sample(pyramid: Pyramid, uv: Any, lod: Any = None, *, filter: str | Filter =
             return torch.empty(result_shape, dtype=torch.float32)
         return np.empty(result_shape, np.float32)
     hw_aniso = float(anisotropy) if mode is Filter.ANISOTROPIC_HW else 1.0
-    sampler = ctx.sampler(*_MIN_MAG[mode], _WRAP[wrap_mode], hw_aniso)
+    sampler = ctx.sampler(*_MIN_MAG[mode], WRAP_MODES[wrap_mode.value], hw_aniso)
     program = ctx.program("sample.comp", **defines)
     gl = ctx.gl
-    buffers = [gl.buffer(points)]
-    try:
+    with scratch(ctx) as buffers:
+        buffers.append(gl.buffer(points))
         if extra is not None:
             buffers.append(gl.buffer(extra))
         samples = gl.buffer(reserve=n * pyramid.channels * 4)
@@ -145,25 +149,21 @@ def sample(pyramid: Pyramid, uv: Any, lod: Any = None, *, filter: str | Filter =
         for binding, buffer in enumerate(buffers[:-1]):
             buffer.bind_to_storage_buffer(binding)
         samples.bind_to_storage_buffer(2)
-        _bind_texture(ctx, pyramid, sampler, program)
-        program["point_count"] = n
-        _set_if_used(program, "lod_bias", float(lod_bias))
-        _set_if_used(program, "max_anisotropy", float(anisotropy))
-        _set_if_used(program, "texture_size", (float(pyramid.width), float(pyramid.height)))
-        dispatch_flat(program, n, _LOCAL)
+        with bound_texture(ctx, pyramid.texture, sampler, program):
+            program["point_count"] = n
+            set_if_used(program, "lod_bias", float(lod_bias))
+            set_if_used(program, "max_anisotropy", float(anisotropy))
+            set_if_used(program, "texture_size", (float(pyramid.width), float(pyramid.height)))
+            dispatch_flat(program, n, _LOCAL)
         gl.memory_barrier(moderngl.BUFFER_UPDATE_BARRIER_BIT)
-        ctx.raw.glBindSampler(0, 0)
         if out == "torch":
             return buffer_to_tensor(samples, result_shape).tensor
         result = np.empty(result_shape, np.float32)
         samples.read_into(result)
         return result
-    finally:
-        for buffer in buffers:
-            buffer.release()
 
 
-def tokens(pyramid: Pyramid, layout: Any, patch: int | None = None, filter: str | Filter = "trilinear",
+def tokens(pyramid: MipTexture, layout: Any, patch: int | None = None, filter: str | Filter = "trilinear",
            lod_bias: float = 0.0, out: Any = None) -> Any:
     """Every token of `layout` as a patch x patch sample grid at its level: torch (N, C, patch, patch).
 
@@ -196,50 +196,39 @@ def tokens(pyramid: Pyramid, layout: Any, patch: int | None = None, filter: str 
         defines["SHADER_ANISO"] = 1
     program = ctx.program("tokens.comp", **defines)
     gl = ctx.gl
-    buffers = [gl.buffer(table), gl.buffer(reserve=int(np.prod(shape)) * 4)]
-    try:
+    with scratch(ctx) as buffers:
+        buffers += [gl.buffer(table), gl.buffer(reserve=int(np.prod(shape)) * 4)]
         buffers[0].bind_to_storage_buffer(0)
         buffers[1].bind_to_storage_buffer(2)
-        _bind_texture(ctx, pyramid, ctx.sampler(*_MIN_MAG[Filter.TRILINEAR], _gl.GL_CLAMP_TO_EDGE), program)
-        program["token_count"] = n
-        program["patch_size"] = patch
-        program["texture_size"] = (float(pyramid.width), float(pyramid.height))
-        program["lod_bias"] = float(lod_bias)
-        _set_if_used(program, "max_anisotropy", float(ctx.gl.max_anisotropy))
-        dispatch_flat(program, n * patch * patch, _LOCAL)
+        with bound_texture(ctx, pyramid.texture, ctx.sampler(*TRILINEAR, WRAP_MODES["clamp"]), program):
+            program["token_count"] = n
+            program["patch_size"] = patch
+            program["texture_size"] = (float(pyramid.width), float(pyramid.height))
+            program["lod_bias"] = float(lod_bias)
+            set_if_used(program, "max_anisotropy", float(ctx.gl.max_anisotropy))
+            dispatch_flat(program, n * patch * patch, _LOCAL)
         gl.memory_barrier(moderngl.BUFFER_UPDATE_BARRIER_BIT)
-        ctx.raw.glBindSampler(0, 0)
         return buffer_to_tensor(buffers[1], shape, out=out).tensor
-    finally:
-        for buffer in buffers:
-            buffer.release()
 
 
-def _bind_texture(ctx: Any, pyramid: Pyramid, sampler: int, program: moderngl.ComputeShader) -> None:
-    pyramid.texture.use(0)
-    ctx.raw.glBindSampler(0, sampler)
-    program["image"] = 0
+def render(pyramid: MipTexture, lod_map: Any = None, *, relevance: Any = None, size: tuple[int, int] | None = None,
+           max_level: float | None = None, gamma: float = 1.0, lod_bias: float = 0.0,
+           region: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0), return_lod: bool = False) -> Any:
+    """The image composited at per-pixel levels in one pass (trilinear, seamless): the foveated picture.
 
-
-def _set_if_used(program: moderngl.ComputeShader, name: str, value: object) -> None:
-    """Set a uniform the compiler kept (a variant may not use it)."""
-    try:
-        program[name] = value
-    except KeyError:
-        pass
-
-
-def render(pyramid: Pyramid, lod_map: np.ndarray, size: tuple[int, int] | None = None,
-           lod_bias: float = 0.0, region: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)
-           ) -> tuple[np.ndarray, np.ndarray]:
-    """Composite the image at per-pixel LODs in one pass: each output pixel samples `lod_map`
-    bilinearly at its centre and the pyramid trilinearly at that level (no seams between levels).
-
-    `lod_map` is a float (h, w) map of any resolution over the whole image; `size` = (width,
-    height) of the result, default the image's; `region` = (u0, v0, u1, v1) the part of the image
-    the result covers (default all of it), so a zoomed-in view renders only what it shows.
-    Returns (image HxWxC in the pyramid's dtype, LOD used per pixel HxW).
+    Each output pixel samples the LOD map bilinearly at its centre and the pyramid trilinearly at
+    that level, so levels blend without seams. Pass a LOD map (h, w) of any resolution, or a
+    relevance map in [0, 1] turned into one by `glmip.lod_map(relevance, max_level (default:
+    min(5, last level)), gamma)`. `size` is the output's (width, height), default the image's;
+    `region` = (u0, v0, u1, v1) the part of the image it covers (default all), so a zoomed-in view
+    renders only what it shows. Returns HxWxC in the image's dtype, and with `return_lod` also the
+    level each output pixel used (h, w) float32.
     """
+    if (lod_map is None) == (relevance is None):
+        raise ValueError("pass exactly one of lod_map or relevance")
+    if relevance is not None:
+        lod_map = relevance_to_lod(relevance, gamma=gamma,
+                                   max_level=default_max_level(pyramid.levels) if max_level is None else max_level)
     lods = as_lod_map(lod_map)
     width, height = size or (pyramid.width, pyramid.height)
     if not (isinstance(width, (int, np.integer)) and isinstance(height, (int, np.integer)) and width > 0
@@ -248,14 +237,15 @@ def render(pyramid: Pyramid, lod_map: np.ndarray, size: tuple[int, int] | None =
     region = tuple(float(v) for v in region)
     if len(region) != 4 or not all(np.isfinite(region)) or not (region[0] < region[2] and region[1] < region[3]):
         raise ValueError(f"region must be (u0, v0, u1, v1) with u0 < u1 and v0 < v1, got {region!r}")
+    if not np.isfinite(lod_bias):
+        raise ValueError(f"lod_bias must be finite, got {lod_bias}")
     ctx = pyramid.context
     gl = ctx.gl
     channels, dtype = pyramid.channels, pyramid.dtype
     render_program = ctx.program("render.comp")
     image = np.empty((height, width, channels), dtype)
     used = np.empty((height, width), np.float32)
-    resources: list[Any] = []
-    try:
+    with scratch(ctx) as resources:
         lod_texture = gl.texture((lods.shape[1], lods.shape[0]), 1, lods, dtype="f4")
         resources.append(lod_texture)
         lod_texture.filter = (moderngl.LINEAR, moderngl.LINEAR)
@@ -264,23 +254,18 @@ def render(pyramid: Pyramid, lod_map: np.ndarray, size: tuple[int, int] | None =
         lod_out = gl.buffer(reserve=width * height * 4)
         packed = gl.buffer(reserve=-(-image.nbytes // 4) * 4)
         resources += [colour, lod_out, packed]
-        _bind_texture(ctx, pyramid, ctx.sampler(*_MIN_MAG[Filter.TRILINEAR], _gl.GL_CLAMP_TO_EDGE), render_program)
-        lod_texture.use(1)
-        render_program["lod_map"] = 1
-        render_program["size"] = (width, height)
-        render_program["region"] = region
-        render_program["lod_bias"] = float(lod_bias)
-        colour.bind_to_storage_buffer(0)
-        lod_out.bind_to_storage_buffer(1)
-        render_program.run(-(-width // 16), -(-height // 16))
+        with bound_texture(ctx, pyramid.texture, ctx.sampler(*TRILINEAR, WRAP_MODES["clamp"]), render_program):
+            lod_texture.use(1)
+            render_program["lod_map"] = 1
+            render_program["size"] = (width, height)
+            render_program["region"] = region
+            render_program["lod_bias"] = float(lod_bias)
+            colour.bind_to_storage_buffer(0)
+            lod_out.bind_to_storage_buffer(1)
+            render_program.run(-(-width // 16), -(-height // 16))
         gl.memory_barrier(moderngl.SHADER_STORAGE_BARRIER_BIT)
-        ctx.raw.glBindSampler(0, 0)
         encode_texels(ctx, colour, packed, width * height, dtype, channels, pyramid.srgb)
         gl.memory_barrier(moderngl.BUFFER_UPDATE_BARRIER_BIT)
         packed.read_into(image, size=image.nbytes)
         lod_out.read_into(used)
-    finally:
-        for resource in resources:
-            resource.release()
-    return image, used
-
+    return (image, used) if return_lod else image

@@ -3,5 +3,5 @@
 set -euo pipefail
 # shellcheck disable=SC1091
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
-ruff check glmip tests bench viewer examples
+ruff check glmip tests bench examples
 python -m pytest -q "$@"

@@ -71,4 +71,4 @@ def test_thousand_pyramid_cycles_release_gl_objects(ctx):
     for method in ("hardware", "box"):
         for _ in range(500):
             ctx.pyramid(image, method=method).close()
-    assert len(ctx._pyramids) == 0
+    assert len(ctx._owned) == 0

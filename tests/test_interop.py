@@ -17,9 +17,11 @@ import pytest
 import torch
 
 import glmip
-from glmip import _gl, interop
 from glmip.bridge import BridgePath, buffer_to_tensor, level_to_tensor, tensor_to_texture, texture_to_tensor
-from glmip.context import cuda_gl_availability, default_device, is_nvidia, match_cuda_device, normalize_uuid
+from glmip.gl import interop
+from glmip.gl import raw as _gl
+from glmip.gl.devices import default_device, is_nvidia, match_cuda_device, normalize_uuid
+from glmip.gl.paths import cuda_gl_availability
 
 UUID_A = "1f2e3d4c5b6a79880123456789abcdef"
 UUID_B = "00112233445566778899aabbccddeeff"

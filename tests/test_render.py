@@ -55,7 +55,7 @@ def test_gaze_peaks_at_the_point():
 def test_render_at_constant_lod_matches_reference(ctx, level):
     image = random_image(np.random.default_rng(int(level * 2)), 45, 61, 4, "uint8")
     with ctx.pyramid(image, method="box") as p:
-        got, used = render(p, np.full((3, 5), level, np.float32))
+        got, used = render(p, np.full((3, 5), level, np.float32), return_lod=True)
         assert got.shape == image.shape and got.dtype == np.uint8
         np.testing.assert_allclose(used, level, atol=1e-5)
         j, i = np.mgrid[:45, :61]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from glmip import shaders
+from glmip.gl import shaders
 
 
 def test_every_shader_file_compiles(ctx):

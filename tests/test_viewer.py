@@ -18,12 +18,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import glmip
-import viewer  # noqa: F401 - imports imgui_bundle before glfw
+import glmip.viewer  # noqa: F401 - imports imgui_bundle before glfw
 from glmip import pictures
-from viewer.cli import main as view_main
-from viewer.present import tilt_origins
-from viewer.state import Mode, ViewState, parse_mode
-from viewer.tilt import plane_view
+from glmip.cli import main as glmip_main
+from glmip.viewer.present import tilt_origins
+from glmip.viewer.state import Mode, ViewState, parse_mode
+from glmip.viewer.tilt import plane_view
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -131,7 +131,7 @@ def noise_image() -> np.ndarray:
 @pytest.fixture
 def window_viewer(display, xtest, noise_image):
     """A 700x420 window on the noise image, the pointer inside it (keys go to the window under it)."""
-    from viewer.window import Viewer
+    from glmip.viewer.window import Viewer
 
     with Viewer(noise_image, size=(700, 420), window=True, show_marker=False) as v:
         v.settle()
@@ -272,7 +272,7 @@ def test_scroll_zooms_about_the_pointer_and_drag_pans_without_recomputing(window
 
 
 def test_anisotropic_keeps_more_detail_than_trilinear_on_the_tilted_plane(display, noise_image, xtest):
-    from viewer.window import Viewer
+    from glmip.viewer.window import Viewer
 
     with Viewer(noise_image, size=(940, 420), window=True, show_marker=False) as v:
         v.settle()
@@ -347,7 +347,7 @@ def test_headless_screenshot_through_egl_without_display(tmp_path):
 
 def test_headless_screenshot_matches_the_window(display, tmp_path):
     """The same frame code draws both: a window and an EGL screenshot agree pixel for pixel."""
-    from viewer.window import Viewer
+    from glmip.viewer.window import Viewer
 
     shots = []
     for window in (True, False):
@@ -370,14 +370,14 @@ def test_headless_screenshot_matches_the_window(display, tmp_path):
     (["no-such-image.png", "--screenshot", "x.png", "--headless"], "not found"),
 ])
 def test_cli_bad_input_exits_2_with_a_message(argv, message, capsys):
-    assert view_main(argv) == 2
+    assert glmip_main(["view", *argv]) == 2
     assert message in capsys.readouterr().err
 
 
 def test_cli_without_display_asks_for_screenshot(monkeypatch, capsys):
     monkeypatch.delenv("DISPLAY", raising=False)
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
-    assert view_main([]) == 2
+    assert glmip_main(["view"]) == 2
     assert "--screenshot" in capsys.readouterr().err
 
 
@@ -424,8 +424,8 @@ def test_tilted_plane_gradients_are_the_uv_derivatives(tilt, aspect, zoom):
 def test_query_relevance_in_the_viewer(ctx, tiny_clip, tmp_path, noise_image):
     """With --clip-model, the query source is glmip.query_relevance on the viewer's pyramid; without,
     the box says why it is off."""
-    from viewer.scene import Scene
-    from viewer.state import ViewState
+    from glmip.viewer.scene import Scene
+    from glmip.viewer.state import ViewState
 
     model, tokenizer = tiny_clip
     model.save_pretrained(tmp_path)
@@ -448,7 +448,7 @@ def test_query_relevance_in_the_viewer(ctx, tiny_clip, tmp_path, noise_image):
 def test_render_region_covers_what_is_visible(u0, v0, du, dv, width, height):
     """The foveated picture is rendered over the visible part (plus a margin, snapped to tiles), or
     over the whole image when that part is most of it; it always covers what the view shows."""
-    from viewer.scene import REGION_MAX_SHARE, render_region
+    from glmip.viewer.scene import REGION_MAX_SHARE, render_region
 
     u1, v1 = min(1.0, u0 + du), min(1.0, v0 + dv)
     x0, y0, x1, y1 = render_region((u0, v0, u1, v1), (width, height))

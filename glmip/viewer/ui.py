@@ -17,6 +17,8 @@ from .present import tilt_origins
 from .scene import COMPARE_FILTERS, RELEVANCE_SOURCES, Frame
 from .state import PANEL_WIDTH, Mode, ViewState
 
+__all__ = ["Figures", "colour", "build", "overlays", "panel", "legend", "help_window"]
+
 MODE_LABELS = {Mode.ORIGINAL: "1 original", Mode.FOVEATED: "2 foveated", Mode.LEVELS: "3 level map",
                Mode.HEAT: "4 relevance heat", Mode.TOKENS: "5 token layout", Mode.LEVEL: "6 one mip level"}
 METHODS = ("hardware", "box", "lanczos")

@@ -16,10 +16,12 @@ from typing import Any
 import numpy as np
 
 import glmip
-from glmip import pictures
+from glmip import pictures, reference
 
 from .state import Mode, ViewState
 from .tilt import comparison_split, plane_view
+
+__all__ = ["Picture", "Frame", "display_rgb", "render_scale", "render_region", "Scene"]
 
 RELEVANCE_SIDE = 256  # relevance and LOD maps are this many texels on the long side; render() samples them bilinearly
 HEAT_ALPHA = 0.55
@@ -59,8 +61,7 @@ def display_rgb(pixels: np.ndarray, linear: bool = False) -> np.ndarray:
     """Any glmip level or sample block (h, w, C) as displayable (h, w, 3) uint8; `linear` values are
     encoded to sRGB first (what sRGB pyramids sample to)."""
     if linear:
-        x = np.clip(pixels.astype(np.float32), 0.0, 1.0)
-        pixels = np.where(x <= 0.0031308, 12.92 * x, 1.055 * np.power(x, 1 / 2.4) - 0.055)
+        pixels = reference.linear_to_srgb(np.clip(pixels.astype(np.float32), 0.0, 1.0)).astype(np.float32)
     shown = pictures.to_display_uint8(pixels if pixels.dtype != np.float64 else pixels.astype(np.float32))
     channels = shown.shape[2]
     if channels < 3:
@@ -342,9 +343,9 @@ class Scene:
             _, grad, inside = plane_view(half, w / h, state.tilt, state.zoom, state.pan)
             if not inside.any():
                 return None
-            texels = grad[inside] * np.array([w, h], np.float32)
-            longest = np.maximum(np.hypot(*texels[:, 0].T), np.hypot(*texels[:, 1].T))
-            lods = np.clip(np.log2(np.maximum(longest, 1e-6)) + state.lod_bias, 0, self.pyramid.levels - 1)
+            with np.errstate(divide="ignore"):
+                lods = reference.lod_from_gradients(grad[inside], (w, h))
+            lods = np.clip(np.maximum(lods, np.log2(1e-6)) + state.lod_bias, 0, self.pyramid.levels - 1)
             return float(lods.min()), float(lods.max())
 
         return self._memo("tilt_levels", key, make)

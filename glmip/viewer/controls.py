@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from .state import Mode, ViewState
 
+__all__ = ["Controls"]
+
 DRAG_THRESHOLD = 4.0  # pixels a press must move before it pans instead of clicking
 ANISOTROPIES = (1, 2, 4, 8, 16)
 TILT_ON = 60.0

@@ -28,6 +28,8 @@ from .scene import Scene
 from .state import ViewState
 from .ui import Figures, build
 
+__all__ = ["display_available", "WindowSurface", "HeadlessSurface", "Viewer"]
+
 IDLE_WAIT_S = 0.5
 CHANGE_MS = 1.0  # engine time above which a frame counts as having recomputed something
 SETTLE_FRAMES = 2  # ImGui needs a frame or two after a change to lay its widgets out again

@@ -10,19 +10,16 @@ import ctypes
 import ctypes.util
 from functools import lru_cache
 
+from .formats import PIXEL_FORMATS, texel_format
+
+__all__ = ["GL", "egl_devices", "current_egl_context"]
+
 GL_TEXTURE_2D = 0x0DE1
-GL_RGBA8 = 0x8058
-GL_SRGB8 = 0x8C41
-GL_SRGB8_ALPHA8 = 0x8C43
 
 GL_PIXEL_PACK_BUFFER = 0x88EB
 GL_PIXEL_UNPACK_BUFFER = 0x88EC
 GL_PACK_ALIGNMENT = 0x0D05
 GL_UNPACK_ALIGNMENT = 0x0CF5
-
-# Client pixel format and type by channels and numpy dtype name.
-PIXEL_FORMATS = {1: 0x1903, 2: 0x8227, 3: 0x1907, 4: 0x1908}  # GL_RED, GL_RG, GL_RGB, GL_RGBA
-PIXEL_TYPES = {"uint8": 0x1401, "uint16": 0x1403, "float32": 0x1406}
 
 GL_TEXTURE_MAG_FILTER = 0x2800
 GL_TEXTURE_MIN_FILTER = 0x2801
@@ -46,23 +43,6 @@ EGL_DEVICE_UUID_EXT = 0x335C  # EGL_EXT_device_persistent_id (binary, 16 bytes)
 EGL_DRIVER_NAME_EXT = 0x335E  # EGL_EXT_device_persistent_id (string)
 EGL_RENDERER_EXT = 0x335F  # EGL_EXT_device_query_name
 EGL_UUID_SIZE = 16
-
-# Sized internal formats by (numpy dtype name, channels).
-INTERNAL_FORMATS: dict[tuple[str, int], int] = {
-    ("uint8", 1): 0x8229,  # GL_R8
-    ("uint8", 2): 0x822B,  # GL_RG8
-    ("uint8", 3): 0x8051,  # GL_RGB8
-    ("uint8", 4): GL_RGBA8,
-    ("uint16", 1): 0x822A,  # GL_R16
-    ("uint16", 2): 0x822C,  # GL_RG16
-    ("uint16", 3): 0x8054,  # GL_RGB16
-    ("uint16", 4): 0x805B,  # GL_RGBA16
-    ("float32", 1): 0x822E,  # GL_R32F
-    ("float32", 2): 0x8230,  # GL_RG32F
-    ("float32", 3): 0x8815,  # GL_RGB32F
-    ("float32", 4): 0x8814,  # GL_RGBA32F
-}
-
 
 @lru_cache(maxsize=1)
 def _libegl() -> ctypes.CDLL:
@@ -162,7 +142,7 @@ class GL:
         self.glBindBuffer(GL_PIXEL_UNPACK_BUFFER, buffer)
         self.glPixelStorei(GL_UNPACK_ALIGNMENT, 1)
         self.glTextureSubImage2D(texture, level, 0, 0, size[0], size[1], PIXEL_FORMATS[channels],
-                                 PIXEL_TYPES[dtype], None)
+                                 texel_format(dtype).pixel_type, None)
         self.glBindBuffer(GL_PIXEL_UNPACK_BUFFER, 0)
         self._check(f"uploading level {level} from a buffer")
 
@@ -170,7 +150,7 @@ class GL:
         """Copy `level` of `texture` as tightly packed pixels into host memory at `address`."""
         self.glBindBuffer(GL_PIXEL_PACK_BUFFER, 0)
         self.glPixelStorei(GL_PACK_ALIGNMENT, 1)
-        self.glGetTextureImage(texture, level, PIXEL_FORMATS[channels], PIXEL_TYPES[dtype], nbytes,
+        self.glGetTextureImage(texture, level, PIXEL_FORMATS[channels], texel_format(dtype).pixel_type, nbytes,
                                ctypes.c_void_p(address))
         self._check(f"reading level {level}")
 

@@ -10,18 +10,20 @@ import re
 from functools import cache
 from pathlib import Path
 
+__all__ = ["shader_dir", "source"]
+
 GLSL_VERSION = "#version 450 core"
 _INCLUDE = re.compile(r'^\s*#include\s+"([^"]+)"\s*(//.*)?$')
 
 
 def shader_dir() -> Path:
     """The folder holding glmip's shader files (packaged copy first, then the checkout)."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "_shaders", here.parent / "shaders"):
+    package = Path(__file__).resolve().parent.parent
+    for candidate in (package / "_shaders", package.parent / "shaders"):
         if candidate.is_dir():
             return candidate
-    raise FileNotFoundError(f"glmip's shader folder is missing: looked in {here / '_shaders'} "
-                            f"and {here.parent / 'shaders'}")
+    raise FileNotFoundError(f"glmip's shader folder is missing: looked in {package / '_shaders'} "
+                            f"and {package.parent / 'shaders'}")
 
 
 @cache

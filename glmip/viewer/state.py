@@ -12,6 +12,8 @@ import enum
 import math
 from dataclasses import dataclass, field
 
+__all__ = ["Mode", "parse_mode", "Rect", "ViewState"]
+
 PANEL_WIDTH = 300  # side panel, pixels; the image area starts right of it
 MIN_ZOOM, MAX_ZOOM = 0.25, 64.0
 

@@ -33,6 +33,11 @@ if TYPE_CHECKING:
     import moderngl
     import torch
 
+__all__ = [
+    "InteropUnavailable", "CudaError", "runtime", "check", "gl_cuda_devices", "gl_cuda_devices_or_reason",
+    "on_device", "registered_count", "GLBufferResource", "GLImageResource",
+]
+
 GL_TEXTURE_2D = 0x0DE1
 
 # Hints for the errors GL interop is known for; 304 is the famous one.

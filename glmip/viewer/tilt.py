@@ -14,6 +14,8 @@ import math
 
 import numpy as np
 
+__all__ = ["fitting_focal", "comparison_split", "plane_view"]
+
 DISTANCE = 1.5  # camera to plane centre, in plane heights: close enough for strong foreshortening
 
 

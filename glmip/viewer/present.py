@@ -17,6 +17,8 @@ from .scene import Frame, Picture
 from .state import Rect, ViewState
 from .tilt import comparison_split
 
+__all__ = ["tilt_origins", "Presenter"]
+
 VERTEX_SHADER = """
 #version 330
 uniform vec2 frame_size;  // pixels
