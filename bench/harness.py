@@ -189,6 +189,11 @@ def plot_if_possible(plot: Callable[[dict[str, Any], Path], Path], report: dict[
         print("no plot: matplotlib is not installed")
 
 
+def with_ratio(text: str, ratio: float | None) -> str:
+    """A table cell: `text`, then " (<ratio>×)" where a ratio against the peer exists."""
+    return text if ratio is None else f"{text} ({ratio:.2f}×)"
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) -> str:
     """A markdown table: the first `left` columns left-aligned, the others right-aligned (numbers)."""
     align = ["---" if i < left else "---:" for i in range(len(header))]

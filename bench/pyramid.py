@@ -65,6 +65,7 @@ from bench.harness import (
     save_figure,
     torch_device_label,
     version_of,
+    with_ratio,
     write_report,
 )
 
@@ -246,11 +247,7 @@ def run(sizes: list[int], repeats: int, budget_s: float, peak_gbs: float | None 
 
 
 def format_cell(result: dict[str, Any] | None) -> str:
-    if result is None:
-        return "–"
-    text = f"{result['median_s'] * 1e3:.1f}"
-    ratio = result["ratio_vs_avg_pool2d"]
-    return f"{text} ({ratio:.2f}×)" if ratio is not None else text
+    return "–" if result is None else with_ratio(f"{result['median_s'] * 1e3:.1f}", result["ratio_vs_avg_pool2d"])
 
 
 def table_by_size(report: dict[str, Any], column: str = "median ms (× avg_pool2d)",

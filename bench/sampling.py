@@ -75,7 +75,16 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import glmip
-from bench.harness import Case, Timing, environment, markdown_table, measure, torch_device_label, write_report
+from bench.harness import (
+    Case,
+    Timing,
+    environment,
+    markdown_table,
+    measure,
+    torch_device_label,
+    with_ratio,
+    write_report,
+)
 from bench.pyramid import avg_pool_pyramid, level_count, random_image, table_by_size, to_nchw
 
 ANISOTROPY = 16
@@ -380,9 +389,8 @@ def run(sizes: list[int], n: int, check_points: int, repeats: int, budget_s: flo
 def format_cell(result: dict[str, Any] | None) -> str:
     if result is None:
         return "–"
-    text = f"{result['median_s'] * 1e3:.0f} ms, {result['msamples_per_s']:.2f} MS/s"
-    ratio = result["ratio_vs_grid_sample"]
-    return f"{text} ({ratio:.2f}×)" if ratio is not None else text
+    return with_ratio(f"{result['median_s'] * 1e3:.0f} ms, {result['msamples_per_s']:.2f} MS/s",
+                      result["ratio_vs_grid_sample"])
 
 
 def agreement_table(report: dict[str, Any]) -> str:

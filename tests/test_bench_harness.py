@@ -57,3 +57,8 @@ def test_write_report_adds_machine_info_and_names_the_file_after_the_device(tmp_
 def test_markdown_table_aligns_label_columns_left_and_numbers_right():
     assert harness.markdown_table(["method", "ms"], [["a", "1.0"]]) == "| method | ms |\n|---|---:|\n| a | 1.0 |"
     assert harness.markdown_table(["MiB", "GiB/s"], [["4", "2.00"]], left=0).splitlines()[1] == "|---:|---:|"
+
+
+def test_with_ratio_appends_the_ratio_only_where_there_is_one():
+    assert harness.with_ratio("12.0", 1.234) == "12.0 (1.23×)"
+    assert harness.with_ratio("12.0", None) == "12.0"
