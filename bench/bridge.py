@@ -15,46 +15,22 @@ existing tensor through a buffer registered once (`GLBufferResource.copy_to`), w
 an existing tensor / interop registered once, same run. Without interop those rows are left out
 and the report says why. The interop rows are NOT YET RUN ON A GPU.
 
-Usage: python bench/bridge.py [--sizes-mib 4 16 64 256] [--repeats 7] [--plot PNG] [--out PATH]
+Usage: python -m bench.bridge [--sizes-mib 4 16 64 256] [--repeats 7] [--plot PNG] [--out PATH]
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
-import statistics
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
-
-import glmip  # noqa: E402
-from bench.pyramid import save_figure, write_report  # noqa: E402
-from glmip.bridge import BridgePath, buffer_to_tensor, writable_view  # noqa: E402
-
-
-def median_seconds(run, repeats: int) -> float:
-    run()  # warm-up: first-touch page faults, driver paths
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def synced(run):
-    """`run` followed by a CUDA synchronize, so the timing covers the asynchronous copies too."""
-    def timed() -> None:
-        run()
-        torch.cuda.synchronize()
-
-    return timed
+import glmip
+from bench.harness import figure, markdown_table, measure, plot_if_possible, save_figure, write_report
+from glmip.bridge import BridgePath, buffer_to_tensor, writable_view
 
 
 def cuda_rows(ctx: glmip.Context, sizes_mib: list[int], repeats: int) -> tuple[list[dict], dict]:
@@ -87,7 +63,7 @@ def cuda_rows(ctx: glmip.Context, sizes_mib: list[int], repeats: int) -> tuple[l
                 cases["interop_registered_into_existing"] = lambda r=resource, o=out: r.copy_to(o)
             try:
                 for name, case in cases.items():
-                    row[f"{name}_s"] = median_seconds(synced(case), repeats)
+                    row[f"{name}_s"] = measure(case, repeats, device="cuda").median  # synced: async copies count
                     row[f"{name}_gib_per_s"] = gib / row[f"{name}_s"]
                 if available:
                     check = buffer_to_tensor(buffer, (count,), device="cuda", prefer="interop")
@@ -107,12 +83,7 @@ def cuda_rows(ctx: glmip.Context, sizes_mib: list[int], repeats: int) -> tuple[l
 
 def plot(report: dict, path: Path) -> Path:
     """GiB/s against MiB for every measured path."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = figure(figsize=(7, 4.5))
     for rows in (report["results"], report["cuda_results"]):
         for key in (rows[0] if rows else {}):
             if key.endswith("_gib_per_s"):
@@ -138,12 +109,12 @@ def main(argv: list[str] | None = None) -> None:
             buffer = ctx.gl.buffer(np.random.default_rng(0).random(count, dtype=np.float32))
             src, dst = torch.rand(count), torch.empty(count)
             try:
-                readback = median_seconds(lambda b=buffer, n=count: buffer_to_tensor(b, (n,)), args.repeats)
+                readback = measure(lambda b=buffer, n=count: buffer_to_tensor(b, (n,)), args.repeats).median
                 view = writable_view(dst)
-                into = median_seconds(lambda b=buffer, v=view: b.read_into(v), args.repeats)
+                into = measure(lambda b=buffer, v=view: b.read_into(v), args.repeats).median
             finally:
                 buffer.release()
-            memcpy = median_seconds(lambda d=dst, s=src: d.copy_(s), args.repeats)
+            memcpy = measure(lambda d=dst, s=src: d.copy_(s), args.repeats).median
             gib = mib / 1024
             results.append({"mib": mib, "readback_s": readback, "readback_into_existing_s": into,
                             "memcpy_s": memcpy, "readback_gib_per_s": gib / readback,
@@ -153,28 +124,23 @@ def main(argv: list[str] | None = None) -> None:
     report = {"device": renderer, "date": datetime.date.today().isoformat(), "repeats": args.repeats,
               "path": "readback (host; pinned when the target is CUDA)", "results": results,
               "interop": interop_status, "cuda_results": cuda_results}
-    print("| MiB | new tensor GiB/s | existing tensor GiB/s | memcpy GiB/s | existing / memcpy |")
-    print("|---:|---:|---:|---:|---:|")
-    for r in results:
-        print(f"| {r['mib']} | {r['readback_gib_per_s']:.2f} | {r['readback_into_existing_gib_per_s']:.2f} | "
-              f"{r['memcpy_gib_per_s']:.2f} | {r['into_existing_vs_memcpy']:.2f} |")
+    print(markdown_table(["MiB", "new tensor GiB/s", "existing tensor GiB/s", "memcpy GiB/s", "existing / memcpy"],
+                         [[str(r["mib"])] + [f"{r[k]:.2f}" for k in ("readback_gib_per_s",
+                                                                  "readback_into_existing_gib_per_s",
+                                                                  "memcpy_gib_per_s", "into_existing_vs_memcpy")]
+                          for r in results], left=0))
     if cuda_results:
         keys = [k.removesuffix("_gib_per_s") for k in cuda_results[0] if k.endswith("_gib_per_s")]
         print("\nGL buffer -> CUDA tensor, GiB/s:")
-        print("| MiB | " + " | ".join(keys) + " | interop / readback |")
-        print("|---:|" + "---:|" * (len(keys) + 1))
-        for r in cuda_results:
-            ratio = f"{r['interop_vs_readback']:.2f}" if "interop_vs_readback" in r else "–"
-            print(f"| {r['mib']} | " + " | ".join(f"{r[k + '_gib_per_s']:.2f}" for k in keys) + f" | {ratio} |")
+        print(markdown_table(["MiB", *keys, "interop / readback"],
+                             [[str(r["mib"])] + [f"{r[k + '_gib_per_s']:.2f}" for k in keys]
+                              + [f"{r['interop_vs_readback']:.2f}" if "interop_vs_readback" in r else "–"]
+                              for r in cuda_results], left=0))
     if not interop_status["available"]:
         print(f"\ninterop rows skipped: {interop_status['why']}")
     out = write_report(report, "bridge", args.out)
     print(f"wrote {out}")
-    if args.plot:
-        try:
-            print(f"wrote {plot(report, args.plot)}")
-        except ImportError:
-            print("no plot: matplotlib is not installed")
+    plot_if_possible(plot, report, args.plot)
 
 
 if __name__ == "__main__":

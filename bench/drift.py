@@ -6,24 +6,20 @@ level from the rounded level above (glGenerateMipmap) accumulates rounding error
 level; glmip's "box" computes in float and rounds once. "lanczos" is a different filter, so
 its distance from the box mean is shown for scale, not as drift.
 
-Usage: python bench/drift.py [--size 512] [--out bench/results/drift-<device>.json]
+Usage: python -m bench.drift [--size 512] [--out bench/results/drift-<device>.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
-import sys
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
-
-import glmip  # noqa: E402
-from bench.pyramid import write_report  # noqa: E402
-from glmip import reference  # noqa: E402
-from glmip.image import as_image_array  # noqa: E402
+import glmip
+from bench.harness import write_report
+from glmip import reference
+from glmip.image import as_image_array
 
 
 def measure(ctx: glmip.Context, image: np.ndarray) -> dict[str, dict[str, list[float]]]:

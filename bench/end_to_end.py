@@ -4,7 +4,7 @@ glmip, per image: upload + mip chain (`ctx.pyramid`, method box), weight-free GP
 relevance (`glmip.saliency`), `glmip.allocate` (budget tokens, GPU relevance pyramid), `Pyramid.tokens`
 into a tensor on the torch device (CUDA-GL interop where available, else pinned read-back), then
 `glmip.nn.LodPatchEmbed` (sin-cos position + level embedding) and a small pre-norm ViT encoder
-(`nn.TransformerEncoder`, --dim/--depth/--heads) with the padding mask. The peer, dense
+(`glmip.models.TinyViT`, --dim/--depth/--heads) with the padding masked out. The peer, dense
 full-resolution tokenisation: the same image uploaded to the torch device, every patch x patch patch
 embedded by a strided conv, sin-cos position, the same encoder. Per image (median of --repeats) and
 per batch of --batch images (glmip: one pyramid per image, one embedding + encoder call for the padded
@@ -14,18 +14,15 @@ it, else on the CPU (GL on llvmpipe there). JSON under bench/results/end_to_end-
 
 The CUDA rows are NOT YET RUN ON A GPU.
 
-Usage: python bench/end_to_end.py [--size 1024] [--budget 256] [--patch 16] [--batch 64] [--repeats 5]
-                                  [--dim 384] [--depth 6] [--heads 6] [--out PATH]
+Usage: python -m bench.end_to_end [--size 1024] [--budget 256] [--patch 16] [--batch 64] [--repeats 5]
+                                   [--dim 384] [--depth 6] [--heads 6] [--out PATH]
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import statistics
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,11 +30,10 @@ import torch
 from PIL import Image
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
-
-import glmip  # noqa: E402
-from bench.pyramid import write_report  # noqa: E402
-from glmip.nn import LodPatchEmbed, sincos_position  # noqa: E402
+import glmip
+from bench.harness import Seconds, markdown_table, measure, now, sync, write_report
+from glmip.models import TinyViT
+from glmip.nn import LodPatchEmbed, sincos_position
 
 
 def images(size: int, count: int) -> list[np.ndarray]:
@@ -46,20 +42,10 @@ def images(size: int, count: int) -> list[np.ndarray]:
     return [np.ascontiguousarray(np.roll(base, 7 * k, axis=1)) for k in range(count)]
 
 
-def encoder(dim: int, depth: int, heads: int, device: torch.device) -> nn.Module:
-    layer = nn.TransformerEncoderLayer(dim, heads, 4 * dim, dropout=0.0, batch_first=True, norm_first=True)
-    return nn.TransformerEncoder(layer, depth, enable_nested_tensor=False).to(device).eval()
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 class Glmip:
     """The glmip pipeline, timing each stage."""
 
-    def __init__(self, ctx: glmip.Context, embed: LodPatchEmbed, vit: nn.Module, budget: int, patch: int,
+    def __init__(self, ctx: glmip.Context, embed: LodPatchEmbed, vit: TinyViT, budget: int, patch: int,
                  device: torch.device) -> None:
         self.ctx, self.embed, self.vit, self.budget, self.patch, self.device = ctx, embed, vit, budget, patch, device
 
@@ -94,7 +80,8 @@ class Glmip:
             sync(self.device)
             stages["embed"] += time.perf_counter() - start
             start = time.perf_counter()
-            self.vit(embedded.embeddings, src_key_padding_mask=embedded.padding)
+            valid = ~embedded.padding  # LodPatchEmbed's mask is True = padding
+            self.vit(embedded.embeddings, valid)
             sync(self.device)
             stages["vit"] += time.perf_counter() - start
         return stages, sum(t.shape[0] for t, _ in pairs)
@@ -103,7 +90,7 @@ class Glmip:
 class Dense:
     """Every patch of the full-resolution image, conv-embedded, into the same encoder."""
 
-    def __init__(self, embed: LodPatchEmbed, vit: nn.Module, patch: int, device: torch.device) -> None:
+    def __init__(self, embed: LodPatchEmbed, vit: TinyViT, patch: int, device: torch.device) -> None:
         self.conv = nn.Conv2d(3, embed.dim, patch, stride=patch).to(device).eval()
         with torch.no_grad():
             self.conv.weight.copy_(embed.proj.weight.reshape(embed.dim, 3, patch, patch))
@@ -134,12 +121,19 @@ class Dense:
         return stages, b * gh * gw
 
 
-def measure(pipeline: Any, batch: list[np.ndarray], repeats: int) -> dict[str, Any]:
-    pipeline(batch)  # warm-up: shader compilation, allocator, kernels
-    runs = [pipeline(batch) for _ in range(repeats)]
-    totals = [sum(stages.values()) for stages, _ in runs]
-    return {"median_s": statistics.median(totals), "min_s": min(totals), "repeats": repeats,
-            "tokens": runs[0][1], "stages_median_s": {k: statistics.median(s[k] for s, _ in runs) for k in runs[0][0]}}
+def measure_pipeline(pipeline: Any, batch: list[np.ndarray], repeats: int) -> dict[str, Any]:
+    """Median and minimum of the pipeline's summed stage times over `repeats` runs after a warm-up, and the
+    median of each stage."""
+    runs: list[tuple[dict[str, float], int]] = []
+
+    def case() -> Seconds:
+        runs.append(pipeline(batch))
+        return Seconds(sum(runs[-1][0].values()))
+
+    timing = measure(case, repeats)
+    runs = runs[1:]  # the warm-up's
+    return {"median_s": timing.median, "min_s": timing.min, "repeats": repeats, "tokens": runs[0][1],
+            "stages_median_s": {k: statistics.median(s[k] for s, _ in runs) for k in runs[0][0]}}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -159,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
     embed = LodPatchEmbed(args.patch, 3, args.dim, position="sincos").to(device).eval()
-    vit = encoder(args.dim, args.depth, args.heads, device)
+    vit = TinyViT(args.dim, args.depth, args.heads).to(device).eval()
     batch = images(args.size, args.batch)
     context = glmip.Context(cuda_device=torch.cuda.current_device()) if device.type == "cuda" else glmip.Context()
     with context as ctx:
@@ -172,13 +166,13 @@ def main(argv: list[str] | None = None) -> None:
         ours, dense = Glmip(ctx, embed, vit, args.budget, args.patch, device), Dense(embed, vit, args.patch, device)
         results = {}
         for label, images_ in (("per_image", batch[:1]), (f"batch_{args.batch}", batch)):
-            results[label] = {"glmip": measure(ours, images_, args.repeats), "dense": measure(dense, images_,
-                                                                                            args.repeats)}
+            results[label] = {"glmip": measure_pipeline(ours, images_, args.repeats),
+                              "dense": measure_pipeline(dense, images_, args.repeats)}
             results[label]["dense_vs_glmip"] = results[label]["dense"]["median_s"] / results[label]["glmip"]["median_s"]
     report = {
         "device": info["renderer"],
         "torch_device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": now(),
         "settings": {k: getattr(args, k) for k in ("size", "budget", "patch", "batch", "repeats", "dim", "depth",
                                                    "heads")},
         "tokens_path": path, "tokens_path_why": why,
@@ -189,11 +183,9 @@ def main(argv: list[str] | None = None) -> None:
         "results": results,
     }
     print(f"device: {report['device']}   torch: {report['torch_device']}   tokens via {path}")
-    print("| case | glmip ms (tokens) | dense ms (tokens) | dense / glmip |")
-    print("|---|---:|---:|---:|")
-    for label, r in results.items():
-        print(f"| {label} | {r['glmip']['median_s'] * 1e3:.1f} ({r['glmip']['tokens']}) | "
-              f"{r['dense']['median_s'] * 1e3:.1f} ({r['dense']['tokens']}) | {r['dense_vs_glmip']:.2f} |")
+    print(markdown_table(["case", "glmip ms (tokens)", "dense ms (tokens)", "dense / glmip"], [
+        [label] + [f"{r[k]['median_s'] * 1e3:.1f} ({r[k]['tokens']})" for k in ("glmip", "dense")]
+        + [f"{r['dense_vs_glmip']:.2f}"] for label, r in results.items()]))
     for label, r in results.items():
         stages = ", ".join(f"{k} {v * 1e3:.1f}" for k, v in r["glmip"]["stages_median_s"].items())
         print(f"glmip {label} stages (ms): {stages}")

@@ -33,20 +33,14 @@ nominal, not measured.
 
 Usage::
 
-    python bench/pyramid.py [--sizes 1024 2048 4096 8192] [--repeats 5] [--peak-gbs GB/S] [--plot PNG]
+    python -m bench.pyramid [--sizes 1024 2048 4096 8192] [--repeats 5] [--peak-gbs GB/S] [--plot PNG]
                             [--out bench/results/pyramid-<device>.json]
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import math
-import platform
-import re
-import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -57,9 +51,23 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
-
-import glmip  # noqa: E402
+import glmip
+from bench.harness import (
+    Case,
+    Seconds,
+    Timing,
+    environment,
+    figure,
+    gl_family,
+    markdown_table,
+    measure,
+    plot_if_possible,
+    save_figure,
+    torch_device_label,
+    version_of,
+    with_ratio,
+    write_report,
+)
 
 GLMIP_METHODS = ("hardware", "box", "lanczos")
 MAX_SIZE = 8192
@@ -68,10 +76,7 @@ MAX_SIZE = 8192
 PEAK_GBS = (("H200", 4800.0), ("H100 NVL", 3900.0), ("H100 PCIe", 2000.0), ("H100", 3350.0),
             ("A100-SXM4-80GB", 2039.0), ("A100 80GB PCIe", 1935.0), ("A100", 1555.0), ("L40S", 864.0),
             ("L4", 300.0), ("RTX 4090", 1008.0))
-SOFTWARE_RENDERERS = ("llvmpipe", "softpipe", "swrast", "lavapipe")
 KORNIA_BORDER = "replicate"
-
-Timed = Callable[[], "float | None"]  # a float return is the case timing itself
 
 
 # -- inputs -------------------------------------------------------------------------------
@@ -133,59 +138,41 @@ def add_bandwidth_bound(results: list[dict[str, Any]], peak_gbs: float | None) -
 
 
 def torch_case(image: np.ndarray, device: torch.device,
-               build: Callable[[torch.Tensor], list[torch.Tensor]]) -> Timed:
-    """A timed callable: convert ``image`` on ``device`` and build the pyramid, synchronously."""
+               build: Callable[[torch.Tensor], list[torch.Tensor]]) -> Case:
+    """A timed callable: convert ``image`` on ``device`` and build the pyramid (`measure` syncs the device)."""
     def run() -> None:
         levels = build(to_nchw(image, device))
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
         assert levels[-1].shape[-2:] == (1, 1), levels[-1].shape
 
     return run
 
 
 # -- glmip --------------------------------------------------------------------------------
-def glmip_case(ctx: glmip.Context, image: np.ndarray, method: str) -> Timed:
+def glmip_case(ctx: glmip.Context, image: np.ndarray, method: str) -> Case:
     """A timed callable: upload + build the chain + glFinish; the pyramid is released untimed."""
-    def run() -> float:
+    def run() -> Seconds:
         start = time.perf_counter()
         pyramid = ctx.pyramid(image, method=method)
         ctx.gl.finish()
-        elapsed = time.perf_counter() - start
+        elapsed = Seconds(time.perf_counter() - start)
         pyramid.close()
         return elapsed
 
     return run
 
 
-# -- timing -------------------------------------------------------------------------------
-def time_once(case: Timed) -> float:
-    """Seconds of one run; a case returning a float times itself (to exclude its cleanup)."""
-    start = time.perf_counter()
-    result = case()
-    elapsed = time.perf_counter() - start
-    return float(result) if isinstance(result, float) else elapsed
-
-
-def measure(case: Timed, repeats: int, budget_s: float) -> tuple[list[float], float]:
-    """Warm up once, then time up to ``repeats`` runs, fewer if they would exceed ``budget_s``."""
-    warmup = time_once(case)
-    n = max(1, min(repeats, int(budget_s // max(warmup, 1e-9))))
-    return [time_once(case) for _ in range(n)], warmup
-
-
-def summarize(size: int, method: str, family: str, times: list[float], warmup: float) -> dict[str, Any]:
-    median = statistics.median(times)
+# -- results ------------------------------------------------------------------------------
+def summarize(size: int, method: str, family: str, timing: Timing) -> dict[str, Any]:
     return {
         "size": size,
         "method": method,
         "family": family,
-        "repeats": len(times),
-        "median_s": median,
-        "min_s": min(times),
-        "warmup_s": warmup,
-        "times_s": times,
-        "mpix_per_s": size * size / 1e6 / median,
+        "repeats": len(timing.times),
+        "median_s": timing.median,
+        "min_s": timing.min,
+        "warmup_s": timing.warmup,
+        "times_s": timing.times,
+        "mpix_per_s": size * size / 1e6 / timing.median,
     }
 
 
@@ -199,52 +186,17 @@ def add_ratios(results: list[dict[str, Any]]) -> None:
 
 # -- devices ------------------------------------------------------------------------------
 def torch_devices() -> list[torch.device]:
+    """The CPU, and CUDA where torch has it."""
     devices = [torch.device("cpu")]
     if torch.cuda.is_available():
         devices.append(torch.device("cuda"))
     return devices
 
 
-def torch_device_label() -> str:
-    return f"cuda:{torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "cpu"
-
-
-def gl_family(renderer: str) -> str:
-    """Which torch device glmip is compared with: "cuda" for a real GPU when CUDA exists, else "cpu"."""
-    software = any(name in renderer.lower() for name in SOFTWARE_RENDERERS)
-    return "cuda" if torch.cuda.is_available() and not software else "cpu"
-
-
-def device_slug(renderer: str) -> str:
-    """A file-name-friendly short name of the renderer, e.g. "llvmpipe" or "nvidia-h200"."""
-    words = re.sub(r"\(.*?\)|/.*", "", renderer).strip().lower()
-    return re.sub(r"[^a-z0-9]+", "-", words).strip("-") or platform.node()
-
-
-def save_figure(fig: Any, path: Path, dpi: int = 120) -> Path:
-    """Lay out, write (making the folder) and close a matplotlib figure; every bench plot ends here."""
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
-    return path
-
-
-def write_report(report: dict[str, Any], name: str, out: str | Path | None = None) -> Path:
-    """Write `report` as JSON to `out`, default bench/results/<name>-<device slug>.json; returns the path."""
-    default = Path(__file__).resolve().parent / "results" / f"{name}-{device_slug(report['device'])}.json"
-    path = Path(out) if out else default
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2) + "\n")
-    return path
-
-
 # -- running ------------------------------------------------------------------------------
-def cases(ctx: glmip.Context, image: np.ndarray, family: str) -> list[tuple[str, str, Timed]]:
+def cases(ctx: glmip.Context, image: np.ndarray, family: str) -> list[tuple[str, str, Case]]:
     """(method name, device family, timed callable) for every method; avg_pool2d first."""
-    out: list[tuple[str, str, Timed]] = []
+    out: list[tuple[str, str, Case]] = []
     for device in torch_devices():
         out.append((f"torch-avg_pool2d-{device.type}", device.type, torch_case(image, device, avg_pool_pyramid)))
         out.append((f"kornia-build_pyramid-{device.type}", device.type, torch_case(image, device, kornia_pyramid)))
@@ -263,8 +215,8 @@ def run(sizes: list[int], repeats: int, budget_s: float, peak_gbs: float | None 
                 image = random_image(size)
                 for method, fam, case in cases(ctx, image, family):
                     bar.set_description(f"{size} {method}")
-                    times, warmup = measure(case, repeats, budget_s)
-                    results.append(summarize(size, method, fam, times, warmup))
+                    device = "cuda" if method.endswith("-cuda") else None
+                    results.append(summarize(size, method, fam, measure(case, repeats, budget_s, device)))
                     bar.update()
     add_ratios(results)
     peak_source = "--peak-gbs" if peak_gbs else None
@@ -277,11 +229,7 @@ def run(sizes: list[int], repeats: int, budget_s: float, peak_gbs: float | None 
         "device": renderer,
         "torch_device": torch_device_label(),
         "glmip_compared_with": family,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "host": platform.node(),
-        "cpu_threads": torch.get_num_threads(),
-        "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                     "kornia": _version("kornia"), "glmip": glmip.__version__},
+        **environment(kornia=version_of("kornia")),
         "repeats": repeats,
         "budget_s_per_case": budget_s,
         "reduced_repeats": [f"{s} {m}" for s, m in reduced],
@@ -298,34 +246,18 @@ def run(sizes: list[int], repeats: int, budget_s: float, peak_gbs: float | None 
     }
 
 
-def _version(module: str) -> str | None:
-    try:
-        return str(__import__(module).__version__)
-    except Exception:  # noqa: BLE001 - optional information only
-        return None
-
-
 def format_cell(result: dict[str, Any] | None) -> str:
-    if result is None:
-        return "–"
-    text = f"{result['median_s'] * 1e3:.1f}"
-    ratio = result["ratio_vs_avg_pool2d"]
-    return f"{text} ({ratio:.2f}×)" if ratio is not None else text
+    return "–" if result is None else with_ratio(f"{result['median_s'] * 1e3:.1f}", result["ratio_vs_avg_pool2d"])
 
 
-def markdown_table(report: dict[str, Any], column: str = "median ms (× avg_pool2d)",
+def table_by_size(report: dict[str, Any], column: str = "median ms (× avg_pool2d)",
                    cell_text: Callable[[dict[str, Any] | None], str] = format_cell) -> str:
     """Rows: method; columns: one per size, each cell `cell_text(result)` under "<size>² <column>"."""
     sizes = sorted({r["size"] for r in report["results"]})
     methods = list(dict.fromkeys(r["method"] for r in report["results"]))
     cell = {(r["size"], r["method"]): r for r in report["results"]}
-    lines = [
-        "| method | " + " | ".join(f"{s}² {column}" for s in sizes) + " |",
-        "|---|" + "---:|" * len(sizes),
-    ]
-    for method in methods:
-        lines.append(f"| {method} | " + " | ".join(cell_text(cell.get((s, method))) for s in sizes) + " |")
-    return "\n".join(lines)
+    return markdown_table(["method"] + [f"{s}² {column}" for s in sizes],
+                          [[method] + [cell_text(cell.get((s, method))) for s in sizes] for method in methods])
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -345,12 +277,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def plot(report: dict[str, Any], path: Path) -> Path:
     """ms against image size per method (log-log), the bandwidth bound dashed where known."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = figure(figsize=(7, 4.5))
     for method in dict.fromkeys(r["method"] for r in report["results"]):
         rows = sorted((r for r in report["results"] if r["method"] == method), key=lambda r: r["size"])
         ax.plot([r["size"] for r in rows], [r["median_s"] * 1e3 for r in rows], marker="o", label=method)
@@ -375,16 +302,12 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\ndevice: {report['device']}   torch: {report['torch_device']}   repeats: {report['repeats']}")
     if report["reduced_repeats"]:
         print("fewer repeats (budget): " + ", ".join(report["reduced_repeats"]))
-    print(markdown_table(report))
+    print(table_by_size(report))
     if report["peak_gbs"]:
         print(f"\nbandwidth bound at {report['peak_gbs']:g} GB/s ({report['peak_gbs_source']}):")
-        print(markdown_table(report, "bound / median", lambda r: "–" if r is None else f"{r['bound_fraction']:.2f}"))
+        print(table_by_size(report, "bound / median", lambda r: "–" if r is None else f"{r['bound_fraction']:.2f}"))
     print(f"\nwrote {out}")
-    if args.plot:
-        try:
-            print(f"wrote {plot(report, args.plot)}")
-        except ImportError:
-            print("no plot: matplotlib is not installed")
+    plot_if_possible(plot, report, args.plot)
 
 
 if __name__ == "__main__":

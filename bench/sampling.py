@@ -58,18 +58,14 @@ glmip is faster. The peer runs on CUDA when ``torch.cuda.is_available()``, else 
 
 Usage::
 
-    python bench/sampling.py [--sizes 1024 4096] [--points 1000000] [--repeats 3]
+    python -m bench.sampling [--sizes 1024 4096] [--points 1000000] [--repeats 3]
                              [--out bench/results/sampling-<device>.json]
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import math
-import platform
-import statistics
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -78,20 +74,18 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
-
-import glmip  # noqa: E402
-from bench.pyramid import (  # noqa: E402
-    Timed,
-    avg_pool_pyramid,
-    level_count,
+import glmip
+from bench.harness import (
+    Case,
+    Timing,
+    environment,
     markdown_table,
     measure,
-    random_image,
-    to_nchw,
     torch_device_label,
+    with_ratio,
     write_report,
 )
+from bench.pyramid import avg_pool_pyramid, level_count, random_image, table_by_size, to_nchw
 
 ANISOTROPY = 16
 GRAD_LOD_BAND = 1 / 16  # textureGrad's level on llvmpipe lies within this of log2(Pmax) (tests/test_sampling.py)
@@ -236,7 +230,7 @@ def peer_sample(levels: list[torch.Tensor], kind: str, points: dict[str, np.ndar
         return out.cpu().numpy()  # .cpu() waits for CUDA
 
 
-def peer_case(levels: list[torch.Tensor], kind: str, points: dict[str, np.ndarray], device: torch.device) -> Timed:
+def peer_case(levels: list[torch.Tensor], kind: str, points: dict[str, np.ndarray], device: torch.device) -> Case:
     def run() -> None:
         out = peer_sample(levels, kind, points, device)
         assert out.shape == (points["uv"].shape[0], levels[0].shape[1]), out.shape
@@ -261,7 +255,7 @@ def glmip_sample(ctx: glmip.Context, pyramid: Any, method: str, points: dict[str
     return out
 
 
-def glmip_case(ctx: glmip.Context, pyramid: Any, method: str, points: dict[str, np.ndarray]) -> Timed:
+def glmip_case(ctx: glmip.Context, pyramid: Any, method: str, points: dict[str, np.ndarray]) -> Case:
     def run() -> None:
         out = glmip_sample(ctx, pyramid, method, points)
         assert out.shape == (points["uv"].shape[0], pyramid.channels), out.shape
@@ -305,23 +299,21 @@ def lod_band_excess(levels: list[torch.Tensor], points: dict[str, np.ndarray], g
 
 
 # -- running ------------------------------------------------------------------------------
-def summarize(size: int, method: str, n: int, times: list[float], warmup: float,
-              mean_taps: float | None) -> dict[str, Any]:
-    median = statistics.median(times)
+def summarize(size: int, method: str, n: int, timing: Timing, mean_taps: float | None) -> dict[str, Any]:
     result = {
         "size": size,
         "method": method,
         "points": n,
-        "repeats": len(times),
-        "median_s": median,
-        "min_s": min(times),
-        "warmup_s": warmup,
-        "times_s": times,
-        "msamples_per_s": n / 1e6 / median,
+        "repeats": len(timing.times),
+        "median_s": timing.median,
+        "min_s": timing.min,
+        "warmup_s": timing.warmup,
+        "times_s": timing.times,
+        "msamples_per_s": n / 1e6 / timing.median,
     }
     if mean_taps is not None:
         result["mean_taps"] = mean_taps
-        result["mtaps_per_s"] = n * mean_taps / 1e6 / median
+        result["mtaps_per_s"] = n * mean_taps / 1e6 / timing.median
     return result
 
 
@@ -354,13 +346,13 @@ def run(sizes: list[int], n: int, check_points: int, repeats: int, budget_s: flo
                 levels = torch_levels(image, device)
                 with ctx.pyramid(image, method="box") as pyramid:
                     agreements[str(size)] = agreement(ctx, pyramid, levels, subset(points, check_points), device)
-                    cases: list[tuple[str, Timed]] = [(m, glmip_case(ctx, pyramid, m, points)) for m in GLMIP_CASES]
+                    cases: list[tuple[str, Case]] = [(m, glmip_case(ctx, pyramid, m, points)) for m in GLMIP_CASES]
                     cases += [(f"{k}-{device.type}", peer_case(levels, k, points, device)) for k in PEER_CASES]
                     for method, case in cases:
                         bar.set_description(f"{size} {method}")
-                        times, warmup = measure(case, repeats, budget_s)
+                        timing = measure(case, repeats, budget_s)
                         assembly = "anisotropic" in method and not method.endswith("_hw")  # hw: taps unknown
-                        results.append(summarize(size, method, n, times, warmup, taps if assembly else None))
+                        results.append(summarize(size, method, n, timing, taps if assembly else None))
                         bar.update()
                 del levels
     add_ratios(results, device.type)
@@ -369,11 +361,7 @@ def run(sizes: list[int], n: int, check_points: int, repeats: int, budget_s: flo
         "device": renderer,
         "torch_device": torch_device_label(),
         "peer_device": device.type,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "host": platform.node(),
-        "cpu_threads": torch.get_num_threads(),
-        "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                     "numpy": np.__version__, "glmip": glmip.__version__},
+        **environment(numpy=np.__version__),
         "points": n,
         "check_points": check_points,
         "anisotropy": ANISOTROPY,
@@ -401,31 +389,26 @@ def run(sizes: list[int], n: int, check_points: int, repeats: int, budget_s: flo
 def format_cell(result: dict[str, Any] | None) -> str:
     if result is None:
         return "–"
-    text = f"{result['median_s'] * 1e3:.0f} ms, {result['msamples_per_s']:.2f} MS/s"
-    ratio = result["ratio_vs_grid_sample"]
-    return f"{text} ({ratio:.2f}×)" if ratio is not None else text
+    return with_ratio(f"{result['median_s'] * 1e3:.0f} ms, {result['msamples_per_s']:.2f} MS/s",
+                      result["ratio_vs_grid_sample"])
 
 
 def agreement_table(report: dict[str, Any]) -> str:
     sizes = sorted(report["agreement_lsb"], key=int)
     methods = list(GLMIP_CASES)
-    lines = [
-        f"| glmip vs peer ({report['check_points']} points), LSB | "
-        + " | ".join(f"{s}² max / p99 / mean" for s in sizes) + " |",
-        "|---|" + "---:|" * len(sizes),
-    ]
+    header = [f"glmip vs peer ({report['check_points']} points), LSB"] + [f"{s}² max / p99 / mean" for s in sizes]
+    rows = []
     for method in methods:
         cells = []
         for s in sizes:
             a = report["agreement_lsb"][s][method]
             cells.append(f"{a['max_lsb']:.2f} / {a['p99_lsb']:.2f} / {a['mean_lsb']:.2f}")
         note = "" if report["agreement_lsb"][sizes[0]][method]["expected_to_match"] else " (not expected to match)"
-        lines.append(f"| {method}{note} | " + " | ".join(cells) + " |")
+        rows.append([f"{method}{note}"] + cells)
         if method == "glmip-trilinear-grad":
             cells = [f"{report['agreement_lsb'][s][method]['outside_lod_band_max_lsb']:.2f}" for s in sizes]
-            lines.append(f"| {method}: max outside the peer's range over lod ± {GRAD_LOD_BAND:g} | "
-                         + " | ".join(cells) + " |")
-    return "\n".join(lines)
+            rows.append([f"{method}: max outside the peer's range over lod ± {GRAD_LOD_BAND:g}"] + cells)
+    return markdown_table(header, rows)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -453,7 +436,7 @@ def main(argv: list[str] | None = None) -> None:
     print("mean anisotropic taps: " + ", ".join(f"{s}²: {t:.2f}" for s, t in report["mean_taps"].items()))
     if report["reduced_repeats"]:
         print("fewer repeats (budget): " + ", ".join(report["reduced_repeats"]))
-    print(markdown_table(report, "median, Msamples/s (× grid_sample)", format_cell))
+    print(table_by_size(report, "median, Msamples/s (× grid_sample)", format_cell))
     print()
     print(agreement_table(report))
     print(f"\nwrote {out}")

@@ -48,25 +48,23 @@ tokens (read back into torch), wall clock; ``vit`` = the forward pass of a small
 ViT on those tokens; ``dense`` = the same ViT on every 16x16 patch of the full-resolution image
 (``unfold``; patches past the edge zero-padded), its tokenisation timed separately. The ViT:
 ``--depth`` (12) pre-norm blocks of width ``--dim`` (192) with ``--heads`` (3), torch SDPA attention,
-a class token and a linear head (ViT-Ti/16's shape, random weights, ``inference_mode``); its patch
-embedding is ``glmip.nn.LodPatchEmbed(position="sincos", prefix_tokens=1)``, the same for both paths.
+a class token and a linear head (ViT-Ti/16's shape, random weights, ``inference_mode``):
+``glmip.models.TokenClassifier``, whose patch embedding is
+``glmip.nn.LodPatchEmbed(position="sincos", prefix_tokens=1)``, the same for both paths.
 Median of ``--repeats`` after one warm-up; CPU torch on a 2-core machine shared with llvmpipe:
 expect noise of tens of percent.
 
 Usage::
 
-    python bench/tokens.py [--scenes 12] [--size 1024 768] [--quick] [--out bench/results/tokens-<device>.json]
+    python -m bench.tokens [--scenes 12] [--size 1024 768] [--quick] [--out bench/results/tokens-<device>.json]
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import heapq
 import math
-import platform
 import statistics
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,14 +76,12 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
-
-import glmip  # noqa: E402
-from bench.pyramid import save_figure, torch_device_label, write_report  # noqa: E402
-from glmip.allocate import TokenLayout  # noqa: E402
-from glmip.image import as_image_array  # noqa: E402
-from glmip.nn import LodPatchEmbed  # noqa: E402
-from glmip.reconstruct import reconstruct  # noqa: E402
+import glmip
+from bench.harness import environment, figure, markdown_table, measure, save_figure, torch_device_label, write_report
+from glmip.allocate import TokenLayout
+from glmip.image import as_image_array
+from glmip.models import TokenClassifier
+from glmip.reconstruct import reconstruct
 
 ROOT = Path(__file__).resolve().parent.parent
 PATCH = 16
@@ -416,37 +412,7 @@ def summarise(rows: list[dict[str, Any]], budgets: list[int]) -> dict[str, Any]:
 
 
 # -- timing ---------------------------------------------------------------------------------
-class Block(torch.nn.Module):
-    """Pre-norm transformer block: attention (torch SDPA) + MLP."""
-
-    def __init__(self, dim: int, heads: int) -> None:
-        super().__init__()
-        self.heads = heads
-        self.norm1, self.norm2 = torch.nn.LayerNorm(dim), torch.nn.LayerNorm(dim)
-        self.qkv, self.proj = torch.nn.Linear(dim, 3 * dim), torch.nn.Linear(dim, dim)
-        self.mlp = torch.nn.Sequential(torch.nn.Linear(dim, 4 * dim), torch.nn.GELU(), torch.nn.Linear(4 * dim, dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, d = x.shape
-        q, k, v = self.qkv(self.norm1(x)).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        x = x + self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, d))
-        return x + self.mlp(self.norm2(x))
-
-
-class TinyViT(torch.nn.Module):
-    """A plain pre-norm ViT over one image's variable-length token set: embed, `depth` blocks, class-token head."""
-
-    def __init__(self, channels: int, dim: int, depth: int, heads: int) -> None:
-        super().__init__()
-        self.embed = LodPatchEmbed(PATCH, channels, dim, position="sincos", prefix_tokens=1)
-        self.embed_name = "glmip.nn.LodPatchEmbed(position='sincos', prefix_tokens=1)"
-        self.blocks = torch.nn.Sequential(*[Block(dim, heads) for _ in range(depth)])
-        self.norm = torch.nn.LayerNorm(dim)
-        self.head = torch.nn.Linear(dim, 1000)
-
-    def forward(self, tokens: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
-        x = self.blocks(self.embed(tokens, layout).embeddings)  # one image: no padding
-        return self.head(self.norm(x[:, 0]))
+EMBED_NAME = "glmip.nn.LodPatchEmbed(position='sincos', prefix_tokens=1)"  # TokenClassifier's embedding
 
 
 def dense_tokens(image: np.ndarray) -> tuple[torch.Tensor, TokenLayout]:
@@ -458,26 +424,15 @@ def dense_tokens(image: np.ndarray) -> tuple[torch.Tensor, TokenLayout]:
     return patches, grid_layout(width, height, PATCH)
 
 
-def timed(fn: Any, repeats: int) -> tuple[list[float], Any]:
-    """Every timed run's seconds after one untimed warm-up, and the last result."""
-    fn()
-    times, result = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    return times, result
-
-
 def _times(prefix: str, times: list[float]) -> dict[str, Any]:
     return {f"{prefix}_s": statistics.median(times), f"{prefix}_times_s": times}
 
 
 def timing(ctx: glmip.Context, scene: Scene, budgets: list[int], repeats: int, vit: dict[str, int]) -> dict[str, Any]:
     torch.manual_seed(0)
-    model = TinyViT(3, **vit).eval()
+    model = TokenClassifier(PATCH, 3, **vit).eval()
     height, width = scene.image.shape[:2]
-    out: dict[str, Any] = {"scene": scene.name, "size": [width, height], "vit": vit, "embed": model.embed_name,
+    out: dict[str, Any] = {"scene": scene.name, "size": [width, height], "vit": vit, "embed": EMBED_NAME,
                            "results": []}
 
     def glmip_tokens(budget: int) -> Any:
@@ -487,14 +442,16 @@ def timing(ctx: glmip.Context, scene: Scene, budgets: list[int], repeats: int, v
 
     with torch.inference_mode():
         for budget in tqdm(budgets, desc="timing", unit="budget"):
-            tok, (tokens, layout) = timed(lambda b=budget: glmip_tokens(b), repeats)
-            vit, _ = timed(lambda t=tokens, lay=layout: model(t, lay), repeats)
+            tok = measure(lambda b=budget: glmip_tokens(b), repeats)
+            tokens, layout = tok.result
+            vit = measure(lambda t=tokens, lay=layout: model(t, lay), repeats)
             out["results"].append({"method": "glmip relevance", "budget": budget, "tokens": len(layout),
-                                   **_times("tokenise", tok), **_times("vit", vit)})
-        tok, (tokens, layout) = timed(lambda: dense_tokens(scene.image), repeats)
-        vit, _ = timed(lambda: model(tokens, layout), repeats)
+                                   **_times("tokenise", tok.times), **_times("vit", vit.times)})
+        tok = measure(lambda: dense_tokens(scene.image), repeats)
+        tokens, layout = tok.result
+        vit = measure(lambda: model(tokens, layout), repeats)
         out["results"].append({"method": "dense 16x16", "budget": None, "tokens": len(layout),
-                               **_times("tokenise", tok), **_times("vit", vit)})
+                               **_times("tokenise", tok.times), **_times("vit", vit.times)})
     return out
 
 
@@ -530,14 +487,9 @@ def reconstruction_picture(scene: Scene, kept: dict[str, Any], budget: int, path
 
 
 def plot(report: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     summary = report["summary"]
     styles = {"relevance": "C0", "uniform": "C1", "uniform-int": "C2", "content": "C3"}
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
+    fig, axes = figure(1, 3, figsize=(15, 4.4))
     finite = [v[k] for src in ("scenes", "coffee") for m in summary[src].values() for v in m.values()
               for k in ("psnr_relevant", "psnr_whole") if v[k] is not None]
     ceiling = math.ceil(max(finite, default=30.0) / 5 + 1) * 5  # where lossless points are drawn
@@ -586,39 +538,29 @@ def tables(report: dict[str, Any]) -> str:
         if not any(s[source][m] for m in METHODS):
             continue
         out.append(f"PSNR dB, relevant / whole, {title}:\n")
-        out.append("| method | " + " | ".join(f"{b} tokens" for b in psnr_budgets) + " |")
-        out.append("|---|" + "---:|" * len(psnr_budgets))
-        for method in METHODS:
-            cells = [s[source][method].get(str(b)) for b in psnr_budgets]
-            out.append(f"| {method} | " + " | ".join(
-                "–" if c is None else f"{_db(c['psnr_relevant'])} / {_db(c['psnr_whole'])}" for c in cells) + " |")
+        rows = [[method] + ["–" if c is None else f"{_db(c['psnr_relevant'])} / {_db(c['psnr_whole'])}"
+                            for c in (s[source][method].get(str(b)) for b in psnr_budgets)] for method in METHODS]
+        out.append(markdown_table(["method"] + [f"{b} tokens" for b in psnr_budgets], rows))
         out.append("")
     out.append(f"Legibility, characters read right (of {s['legibility']['relevance'][str(legible[0])]['total']}, "
                f"chance {1 / len(ALPHABET):.3f}):\n")
-    out.append("| method | " + " | ".join(f"{b} tokens" for b in legible) + " |")
-    out.append("|---|" + "---:|" * len(legible))
-    for method in METHODS:
-        out.append(f"| {method} | " + " | ".join(f"{s['legibility'][method][str(b)]['accuracy']:.3f}"
-                                                  for b in legible) + " |")
+    out.append(markdown_table(["method"] + [f"{b} tokens" for b in legible],
+                              [[method] + [f"{s['legibility'][method][str(b)]['accuracy']:.3f}" for b in legible]
+                               for method in METHODS]))
     if s["reader_by_level"]:
-        levels = list(s["reader_by_level"])
+        levels = s["reader_by_level"]
         out.append("\nReader calibration, the text through one whole-image grid at each level:\n")
-        out.append("| | " + " | ".join(f"level {lv}" for lv in levels) + " |")
-        out.append("|---|" + "---:|" * len(levels))
-        out.append("| characters read right | " + " | ".join(f"{s['reader_by_level'][lv]['accuracy']:.3f}"
-                                                       for lv in levels) + " |")
-        out.append("| PSNR in the panel, dB | " + " | ".join(_db(s["reader_by_level"][lv]["psnr_relevant"])
-                                                       for lv in levels) + " |")
+        out.append(markdown_table([""] + [f"level {lv}" for lv in levels], [
+            ["characters read right"] + [f"{v['accuracy']:.3f}" for v in levels.values()],
+            ["PSNR in the panel, dB"] + [_db(v["psnr_relevant"]) for v in levels.values()]]))
     if report.get("timing"):
         t = report["timing"]
         out.append(f"\nTiming ({t['size'][0]}x{t['size'][1]}, ViT dim {t['vit']['dim']} depth {t['vit']['depth']}, "
                    f"{t['embed']}; median of {report['config']['repeats']}):\n")
-        out.append("| tokens | count | tokenise ms | ViT forward ms | total ms |")
-        out.append("|---|---:|---:|---:|---:|")
-        for r in t["results"]:
-            name = r["method"] + (f", budget {r['budget']}" if r["budget"] else "")
-            out.append(f"| {name} | {r['tokens']} | {r['tokenise_s'] * 1e3:.1f} | {r['vit_s'] * 1e3:.1f} | "
-                       f"{(r['tokenise_s'] + r['vit_s']) * 1e3:.1f} |")
+        out.append(markdown_table(["tokens", "count", "tokenise ms", "ViT forward ms", "total ms"], [
+            [r["method"] + (f", budget {r['budget']}" if r["budget"] else ""), str(r["tokens"]),
+             f"{r['tokenise_s'] * 1e3:.1f}", f"{r['vit_s'] * 1e3:.1f}", f"{(r['tokenise_s'] + r['vit_s']) * 1e3:.1f}"]
+            for r in t["results"]]))
     return "\n".join(out)
 
 
@@ -641,11 +583,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         report: dict[str, Any] = {
             "device": renderer,
             "torch_device": torch_device_label(),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "host": platform.node(),
-            "cpu_threads": torch.get_num_threads(),
-            "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
-                         "pillow": Image.__version__, "glmip": glmip.__version__},
+            **environment(numpy=np.__version__, pillow=Image.__version__),
             "config": {"scenes": args.scenes, "size": [width, height], "patch": PATCH, "pyramid": PYRAMID_METHOD,
                        "srgb": False, "repeats": args.repeats, "quick": args.quick},
             "budgets": budgets,

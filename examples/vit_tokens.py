@@ -1,5 +1,6 @@
 """A plain-torch ViT on glmip tokens, end to end: image -> pyramid -> gaze relevance -> token layout
--> tokens -> LodPatchEmbed -> transformer encoder (padding-masked) -> class logits.
+-> tokens -> LodPatchEmbed -> transformer encoder (padding-masked) -> class logits
+(`glmip.models.TokenClassifier`).
 
     python examples/vit_tokens.py [--budget 256] [--gaze 0.45,0.35] [IMAGE]
 
@@ -20,50 +21,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 import glmip
-from glmip.nn import LodPatchEmbed, attention_mask
-
-
-class Block(nn.Module):
-    """Pre-norm transformer encoder block whose attention skips padding keys."""
-
-    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0) -> None:
-        super().__init__()
-        self.heads = heads
-        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.out = nn.Linear(dim, dim)
-        self.mlp = nn.Sequential(nn.Linear(dim, int(dim * mlp_ratio)), nn.GELU(), nn.Linear(int(dim * mlp_ratio), dim))
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        batch, length, dim = x.shape
-        q, k, v = self.qkv(self.norm1(x)).view(batch, length, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
-        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # mask: (B, 1, 1, L), True = attend
-        x = x + self.out(attended.transpose(1, 2).reshape(batch, length, dim))
-        return x + self.mlp(self.norm2(x))
-
-
-class TinyViT(nn.Module):
-    """LodPatchEmbed (sin-cos position, one class token) + `depth` blocks + a linear head on the class token."""
-
-    def __init__(self, patch: int = 16, dim: int = 192, depth: int = 4, heads: int = 3, classes: int = 1000) -> None:
-        super().__init__()
-        self.embed = LodPatchEmbed(patch, 3, dim, position="sincos", prefix_tokens=1)
-        self.blocks = nn.ModuleList(Block(dim, heads) for _ in range(depth))
-        self.norm = nn.LayerNorm(dim)
-        self.head = nn.Linear(dim, classes)
-
-    def forward(self, tokens: list[torch.Tensor], layouts: list[Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> (logits (B, classes), features (B, L, dim))."""
-        x, padding = self.embed(tokens, layouts)
-        mask = attention_mask(padding)
-        for block in self.blocks:
-            x = block(x, mask)
-        x = self.norm(x)
-        return self.head(x[:, 0]), x
+from glmip.models import TokenClassifier
 
 
 def parse_point(text: str) -> tuple[float, float]:
@@ -98,7 +58,7 @@ def main(argv: Sequence[str] | None = None, ctx: glmip.Context | None = None) ->
     finally:
         if own_context:
             ctx.close()
-    model = TinyViT(depth=args.depth).eval()
+    model = TokenClassifier(depth=args.depth).eval()
     with torch.inference_mode():
         start = time.perf_counter()
         embedded, padding = model.embed(tokens, layouts)

@@ -48,10 +48,10 @@ if [ "$stage" = tests ] || [ "$stage" = all ]; then
   status=${PIPESTATUS[0]}
 fi
 if [ "$stage" = bench ] || [ "$stage" = all ]; then
-  python3 bench/bridge.py --sizes-mib 4 16 64 256 --repeats 7 --out "$OUT/bridge.json" --plot "$OUT/bridge.png"
-  python3 bench/pyramid.py --sizes 1024 2048 4096 8192 --repeats 5 --budget-s 8 --out "$OUT/pyramid.json" \
+  python3 -m bench.bridge --sizes-mib 4 16 64 256 --repeats 7 --out "$OUT/bridge.json" --plot "$OUT/bridge.png"
+  python3 -m bench.pyramid --sizes 1024 2048 4096 8192 --repeats 5 --budget-s 8 --out "$OUT/pyramid.json" \
     --plot "$OUT/pyramid.png"
-  python3 bench/sampling.py --sizes 1024 4096 --repeats 3 --budget-s 10 --out "$OUT/sampling.json"
-  python3 bench/end_to_end.py --size 1024 --budget 256 --batch 64 --repeats 5 --out "$OUT/end_to_end.json"
+  python3 -m bench.sampling --sizes 1024 4096 --repeats 3 --budget-s 10 --out "$OUT/sampling.json"
+  python3 -m bench.end_to_end --size 1024 --budget 256 --batch 64 --repeats 5 --out "$OUT/end_to_end.json"
 fi
 exit "$status"

@@ -175,7 +175,7 @@ def test_every_pixel_comes_from_the_one_token_holding_its_centre(case):
 
 
 def test_bench_tokens_quick(tmp_path):
-    """`bench/tokens.py --quick` end to end (about 10 s on llvmpipe): JSON, plot and picture written, and the
+    """`python -m bench.tokens --quick` end to end (about 10 s on llvmpipe): JSON, plot and picture written, and the
     reader reads the undistorted text (level-0 tokens, reconstructed) without a mistake."""
     import json
     import subprocess
@@ -184,7 +184,7 @@ def test_bench_tokens_quick(tmp_path):
 
     root = Path(__file__).resolve().parent.parent
     out, plot, picture = tmp_path / "tokens.json", tmp_path / "quality.png", tmp_path / "reconstruction.png"
-    result = subprocess.run([sys.executable, str(root / "bench" / "tokens.py"), "--quick", "--out", str(out),
+    result = subprocess.run([sys.executable, "-m", "bench.tokens", "--quick", "--out", str(out),
                              "--plot", str(plot), "--picture", str(picture)], capture_output=True, text=True,
                             timeout=300, cwd=root)
     assert result.returncode == 0, result.stderr[-3000:]
