@@ -15,7 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from glmip.nn import LodPatchEmbed
+from .nn import LodPatchEmbed
+
+__all__ = ["TinyViT", "TokenClassifier"]
 
 
 class Block(nn.Module):
