@@ -22,6 +22,7 @@ from .gl.programs import (
     TRILINEAR,
     WRAP_MODES,
     bound_texture,
+    bound_textures,
     dispatch_flat,
     encode_texels,
     scratch,
@@ -33,7 +34,7 @@ from .maps import lod_map as relevance_to_lod
 if TYPE_CHECKING:
     from .gl.texture import MipTexture
 
-__all__ = ["Filter", "Wrap", "sample", "tokens", "render", "parse_enum"]
+__all__ = ["Filter", "Wrap", "sample", "tokens", "tokens_batch", "render", "parse_enum", "BATCH_TEXTURES"]
 
 
 class Filter(str, enum.Enum):
@@ -58,6 +59,8 @@ _MIN_MAG = {
     Filter.ANISOTROPIC_HW: TRILINEAR,
 }
 _LOCAL = 64
+# Images one tokens dispatch binds together (GL guarantees 16 texture units in a compute shader).
+BATCH_TEXTURES = 16
 
 
 def parse_enum(kind: type[enum.Enum], value: Any, what: str) -> Any:
@@ -170,45 +173,99 @@ def tokens(pyramid: MipTexture, layout: Any, patch: int | None = None, filter: s
     One dispatch writes all tokens into one GL buffer, read back straight into the tensor's memory.
     `layout` is a `TokenLayout` (or anything with cx, cy, size, level arrays in level-0 pixels);
     levels may be fractional. `patch` defaults to the layout's. `out`: a float32 tensor of the
-    result's shape to fill (CPU or CUDA), reused across calls.
+    result's shape to fill (CPU or CUDA), reused across calls. The one-image case of `tokens_batch`.
+    """
+    return tokens_batch([pyramid], [layout], patch, filter, lod_bias, out)
+
+
+def _token_table(layout: Any, image_size: tuple[int, int], index: int) -> np.ndarray:
+    table = np.ascontiguousarray(np.stack([np.asarray(layout.cx), np.asarray(layout.cy), np.asarray(layout.size),
+                                           np.asarray(layout.level)], axis=1), dtype=np.float32)
+    if not np.isfinite(table).all() or (table[:, 2] <= 0).any():
+        raise ValueError(f"layout {index}: token centres, sizes and levels must be finite and sizes positive")
+    made_for = getattr(layout, "image_size", None)
+    if made_for is not None and tuple(int(v) for v in made_for) != tuple(image_size):
+        raise ValueError(f"layout {index} was made for an image of {made_for[0]}x{made_for[1]}, but its image is "
+                         f"{image_size[0]}x{image_size[1]}; allocate with image_size=(width, height) of the image")
+    return table
+
+
+def tokens_batch(pyramids: list[MipTexture], layouts: list[Any], patch: int | None = None,
+                 filter: str | Filter = "trilinear", lod_bias: float = 0.0, out: Any = None) -> Any:
+    """The tokens of several images, packed: torch (N_0 + N_1 + ..., C, patch, patch) float32.
+
+    Up to `glmip.sampling.BATCH_TEXTURES` images are bound together and sampled in one dispatch
+    (more take one dispatch per group of that many). Every image must have the same channel count
+    and context; layout b must be made for image b's size (`TokenLayout.image_size`). `patch`
+    defaults to the first layout's. `out`: a float32 tensor of the packed shape to fill.
+
+    Convention: image b's tokens are rows [sum of N_<b, sum of N_<=b) of the result, in its layout's order.
     """
     import torch
 
     mode = parse_enum(Filter, filter, "filter")
     if mode not in (Filter.TRILINEAR, Filter.ANISOTROPIC):
         raise ValueError(f"tokens are sampled with 'trilinear' or 'anisotropic', got {mode.value!r}")
-    patch = int(getattr(layout, "patch", 0) if patch is None else patch)
-    if patch < 1:
-        raise ValueError(f"patch must be a positive int, got {patch}")
+    if len(pyramids) != len(layouts):
+        raise ValueError(f"need one layout per image, got {len(pyramids)} images and {len(layouts)} layouts")
+    if not pyramids:
+        raise ValueError("an empty batch: pass at least one image and its layout")
+    patch = getattr(layouts[0], "patch", 0) if patch is None else patch
+    if not isinstance(patch, (int, np.integer)) or isinstance(patch, bool) or patch < 1:
+        raise ValueError(f"patch must be a positive int, got {patch!r}")
+    patch = int(patch)
     if not np.isfinite(lod_bias):
         raise ValueError(f"lod_bias must be finite, got {lod_bias}")
-    table = np.ascontiguousarray(np.stack([np.asarray(layout.cx), np.asarray(layout.cy), np.asarray(layout.size),
-                                           np.asarray(layout.level)], axis=1), dtype=np.float32)
-    if not np.isfinite(table).all() or (table[:, 2] <= 0).any():
-        raise ValueError("token centres, sizes and levels must be finite and sizes positive")
-    n = table.shape[0]
-    shape = (n, pyramid.channels, patch, patch)
-    if n == 0:
+    ctx, channels = pyramids[0].context, pyramids[0].channels
+    for index, pyramid in enumerate(pyramids):
+        pyramid._check_open()
+        if pyramid.context is not ctx or pyramid.channels != channels:
+            raise ValueError(f"image {index} has {pyramid.channels} channel(s) in context {pyramid.context!r}; "
+                             f"a batch needs one context and one channel count ({channels}, as image 0)")
+    tables = [_token_table(layout, (p.width, p.height), i) for i, (p, layout) in
+              enumerate(zip(pyramids, layouts, strict=True))]
+    counts = [t.shape[0] for t in tables]
+    total = sum(counts)
+    shape = (total, channels, patch, patch)
+    if total == 0:
         return torch.empty(shape, dtype=torch.float32) if out is None else out
-    ctx = pyramid.context
-    defines: dict[str, object] = {"CHANNELS": pyramid.channels}
+    defines: dict[str, object] = {"CHANNELS": channels}
     if mode is Filter.ANISOTROPIC:
         defines["SHADER_ANISO"] = 1
-    program = ctx.program("tokens.comp", **defines)
     gl = ctx.gl
+    per_token = patch * patch
+    first_token = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     with scratch(ctx) as buffers:
-        buffers += [gl.buffer(table), gl.buffer(reserve=int(np.prod(shape)) * 4)]
-        buffers[0].bind_to_storage_buffer(0)
-        buffers[1].bind_to_storage_buffer(2)
-        with bound_texture(ctx, pyramid.texture, ctx.sampler(*TRILINEAR, WRAP_MODES["clamp"]), program):
-            program["token_count"] = n
-            program["patch_size"] = patch
-            program["texture_size"] = (float(pyramid.width), float(pyramid.height))
-            program["lod_bias"] = float(lod_bias)
-            set_if_used(program, "max_anisotropy", float(ctx.gl.max_anisotropy))
-            dispatch_flat(program, n * patch * patch, _LOCAL)
+        samples = gl.buffer(reserve=int(np.prod(shape)) * 4)
+        buffers += [samples, gl.buffer(np.concatenate(tables))]
+        for start in range(0, len(pyramids), BATCH_TEXTURES):
+            group = range(start, min(start + BATCH_TEXTURES, len(pyramids)))
+            ranges, sizes, group_image, first = [], [], [], 0
+            for slot, b in enumerate(group):
+                n_groups = -(-counts[b] * per_token // _LOCAL)
+                ranges.append((first * _LOCAL, first_token[b], counts[b], 0))
+                sizes.append((pyramids[b].width, pyramids[b].height, 0, 0))
+                group_image += [slot] * n_groups
+                first += n_groups
+            if first == 0:
+                continue
+            program = ctx.program("tokens.comp", IMAGES=len(group), **defines)
+            extra = [gl.buffer(np.asarray(group_image, np.uint32)), gl.buffer(np.asarray(ranges, np.uint32)),
+                     gl.buffer(np.asarray(sizes, np.float32))]
+            buffers += extra
+            samples.bind_to_storage_buffer(2)
+            buffers[1].bind_to_storage_buffer(0)
+            for binding, buffer in zip((3, 4, 5), extra, strict=True):
+                buffer.bind_to_storage_buffer(binding)
+            sampler = ctx.sampler(*TRILINEAR, WRAP_MODES["clamp"])
+            with bound_textures(ctx, [pyramids[b].texture for b in group], sampler, program, "images"):
+                program["group_count"] = first
+                program["patch_size"] = patch
+                program["lod_bias"] = float(lod_bias)
+                set_if_used(program, "max_anisotropy", float(ctx.gl.max_anisotropy))
+                dispatch_flat(program, first * _LOCAL, _LOCAL)
         gl.memory_barrier(moderngl.BUFFER_UPDATE_BARRIER_BIT)
-        return buffer_to_tensor(buffers[1], shape, out=out).tensor
+        return buffer_to_tensor(samples, shape, out=out).tensor
 
 
 def render(pyramid: MipTexture, lod_map: Any = None, *, relevance: Any = None, size: tuple[int, int] | None = None,

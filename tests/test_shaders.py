@@ -16,7 +16,7 @@ def test_every_shader_file_compiles(ctx):
         "sample.comp": [{"CHANNELS": 3}, {"CHANNELS": 1, "LOD_SOURCE_LOD": 1}, {"CHANNELS": 4, "LOD_SOURCE_GRAD": 1},
                         {"CHANNELS": 2, "SHADER_ANISO": 1}],
         "render.comp": [{}],
-        "tokens.comp": [{"CHANNELS": 3}, {"CHANNELS": 4, "SHADER_ANISO": 1}],
+        "tokens.comp": [{"CHANNELS": 3, "IMAGES": 1}, {"CHANNELS": 4, "SHADER_ANISO": 1, "IMAGES": 16}],
         "relevance_base.comp": [{}],
         "relevance_reduce.comp": [{}],
         "saliency.comp": [{"CHANNELS": 1}, {"CHANNELS": 3}],
