@@ -94,7 +94,7 @@ class Glmip:
             sync(self.device)
             stages["embed"] += time.perf_counter() - start
             start = time.perf_counter()
-            self.vit(embedded.embeddings, src_key_padding_mask=embedded.padding)
+            self.vit(embedded.embeddings, src_key_padding_mask=~embedded.valid)
             sync(self.device)
             stages["vit"] += time.perf_counter() - start
         return stages, sum(t.shape[0] for t, _ in pairs)

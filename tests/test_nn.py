@@ -114,10 +114,10 @@ def test_uniform_level0_layout_equals_vit_embedding(ctx):
     token_error_lsb = (tokens - pixel_patches(pixels01, patch)).abs().max().item() * 255
     assert token_error_lsb <= TEXEL_CENTRE_LSB, f"level-0 tokens differ from the pixels by {token_error_lsb} LSB"
 
-    embedded, padding = LodPatchEmbed.from_timm(state)(tokens, layout)
+    embedded, valid = LodPatchEmbed.from_timm(state)(tokens, layout)
     expected = timm_embed(state, pixels01[None], no_embed_class=False)
     assert embedded.shape == expected.shape == (1, 1 + 14 * 14, dim)
-    assert not padding.any()
+    assert valid.all()
     error = (embedded - expected).abs().max().item()
     assert error <= EMBED_ATOL, f"max |LodPatchEmbed - ViT embedding| = {error}"
 
@@ -188,22 +188,22 @@ def test_real_timm_vit(ctx, reg_tokens, no_embed_class):
 @given(counts=st.lists(st.integers(1, 24), min_size=1, max_size=5), prefix=st.integers(0, 2),
        position=st.sampled_from(["grid", "sincos", "none"]), seed=st.integers(0, 2**16))
 def test_padded_batch_equals_each_image_alone(counts, prefix, position, seed):
-    """Row b holds image b's prefix + tokens, then zeros; padding is True exactly on those zeros."""
+    """Row b holds image b's prefix + tokens, then zeros; valid is False exactly on those zeros."""
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     module = LodPatchEmbed(16, 3, 32, position=position, grid_size=(4, 6), prefix_tokens=prefix)
     nn.init.normal_(module.level_embed.weight)
     tokens = [torch.rand(n, 3, 16, 16) for n in counts]
     layouts = [random_layout(rng, n) for n in counts]
-    embedded, padding = module(tokens, layouts)
+    embedded, valid = module(tokens, layouts)
     length = prefix + max(counts)
-    assert embedded.shape == (len(counts), length, 32) and padding.shape == (len(counts), length)
-    assert padding.dtype == torch.bool
+    assert embedded.shape == (len(counts), length, 32) and valid.shape == (len(counts), length)
+    assert valid.dtype == torch.bool
     for b, n in enumerate(counts):
-        assert not padding[b, :prefix + n].any() and padding[b, prefix + n:].all()
+        assert valid[b, :prefix + n].all() and not valid[b, prefix + n:].any()
         assert (embedded[b, prefix + n:] == 0).all()
-        alone, alone_padding = module(tokens[b], layouts[b])
-        assert alone.shape == (1, prefix + n, 32) and not alone_padding.any()
+        alone, alone_valid = module(tokens[b], layouts[b])
+        assert alone.shape == (1, prefix + n, 32) and alone_valid.all()
         assert torch.allclose(embedded[b, :prefix + n], alone[0], atol=1e-5)
 
 
@@ -214,20 +214,21 @@ def test_attention_mask_keeps_padding_out():
     rng = np.random.default_rng(0)
     tokens, layouts = [torch.rand(5, 3, 16, 16), torch.rand(2, 3, 16, 16)], [random_layout(rng, 5),
                                                                               random_layout(rng, 2)]
-    x, padding = module(tokens, layouts)
-    mask = attention_mask(padding)
-    assert mask.shape == (2, 1, 1, 6) and mask.dtype == torch.bool and (mask[:, 0, 0] == ~padding).all()
+    x, valid = module(tokens, layouts)
+    mask = attention_mask(valid)
+    assert mask.shape == (2, 1, 1, 6) and mask.dtype == torch.bool and (mask[:, 0, 0] == valid).all()
+    assert valid.tolist() == [[True] * 6, [True] * 3 + [False] * 3]  # True = real token (SDPA's polarity)
     attention = nn.MultiheadAttention(32, 4, batch_first=True)
     with torch.no_grad():
         sdpa = F.scaled_dot_product_attention(x[:, None], x[:, None], x[:, None], attn_mask=mask)[:, 0]
-        mha = attention(x, x, x, key_padding_mask=padding)[0]
+        mha = attention(x, x, x, key_padding_mask=~valid)[0]
         alone_x, _ = module(tokens[1], layouts[1])
         alone_sdpa = F.scaled_dot_product_attention(alone_x, alone_x, alone_x)
         alone_mha = attention(alone_x, alone_x, alone_x)[0]
     assert torch.allclose(sdpa[1, :3], alone_sdpa[0], atol=1e-5)
     assert torch.allclose(mha[1, :3], alone_mha[0], atol=1e-5)
     with pytest.raises(ValueError, match="bool"):
-        attention_mask(padding.float())
+        attention_mask(valid.float())
 
 
 # -- levels and positions --------------------------------------------------------------------
@@ -282,8 +283,8 @@ def test_gradients_reach_tokens_and_every_parameter_used():
     rng = np.random.default_rng(6)
     tokens = [torch.rand(6, 3, 16, 16, requires_grad=True), torch.rand(3, 3, 16, 16, requires_grad=True)]
     layouts = [random_layout(rng, 6), random_layout(rng, 3)]
-    embedded, padding = module(tokens, layouts)
-    (embedded[~padding] ** 2).sum().backward()
+    embedded, valid = module(tokens, layouts)
+    (embedded[valid] ** 2).sum().backward()
     for name, parameter in module.named_parameters():
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
     assert all(t.grad is not None and t.grad.abs().sum() > 0 for t in tokens)
@@ -364,8 +365,8 @@ def test_example_runs_end_to_end(ctx, capsys):
     counts = [len(layout) for layout in result["layouts"]]
     assert counts[0] <= 16 and counts[1] <= 8 and counts[0] != counts[1]
     assert result["logits"].shape == (2, 1000) and torch.isfinite(result["logits"]).all()
-    assert result["padding"].shape == (2, 1 + max(counts))
-    assert int(result["padding"].sum()) == abs(counts[0] - counts[1])
+    assert result["valid"].shape == (2, 1 + max(counts))
+    assert int((~result["valid"]).sum()) == abs(counts[0] - counts[1])
     assert f"{counts[0]} tokens" in printed and "time:" in printed
     with torch.inference_mode():  # the padded view's logits equal running it alone
         alone, _ = result["model"](result["tokens"][1:], result["layouts"][1:])
