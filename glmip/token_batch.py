@@ -141,14 +141,15 @@ class TokenBatch:
     def nested(self, packed: torch.Tensor | None = None) -> torch.Tensor:
         """A `layout=torch.jagged` nested tensor (B, j, ...) over `packed` (default the tokens, (B, j, C, P, P)).
 
-        Its offsets are `cu_seqlens`, so it shares the packed storage. For SDPA, project to
+        Its offsets are `cu_seqlens`; it shares the packed storage when that is contiguous. For SDPA, project to
         (ΣN, heads, head_dim), nest, and `.transpose(1, 2)` to (B, heads, j, head_dim).
         """
         packed = self.tokens if packed is None else packed
         if packed.shape[0] != self.tokens.shape[0]:
             raise ValueError(f"packed must have one row per token ({self.tokens.shape[0]}), got "
                              f"{tuple(packed.shape)}")
-        return torch.nested.nested_tensor_from_jagged(packed, offsets=self.cu_seqlens.to(torch.int64))
+        # SDPA's nested kernels need contiguous values (a view of a fused qkv projection is not).
+        return torch.nested.nested_tensor_from_jagged(packed.contiguous(), offsets=self.cu_seqlens.to(torch.int64))
 
     def naflex(self, pad_to: int | None = None, channels_last: bool = True) -> dict[str, torch.Tensor]:
         """The inputs timm's `NaFlexVit.forward(dict)` takes.
