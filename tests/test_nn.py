@@ -29,6 +29,11 @@ from glmip.nn import (
 )
 from glmip.token_batch import TokenBatch
 
+try:  # at import, before any glmip.Context exists: importing timm (triton) after one crashes in some venvs
+    import timm as _TIMM
+except (ImportError, RuntimeError) as _error:  # a CUDA torchvision wheel on CPU torch raises RuntimeError
+    _TIMM = _error
+
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "vit_tokens.py"
 # Level-0 tokens sampled at texel centres are the texels themselves (no filtering happens), so
 # they match the pixels up to float32 rounding of k / 255; measured on llvmpipe: 1.5e-5 LSB.
@@ -164,12 +169,10 @@ def test_from_timm_module_non_square_grid_and_config(ctx):
 
 
 def _import_timm():
-    try:
-        import timm
-    except (ImportError, RuntimeError) as error:  # a CUDA torchvision wheel on CPU torch raises RuntimeError
-        pytest.skip(f"timm cannot be imported here ({type(error).__name__}: {error}); "
+    if isinstance(_TIMM, Exception):
+        pytest.skip(f"timm cannot be imported here ({type(_TIMM).__name__}: {_TIMM}); "
                     "the state-dict and attribute tests above cover the same layout")
-    return timm
+    return _TIMM
 
 
 @pytest.mark.parametrize("reg_tokens,no_embed_class", [(0, False), (2, True)])
