@@ -97,7 +97,7 @@ def attention_pool(pool: nn.Module, x: torch.Tensor, valid: torch.Tensor,
         return pooled[:, 0] if pooled.shape[1] == 1 else pooled
     if "attn_mask" not in inspect.signature(pool.forward).parameters:
         raise TypeError(f"{type(pool).__name__}.forward takes no attn_mask, so padding would leak into the pool; "
-                        "upgrade timm (AttentionPoolLatent takes attn_mask since 1.0)")
+                        "use a timm whose AttentionPoolLatent takes attn_mask (tested with timm 1.0.31)")
     return pool(x, attn_mask=attention_bias(valid, x.dtype))
 
 
@@ -355,7 +355,7 @@ def forward_timm(vit: nn.Module, batch: TokenBatch, embed: LodPatchEmbed | None 
     for block in blocks:
         if "attn_mask" not in inspect.signature(block.forward).parameters:
             raise TypeError(f"{type(block).__name__}.forward takes no attn_mask, so padding would leak into "
-                            "attention; upgrade timm (Block takes attn_mask since 1.0.16)")
+                            "attention; use a timm whose Block takes attn_mask (tested with timm 1.0.31)")
     embed = LodPatchEmbed.from_timm(vit) if embed is None else embed
     x, valid = embed(batch)
     x = vit.patch_drop(x) if hasattr(vit, "patch_drop") else x
