@@ -80,8 +80,7 @@ class Glmip:
             sync(self.device)
             stages["embed"] += time.perf_counter() - start
             start = time.perf_counter()
-            valid = ~embedded.padding  # LodPatchEmbed's mask is True = padding
-            self.vit(embedded.embeddings, valid)
+            self.vit(embedded.embeddings, embedded.valid)
             sync(self.device)
             stages["vit"] += time.perf_counter() - start
         return stages, sum(t.shape[0] for t, _ in pairs)

@@ -7,8 +7,8 @@
 Two views of the image make the batch: one at the gaze point with the whole budget, and a
 cheaper glance at the mirrored point with half of it, so their token counts differ and the
 padding mask is exercised. The weights are random (seeded): nothing is downloaded. To run a
-pretrained timm ViT instead, build the embedding with `LodPatchEmbed.from_timm(model)` and
-feed its output through `model.blocks` with the padding mask.
+pretrained timm ViT instead, pack the tokens with `glmip.TokenBatch.from_parts(tokens, layouts)`
+and call `glmip.nn.forward_timm(model, batch)` (blocks and pooling with the mask applied).
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def main(argv: Sequence[str] | None = None, ctx: glmip.Context | None = None) ->
     model = TokenClassifier(depth=args.depth).eval()
     with torch.inference_mode():
         start = time.perf_counter()
-        embedded, padding = model.embed(tokens, layouts)
+        embedded, valid = model.embed(tokens, layouts)
         timings["embed"] = time.perf_counter() - start
         start = time.perf_counter()
         logits, features = model(tokens, layouts)
@@ -73,12 +73,12 @@ def main(argv: Sequence[str] | None = None, ctx: glmip.Context | None = None) ->
         per_level = ", ".join(f"{c} at {lv}" for lv, c in zip(used, counts, strict=True))
         print(f"gaze {point[0]:.2f},{point[1]:.2f}, budget {budget}: {len(layout)} tokens ({per_level}), "
               f"tokens {tuple(item.shape)}")
-    print(f"embeddings {tuple(embedded.shape)}, padding {tuple(padding.shape)} ({int(padding.sum())} padded rows)")
+    print(f"embeddings {tuple(embedded.shape)}, valid {tuple(valid.shape)} ({int((~valid).sum())} padded rows)")
     print(f"features {tuple(features.shape)}, logits {tuple(logits.shape)}, top class per view "
           f"{logits.argmax(1).tolist()} (random weights)")
     print("time: " + ", ".join(f"{name} {seconds * 1e3:.1f} ms" for name, seconds in timings.items()))
     return {"model": model, "tokens": tokens, "layouts": layouts, "logits": logits, "features": features,
-            "padding": padding, "timings": timings}
+            "valid": valid, "timings": timings}
 
 
 if __name__ == "__main__":

@@ -25,17 +25,21 @@ DEFAULT_IMAGE = Path(__file__).resolve().parent / "data" / "coffee.png"
 
 
 def __getattr__(name: str):
-    """`glmip.LodPatchEmbed` without importing torch.nn on `import glmip`."""
+    """`glmip.LodPatchEmbed` and `glmip.TokenBatch` without importing torch on `import glmip`."""
     if name == "LodPatchEmbed":
         from .nn import LodPatchEmbed
 
         return LodPatchEmbed
+    if name == "TokenBatch":
+        from .token_batch import TokenBatch
+
+        return TokenBatch
     raise AttributeError(f"module 'glmip' has no attribute {name!r}")
 
 
 __all__ = [
     "Context", "Pyramid", "PyramidMethod", "Filter", "Wrap", "TokenLayout", "allocate", "level_sizes", "lod_map",
     "as_relevance", "gaze", "saliency", "relevance_pyramid", "RelevancePyramid", "ClassBudgets", "query_relevance",
-    "ClipScorer", "LodPatchEmbed", "DEFAULT_IMAGE", "__version__",
+    "ClipScorer", "LodPatchEmbed", "TokenBatch", "DEFAULT_IMAGE", "__version__",
     "GlmipError", "ClosedError", "WrongThreadError", "ForkedContextError", "GLError",
 ]

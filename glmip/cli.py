@@ -148,9 +148,9 @@ def cmd_tokens(args: argparse.Namespace) -> int:
         layout = allocate(relevance, budget=args.budget, patch=args.patch, image_size=size, classes=classes,
                           context=ctx)
         if args.save_tokens:
-            import torch
+            from .token_batch import TokenBatch  # torch, only when asked for
 
-            torch.save({"tokens": pyramid.tokens(layout), **layout.to_torch()}, args.save_tokens)
+            TokenBatch.from_parts([pyramid.tokens(layout)], [layout]).save(args.save_tokens)
         picture = layout.draw(pyramid.level(0))
     out = save_png(picture, args.output)
     counts = ", ".join(f"level {lvl}: {n}" for lvl, n in enumerate(np.bincount(layout.level)) if n)

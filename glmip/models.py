@@ -99,7 +99,6 @@ class TokenClassifier(nn.Module):
 
     def forward(self, tokens: torch.Tensor | Sequence[torch.Tensor],
                 layouts: Any | Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        x, padding = self.embed(tokens, layouts)
-        valid = ~padding  # LodPatchEmbed's mask is True = padding
+        x, valid = self.embed(tokens, layouts)
         features = self.encoder(x, valid if x.shape[0] > 1 else None)  # one image has no padding
         return self.head(features[:, 0]), features

@@ -3,7 +3,8 @@
 Every glmip token is `patch` x `patch` samples at its own level, so one patch projection
 serves all levels; what tells tokens apart is where their centre lies and which level they
 were sampled at. `LodPatchEmbed` adds both to the projection and pads a batch of images with
-different token counts into one tensor with a padding mask.
+different token counts into one tensor with a validity mask. `forward_timm` runs a timm ViT's
+blocks and head on a `TokenBatch` with the mask applied in attention and pooling.
 
 Convention:
     tokens: float (N, C, P, P) as `Pyramid.tokens` returns them, row 0 = top. Their values are
@@ -11,14 +12,16 @@ Convention:
     `input_scale` takes them to [0, 1] (1 for integer images, 1/255 for float images in 0..255),
     then `(x - mean) / std` per channel (ImageNet's by default, as timm). ViTs are trained on
     sRGB-encoded values: build the pyramid without `srgb=True` (which returns linear light).
-    Output: `LodEmbedding(embeddings (B, prefix + N_max, D), padding (B, prefix + N_max) bool)`,
-    padding True where a row is padding (torch's `key_padding_mask` convention); prefix
+    Output: `LodEmbedding(embeddings (B, prefix + N_max, D), valid (B, prefix + N_max) bool)`,
+    valid True where a row is a real token (the polarity of SDPA's bool `attn_mask`, Hugging Face's
+    `attention_mask` and NaFlex's `patch_valid`; torch's `key_padding_mask` is `~valid`); prefix
     (class/register) tokens come first, then each image's tokens in its layout's order.
 """
 
 from __future__ import annotations
 
 import enum
+import inspect
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -29,7 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Position", "LodEmbedding", "attention_mask", "sincos_position", "interpolate_grid", "LodPatchEmbed"]
+from .token_batch import TokenBatch
+
+__all__ = ["Position", "LodEmbedding", "attention_mask", "attention_bias", "masked_mean", "masked_max", "attention_pool",
+           "resample_grid", "sincos_position", "interpolate_grid", "LodPatchEmbed", "forward_timm"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # timm's IMAGENET_DEFAULT_MEAN / _STD
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -42,19 +48,69 @@ class Position(str, enum.Enum):
 
 
 class LodEmbedding(NamedTuple):
-    """A padded batch of embedded tokens and where the padding is."""
+    """A padded batch of embedded tokens and which rows are real."""
 
     embeddings: torch.Tensor  # (B, L, D)
-    padding: torch.Tensor  # (B, L) bool, True = padding
+    valid: torch.Tensor  # (B, L) bool, True = real token (prefix or image token), False = padding
 
 
-def attention_mask(padding: torch.Tensor) -> torch.Tensor:
-    """(B, L) padding mask (True = padding) -> (B, 1, 1, L) bool mask for `F.scaled_dot_product_attention`
-    (True = may attend). `nn.MultiheadAttention` / `nn.TransformerEncoder` take `padding` itself as
-    `key_padding_mask` / `src_key_padding_mask`."""
-    if padding.dtype != torch.bool or padding.ndim != 2:
-        raise ValueError(f"padding must be a (B, L) bool tensor, got {tuple(padding.shape)} {padding.dtype}")
-    return ~padding[:, None, None, :]
+def attention_mask(valid: torch.Tensor) -> torch.Tensor:
+    """(B, L) validity mask (True = real token) -> (B, 1, 1, L) bool mask for `F.scaled_dot_product_attention`
+    (True = may attend). `nn.MultiheadAttention` / `nn.TransformerEncoder` take `~valid` as
+    `key_padding_mask` / `src_key_padding_mask` (their True = padding)."""
+    _check_valid(valid)
+    return valid[:, None, None, :]
+
+
+def attention_bias(valid: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(B, L) validity mask -> (B, 1, 1, L) additive mask, 0 where valid and -inf on padding: the form
+    every attention path takes (timm's non-fused attention adds its mask to the scores)."""
+    _check_valid(valid)
+    bias = torch.zeros(valid.shape, dtype=dtype, device=valid.device).masked_fill(~valid, float("-inf"))
+    return bias[:, None, None, :]
+
+
+def masked_mean(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """(B, L, D) mean over the rows where `valid` (B, L) is True -> (B, D); a row with none gives 0."""
+    _check_valid(valid)
+    weight = valid.to(x.dtype)[..., None]
+    return (x * weight).sum(1) / weight.sum(1).clamp(min=1)
+
+
+def masked_max(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """(B, L, D) maximum over the rows where `valid` (B, L) is True -> (B, D)."""
+    _check_valid(valid)
+    return x.masked_fill(~valid[..., None], torch.finfo(x.dtype).min).amax(1)
+
+
+def attention_pool(pool: nn.Module, x: torch.Tensor, valid: torch.Tensor,
+                   query: torch.Tensor | None = None) -> torch.Tensor:
+    """Multihead attention pooling (MAP) of (B, L, D) tokens that ignores padding rows.
+
+    `pool` is timm's `AttentionPoolLatent` (or any module whose forward takes `(x, attn_mask=)`):
+    it gets the additive (B, 1, 1, L) mask of `attention_bias`. Or an `nn.MultiheadAttention`
+    (batch_first) with `query` (Q, D) or (B, Q, D) latent queries: it gets `key_padding_mask=~valid`
+    and returns (B, Q, D) (squeezed to (B, D) when Q = 1).
+    """
+    if isinstance(pool, nn.MultiheadAttention):
+        if query is None or not pool.batch_first:
+            raise ValueError("an nn.MultiheadAttention pool needs batch_first=True and a query (Q, D) or (B, Q, D)")
+        query = query.expand(x.shape[0], -1, -1) if query.ndim == 3 else query[None].expand(x.shape[0], -1, -1)
+        pooled = pool(query, x, x, key_padding_mask=~valid, need_weights=False)[0]
+        return pooled[:, 0] if pooled.shape[1] == 1 else pooled
+    if "attn_mask" not in inspect.signature(pool.forward).parameters:
+        raise TypeError(f"{type(pool).__name__}.forward takes no attn_mask, so padding would leak into the pool; "
+                        "use a timm whose AttentionPoolLatent takes attn_mask (tested with timm 1.0.31)")
+    return pool(x, attn_mask=attention_bias(valid, x.dtype))
+
+
+def resample_grid(grid: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(1, D, gh, gw) position grid -> (1, D, *size), exactly as timm's `resample_abs_pos_embed`
+    (bicubic, antialias=True, computed in float32); the grid itself when the size matches."""
+    if tuple(grid.shape[2:]) == tuple(size):
+        return grid
+    out = F.interpolate(grid.float(), size=size, mode="bicubic", antialias=True, align_corners=None)
+    return out.to(grid.dtype)
 
 
 def sincos_position(xy: torch.Tensor, dim: int, temperature: float = 10000.0) -> torch.Tensor:
@@ -83,7 +139,9 @@ class LodPatchEmbed(nn.Module):
 
     embedding = proj(normalised patch) + position(token centre) + level_embed(level), with
     `prefix_tokens` learned tokens (class, registers) in front. `position`: 'grid' (a learned
-    `grid_size` grid over the image, interpolated at each centre), 'sincos' or 'none'. The level
+    `grid_size` grid stretched over the image, interpolated at each centre; with `dynamic_grid`,
+    resampled to each image's own patch grid as timm's dynamic-size ViTs do, see
+    `position_embedding`), 'sincos' or 'none'. The level
     embedding (`levels` rows, fractional levels interpolated) starts at zero, so a ViT loaded with
     `from_timm` is unchanged on level-0 tokens until trained.
     """
@@ -91,7 +149,8 @@ class LodPatchEmbed(nn.Module):
     def __init__(self, patch: int = 16, in_channels: int = 3, dim: int = 768, *, levels: int = 16,
                  position: str | Position = "sincos", grid_size: tuple[int, int] | None = None,
                  prefix_tokens: int = 0, bias: bool = True, mean: Sequence[float] = IMAGENET_MEAN,
-                 std: Sequence[float] = IMAGENET_STD, input_scale: float = 1.0) -> None:
+                 std: Sequence[float] = IMAGENET_STD, input_scale: float = 1.0, dynamic_grid: bool = False,
+                 dynamic_pad: bool = False) -> None:
         super().__init__()
         for name, value, least in (("patch", patch, 1), ("in_channels", in_channels, 1), ("dim", dim, 1),
                                    ("levels", levels, 1), ("prefix_tokens", prefix_tokens, 0)):
@@ -109,6 +168,7 @@ class LodPatchEmbed(nn.Module):
             raise ValueError(f"input_scale must be a positive number, got {input_scale}")
         self.patch, self.in_channels, self.dim, self.levels = int(patch), int(in_channels), int(dim), int(levels)
         self.input_scale = float(input_scale)
+        self.dynamic_grid, self.dynamic_pad = bool(dynamic_grid), bool(dynamic_pad)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
         self.proj = nn.Linear(in_channels * patch * patch, dim, bias=bias)
@@ -134,7 +194,7 @@ class LodPatchEmbed(nn.Module):
     def from_timm(cls, vit: Any, *, levels: int = 16, include_prefix: bool = True,
                   grid_size: tuple[int, int] | None = None, no_embed_class: bool | None = None,
                   mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-                  input_scale: float = 1.0) -> LodPatchEmbed:
+                  input_scale: float = 1.0, dynamic_size: bool | None = None) -> LodPatchEmbed:
         """The embedding of a timm `VisionTransformer`, from the model or its state dict.
 
         Reads `patch_embed.proj.weight` (D, C, P, P) and `.bias`, `pos_embed` (1, [prefix +] gh*gw, D),
@@ -143,8 +203,19 @@ class LodPatchEmbed(nn.Module):
         square and `no_embed_class` from the length of `pos_embed` unless passed. Prefix tokens get
         their share of `pos_embed` folded in (timm adds it unless `no_embed_class`), so on a uniform
         level-0 layout the output equals timm's `_pos_embed(patch_embed(image))`.
+
+        `dynamic_size` (default: the model's `dynamic_img_size`; False for a state dict) resamples
+        `pos_embed` to each image's own patch grid as timm does (`dynamic_grid`), so an image at a
+        non-native size embeds as timm's dynamic-size model embeds it; otherwise the native grid is
+        stretched over every image (what a fixed-size ViT sees after resizing its input).
+
+        Raises ValueError for what this embedding cannot reproduce, naming the model class: rotary
+        position (EVA-02, `*_rope_*`: `rope` applied inside attention), relative position biases
+        (BEiT, `*_relpos_*`) and hybrid backbones (`vit_*_r_*`: a CNN before the patch projection).
         """
         parts = _timm_parts(vit, grid_size, no_embed_class)
+        if dynamic_size is None:
+            dynamic_size = bool(getattr(vit, "dynamic_img_size", False)) if isinstance(vit, nn.Module) else False
         config = getattr(vit, "pretrained_cfg", None) or {}
         mean = tuple(mean if mean is not None else config.get("mean", IMAGENET_MEAN))
         std = tuple(std if std is not None else config.get("std", IMAGENET_STD))
@@ -152,7 +223,8 @@ class LodPatchEmbed(nn.Module):
         module = cls(patch, channels, dim, levels=levels, position="grid" if parts.pos_grid is not None else "none",
                      grid_size=tuple(parts.pos_grid.shape[2:]) if parts.pos_grid is not None else None,
                      prefix_tokens=parts.prefix.shape[1] if include_prefix else 0, bias=parts.bias is not None,
-                     mean=mean, std=std, input_scale=input_scale)
+                     mean=mean, std=std, input_scale=input_scale, dynamic_grid=dynamic_size,
+                     dynamic_pad=bool(getattr(vit, "dynamic_img_pad", False)))
         with torch.no_grad():
             module.proj.weight.copy_(parts.weight.reshape(dim, -1))
             if parts.bias is not None:
@@ -164,41 +236,91 @@ class LodPatchEmbed(nn.Module):
         return module.to(device=parts.weight.device, dtype=parts.weight.dtype)
 
     # -- forward ------------------------------------------------------------------------
-    def forward(self, tokens: torch.Tensor | Sequence[torch.Tensor], layout: Any | Sequence[Any]) -> LodEmbedding:
-        """One image's tokens (N, C, P, P) and layout, or lists of them (one per image, any N each)."""
-        token_list, layouts = _as_batch(tokens, layout)
+    def forward(self, tokens: TokenBatch | torch.Tensor | Sequence[torch.Tensor],
+                layout: Any | Sequence[Any] | None = None) -> LodEmbedding:
+        """A `TokenBatch`, or one image's tokens (N, C, P, P) and layout, or lists of them (any N each).
+
+        Compiles with `torch.compile(fullgraph=True)` when given a `TokenBatch` (it recompiles per
+        batch composition: the lengths are static). Eager calls validate first (`check`); compiled
+        code skips that and clamps levels into 0..levels-1.
+        """
+        batch = tokens if isinstance(tokens, TokenBatch) and layout is None else self.batch(tokens, layout)
+        if not torch.compiler.is_compiling():
+            self.check(batch)
         reference = self.proj.weight
-        counts, centres, pixels, levels = [], [], [], []
-        for index, (item, item_layout) in enumerate(zip(token_list, layouts, strict=True)):
-            uv, xy, level = self._check(item, item_layout, f"image {index}: " if len(layouts) > 1 else "")
-            counts.append(item.shape[0])
-            centres.append(uv)
-            pixels.append(xy)
-            levels.append(level)
-        flat = torch.cat(token_list).to(device=reference.device, dtype=reference.dtype)
+        flat = batch.tokens.to(device=reference.device, dtype=reference.dtype)
         normalised = (flat * self.input_scale - self.mean.to(flat.dtype)) / self.std.to(flat.dtype)
         x = self.proj(normalised.flatten(1))
-        x = x + self.level_embedding(torch.cat(levels).to(x.device))
-        if self.pos_grid is not None:
-            x = x + interpolate_grid(self.pos_grid, torch.cat(centres).to(x.device))
-        elif self.position_kind is Position.SINCOS:
-            x = x + sincos_position(torch.cat(pixels).to(x.device), self.dim).to(x.dtype)
-        rows = [torch.cat([self.prefix[0], part]) for part in x.split(counts)]
-        embeddings = nn.utils.rnn.pad_sequence(rows, batch_first=True)
-        lengths = torch.tensor(counts, device=x.device) + self.prefix_tokens
-        padding = torch.arange(embeddings.shape[1], device=x.device)[None] >= lengths[:, None]
-        return LodEmbedding(embeddings, padding)
+        x = x + self.level_embedding(batch.levels.to(x.device))
+        x = x + self.position_embedding(batch).to(device=x.device, dtype=x.dtype)
+        embeddings = x.new_zeros((len(batch), self.prefix_tokens + batch.max_seqlen, self.dim))
+        embeddings[:, :self.prefix_tokens] = self.prefix
+        embeddings[:, self.prefix_tokens:] = batch.pad(x)
+        valid = torch.cat([batch.valid().new_ones((len(batch), self.prefix_tokens)), batch.valid()], 1)
+        return LodEmbedding(embeddings, valid.to(x.device))
+
+    def batch(self, tokens: torch.Tensor | Sequence[torch.Tensor], layout: Any | Sequence[Any]) -> TokenBatch:
+        """One image's tokens and layout, or lists of them -> a validated `TokenBatch` for this embedding."""
+        if isinstance(tokens, TokenBatch):
+            raise TypeError("a TokenBatch carries its layouts; call the embedding with the batch alone")
+        token_list, layouts = _as_batch(tokens, layout)
+        for index, (item, item_layout) in enumerate(zip(token_list, layouts, strict=True)):
+            self._check_shape(item, item_layout, f"image {index}: " if len(layouts) > 1 else "")
+        return TokenBatch.from_parts(token_list, layouts)
+
+    def check(self, batch: TokenBatch) -> None:
+        """Raise ValueError if `batch` does not fit this embedding (channels, patch, level range).
+
+        Reads the levels (a device sync), so `forward` calls it only when not compiling."""
+        if (batch.channels, batch.patch) != (self.in_channels, self.patch) or batch.tokens.shape[2:] != (
+                self.patch, self.patch):
+            raise ValueError(f"tokens must have shape (N, {self.in_channels}, {self.patch}, {self.patch}) (channels, "
+                             f"patch, patch of this embedding), got {tuple(batch.tokens.shape)}")
+        low, high = batch.levels.min().item(), batch.levels.max().item()
+        if low < 0 or high > self.levels - 1:
+            raise ValueError(f"levels must lie within 0..{self.levels - 1} (levels={self.levels}), "
+                             f"got {low:g}..{high:g}")
+
+    def position_embedding(self, batch: TokenBatch) -> torch.Tensor:
+        """(ΣN, D) absolute position of each token of `batch` (zeros for position 'none').
+
+        Convention:
+            'grid' stretches `pos_grid` over each image (uv), unless `dynamic_grid` (from a timm model
+            with `dynamic_img_size`): then, as timm does, image b's grid is (H // P, W // P) cells
+            (ceil with `dynamic_pad`), `pos_grid` is resampled to it as timm's `resample_abs_pos_embed`
+            (bicubic, antialias) and each token reads it bilinearly at its centre in patch units.
+            'sincos' encodes the centre in level-0 patch units, (0, 0) the top-left patch's centre.
+        """
+        if self.position_kind is Position.NONE:
+            return self.proj.weight.new_zeros((batch.tokens.shape[0], self.dim))
+        sizes = torch.tensor(batch.image_sizes, dtype=torch.float64, device=batch.device)[batch.batch_index()]
+        pixels = batch.centres.double() * sizes  # (ΣN, 2) x, y in level-0 pixels
+        if self.position_kind is Position.SINCOS:
+            return sincos_position((pixels / self.patch - 0.5).float(), self.dim)
+        if not self.dynamic_grid:
+            return interpolate_grid(self.pos_grid, batch.centres.to(self.pos_grid.device))
+        rows, start, grids = [], 0, {}
+        for (width, height), count in zip(batch.image_sizes, batch.lengths, strict=True):
+            cells = ((height + self.patch - 1) // self.patch, (width + self.patch - 1) // self.patch) \
+                if self.dynamic_pad else (max(height // self.patch, 1), max(width // self.patch, 1))
+            if cells not in grids:
+                grids[cells] = resample_grid(self.pos_grid, cells)
+            where = pixels[start:start + count] / self.patch / torch.tensor(cells[::-1], dtype=torch.float64,
+                                                                          device=pixels.device)
+            rows.append(interpolate_grid(grids[cells], where.float().to(self.pos_grid.device)))
+            start += count
+        return torch.cat(rows)
 
     def level_embedding(self, level: torch.Tensor) -> torch.Tensor:
         """(N,) levels (fractional allowed, interpolated between rows) -> (N, D)."""
-        level = level.to(self.level_embed.weight.dtype)
+        level = level.to(self.level_embed.weight.dtype).clamp(0, self.levels - 1)
         below = level.floor().long().clamp(max=self.levels - 1)
         above = (below + 1).clamp(max=self.levels - 1)
         weight = (level - below.to(level.dtype))[:, None]
         return self.level_embed(below) * (1 - weight) + self.level_embed(above) * weight
 
-    def _check(self, tokens: torch.Tensor, layout: Any, where: str) -> tuple[torch.Tensor, ...]:
-        """Validate one image's tokens and layout; return its centres in uv and in patch units, and levels."""
+    def _check_shape(self, tokens: Any, layout: Any, where: str) -> None:
+        """The checks specific to this embedding, before packing (TokenBatch.from_parts checks the rest)."""
         if not isinstance(tokens, torch.Tensor) or not tokens.is_floating_point():
             raise TypeError(f"{where}tokens must be a float torch tensor (N, C, P, P) as Pyramid.tokens returns, "
                             f"got {type(tokens).__name__} {getattr(tokens, 'dtype', '')}")
@@ -213,22 +335,63 @@ class LodPatchEmbed(nn.Module):
         layout_patch = getattr(layout, "patch", self.patch)
         if layout_patch != self.patch:
             raise ValueError(f"{where}the layout's patch is {layout_patch}, this embedding's is {self.patch}")
-        n = tokens.shape[0]
-        if n == 0:
-            raise ValueError(f"{where}no tokens; every image needs at least one")
-        cx, cy, level = (np.asarray(getattr(layout, name), dtype=np.float64) for name in ("cx", "cy", "level"))
-        if not (cx.shape == cy.shape == level.shape == (n,)):
-            raise ValueError(f"{where}{n} tokens but the layout has cx {cx.shape}, cy {cy.shape}, "
-                             f"level {level.shape}; they must match one token each")
-        if not (np.isfinite(cx).all() and np.isfinite(cy).all() and np.isfinite(level).all()):
-            raise ValueError(f"{where}the layout holds NaN or infinite centres or levels")
-        if level.min() < 0 or level.max() > self.levels - 1:
-            raise ValueError(f"{where}levels must lie within 0..{self.levels - 1} (levels={self.levels}), "
-                             f"got {level.min():g}..{level.max():g}")
-        width, height = layout.image_size
-        uv = torch.from_numpy(np.stack([cx / width, cy / height], 1)).float()
-        patches = torch.from_numpy(np.stack([cx, cy], 1) / self.patch - 0.5).float()
-        return uv, patches, torch.from_numpy(level).float()
+
+
+def forward_timm(vit: nn.Module, batch: TokenBatch, embed: LodPatchEmbed | None = None, *,
+                 pre_logits: bool = False, features: bool = False) -> torch.Tensor:
+    """Run a timm `VisionTransformer` on a `TokenBatch`: embed, blocks with padding masked, norm, pool, head.
+
+    Returns logits (B, classes); with `pre_logits` the pooled features after `fc_norm` (B, D); with
+    `features` the normed token features (B, prefix + L, D) and no pooling. `embed` defaults to
+    `LodPatchEmbed.from_timm(vit)` (pass one to reuse it, or a trained one).
+
+    Every image gives what it gives alone: attention gets the additive mask of `attention_bias`
+    (padding keys at -inf), and the pooling follows timm's `pool` with the mask applied: 'token'
+    takes row 0, 'avg' / 'max' / 'avgmax' reduce over the valid rows past the prefix (or including
+    it with `pool_include_prefix`), 'map' (`attn_pool`) masks its keys; '' returns the features.
+    """
+    if not isinstance(batch, TokenBatch):
+        raise TypeError(f"forward_timm takes a glmip.TokenBatch, got {type(batch).__name__}")
+    blocks = getattr(vit, "blocks", None)
+    if blocks is None:
+        raise TypeError(f"{type(vit).__name__} has no blocks; forward_timm runs timm VisionTransformer-like models")
+    for block in blocks:
+        if "attn_mask" not in inspect.signature(block.forward).parameters:
+            raise TypeError(f"{type(block).__name__}.forward takes no attn_mask, so padding would leak into "
+                            "attention; use a timm whose Block takes attn_mask (tested with timm 1.0.31)")
+    embed = LodPatchEmbed.from_timm(vit) if embed is None else embed
+    x, valid = embed(batch)
+    x = vit.patch_drop(x) if hasattr(vit, "patch_drop") else x
+    x = vit.norm_pre(x) if hasattr(vit, "norm_pre") else x
+    mask = attention_bias(valid, x.dtype)
+    for block in blocks:
+        x = block(x, attn_mask=mask)
+    x = vit.norm(x)
+    if features:
+        return x
+    prefix = embed.prefix_tokens
+    include_prefix = bool(getattr(vit, "pool_include_prefix", False))
+    pool_x, pool_valid = (x, valid) if include_prefix else (x[:, prefix:], valid[:, prefix:])
+    if getattr(vit, "attn_pool", None) is not None:
+        pooled = attention_pool(vit.attn_pool, pool_x, pool_valid)
+    else:
+        kind = getattr(vit, "global_pool", "token")
+        if kind == "token":
+            pooled = x[:, 0]
+        elif kind == "avg":
+            pooled = masked_mean(pool_x, pool_valid)
+        elif kind == "max":
+            pooled = masked_max(pool_x, pool_valid)
+        elif kind == "avgmax":
+            pooled = 0.5 * (masked_max(pool_x, pool_valid) + masked_mean(pool_x, pool_valid))
+        elif not kind:
+            return x
+        else:
+            raise ValueError(f"{type(vit).__name__} pools with global_pool={kind!r}; forward_timm knows "
+                             "'token', 'avg', 'max', 'avgmax', 'map' and ''")
+    pooled = vit.fc_norm(pooled)
+    pooled = vit.head_drop(pooled) if hasattr(vit, "head_drop") else pooled
+    return pooled if pre_logits else vit.head(pooled)
 
 
 # -- helpers ----------------------------------------------------------------------------
@@ -260,6 +423,7 @@ def _timm_parts(vit: Any, grid_size: tuple[int, int] | None, no_embed_class: boo
         state = dict(vit)
         declared_prefix = None
     elif isinstance(vit, nn.Module):
+        _refuse_unsupported(vit)
         state = {}
         proj = getattr(getattr(vit, "patch_embed", None), "proj", None)
         if proj is None:
@@ -317,6 +481,32 @@ def _timm_parts(vit: Any, grid_size: tuple[int, int] | None, no_embed_class: boo
         prefix = prefix + pos[:, :covered]
     grid = pos[:, covered:].reshape(1, rows, cols, dim).permute(0, 3, 1, 2).contiguous()
     return _TimmParts(weight, None if bias is None else bias.detach(), grid, prefix)
+
+
+def _refuse_unsupported(vit: nn.Module) -> None:
+    """ValueError, naming the class, for a ViT whose tokens are positioned or embedded in a way
+    LodPatchEmbed does not reproduce (so it never returns a silently wrong embedding)."""
+    name = type(vit).__name__
+    patch_embed = getattr(vit, "patch_embed", None)
+    if patch_embed is not None and getattr(patch_embed, "backbone", None) is not None:
+        raise ValueError(f"{name} is a hybrid ViT: a {type(patch_embed.backbone).__name__} backbone runs before the "
+                         "patch projection, so its tokens are not a linear map of pixel patches; not supported")
+    if getattr(vit, "rope", None) is not None or any("rope" in type(m).__name__.lower() or
+                                                     "rotary" in type(m).__name__.lower() for m in vit.modules()):
+        raise ValueError(f"{name} uses rotary position embeddings (RoPE) inside attention, which would have to "
+                         "be evaluated at each token's centre; LodPatchEmbed does not, so it refuses this model")
+    for module_name, module in vit.named_modules():
+        kind = type(module).__name__.lower()
+        if "relpos" in kind or "rel_pos" in module_name or "relative_position" in module_name or any(
+                "relative_position" in p for p, _ in module.named_parameters(recurse=False)):
+            raise ValueError(f"{name} uses relative position biases ({module_name}: {type(module).__name__}) "
+                             "indexed by grid offsets, undefined between tokens of different sizes; not supported")
+
+
+def _check_valid(valid: torch.Tensor) -> None:
+    if not isinstance(valid, torch.Tensor) or valid.dtype != torch.bool or valid.ndim != 2:
+        raise ValueError(f"valid must be a (B, L) bool tensor (True = real token), got "
+                         f"{tuple(getattr(valid, 'shape', ()))} {getattr(valid, 'dtype', type(valid).__name__)}")
 
 
 def _is_square(n: int) -> bool:

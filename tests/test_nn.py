@@ -14,7 +14,25 @@ from hypothesis import strategies as st
 from torch import nn
 
 import glmip
-from glmip.nn import IMAGENET_MEAN, IMAGENET_STD, LodPatchEmbed, attention_mask, interpolate_grid, sincos_position
+from glmip.nn import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    LodPatchEmbed,
+    attention_bias,
+    attention_mask,
+    attention_pool,
+    interpolate_grid,
+    masked_max,
+    masked_mean,
+    resample_grid,
+    sincos_position,
+)
+from glmip.token_batch import TokenBatch
+
+try:  # at import, before any glmip.Context exists: importing timm (triton) after one crashes in some venvs
+    import timm as _TIMM
+except (ImportError, RuntimeError) as _error:  # a CUDA torchvision wheel on CPU torch raises RuntimeError
+    _TIMM = _error
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "vit_tokens.py"
 # Level-0 tokens sampled at texel centres are the texels themselves (no filtering happens), so
@@ -114,10 +132,10 @@ def test_uniform_level0_layout_equals_vit_embedding(ctx):
     token_error_lsb = (tokens - pixel_patches(pixels01, patch)).abs().max().item() * 255
     assert token_error_lsb <= TEXEL_CENTRE_LSB, f"level-0 tokens differ from the pixels by {token_error_lsb} LSB"
 
-    embedded, padding = LodPatchEmbed.from_timm(state)(tokens, layout)
+    embedded, valid = LodPatchEmbed.from_timm(state)(tokens, layout)
     expected = timm_embed(state, pixels01[None], no_embed_class=False)
     assert embedded.shape == expected.shape == (1, 1 + 14 * 14, dim)
-    assert not padding.any()
+    assert valid.all()
     error = (embedded - expected).abs().max().item()
     assert error <= EMBED_ATOL, f"max |LodPatchEmbed - ViT embedding| = {error}"
 
@@ -151,12 +169,10 @@ def test_from_timm_module_non_square_grid_and_config(ctx):
 
 
 def _import_timm():
-    try:
-        import timm
-    except (ImportError, RuntimeError) as error:  # a CUDA torchvision wheel on CPU torch raises RuntimeError
-        pytest.skip(f"timm cannot be imported here ({type(error).__name__}: {error}); "
+    if isinstance(_TIMM, Exception):
+        pytest.skip(f"timm cannot be imported here ({type(_TIMM).__name__}: {_TIMM}); "
                     "the state-dict and attribute tests above cover the same layout")
-    return timm
+    return _TIMM
 
 
 @pytest.mark.parametrize("reg_tokens,no_embed_class", [(0, False), (2, True)])
@@ -188,22 +204,22 @@ def test_real_timm_vit(ctx, reg_tokens, no_embed_class):
 @given(counts=st.lists(st.integers(1, 24), min_size=1, max_size=5), prefix=st.integers(0, 2),
        position=st.sampled_from(["grid", "sincos", "none"]), seed=st.integers(0, 2**16))
 def test_padded_batch_equals_each_image_alone(counts, prefix, position, seed):
-    """Row b holds image b's prefix + tokens, then zeros; padding is True exactly on those zeros."""
+    """Row b holds image b's prefix + tokens, then zeros; valid is False exactly on those zeros."""
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     module = LodPatchEmbed(16, 3, 32, position=position, grid_size=(4, 6), prefix_tokens=prefix)
     nn.init.normal_(module.level_embed.weight)
     tokens = [torch.rand(n, 3, 16, 16) for n in counts]
     layouts = [random_layout(rng, n) for n in counts]
-    embedded, padding = module(tokens, layouts)
+    embedded, valid = module(tokens, layouts)
     length = prefix + max(counts)
-    assert embedded.shape == (len(counts), length, 32) and padding.shape == (len(counts), length)
-    assert padding.dtype == torch.bool
+    assert embedded.shape == (len(counts), length, 32) and valid.shape == (len(counts), length)
+    assert valid.dtype == torch.bool
     for b, n in enumerate(counts):
-        assert not padding[b, :prefix + n].any() and padding[b, prefix + n:].all()
+        assert valid[b, :prefix + n].all() and not valid[b, prefix + n:].any()
         assert (embedded[b, prefix + n:] == 0).all()
-        alone, alone_padding = module(tokens[b], layouts[b])
-        assert alone.shape == (1, prefix + n, 32) and not alone_padding.any()
+        alone, alone_valid = module(tokens[b], layouts[b])
+        assert alone.shape == (1, prefix + n, 32) and alone_valid.all()
         assert torch.allclose(embedded[b, :prefix + n], alone[0], atol=1e-5)
 
 
@@ -214,20 +230,21 @@ def test_attention_mask_keeps_padding_out():
     rng = np.random.default_rng(0)
     tokens, layouts = [torch.rand(5, 3, 16, 16), torch.rand(2, 3, 16, 16)], [random_layout(rng, 5),
                                                                               random_layout(rng, 2)]
-    x, padding = module(tokens, layouts)
-    mask = attention_mask(padding)
-    assert mask.shape == (2, 1, 1, 6) and mask.dtype == torch.bool and (mask[:, 0, 0] == ~padding).all()
+    x, valid = module(tokens, layouts)
+    mask = attention_mask(valid)
+    assert mask.shape == (2, 1, 1, 6) and mask.dtype == torch.bool and (mask[:, 0, 0] == valid).all()
+    assert valid.tolist() == [[True] * 6, [True] * 3 + [False] * 3]  # True = real token (SDPA's polarity)
     attention = nn.MultiheadAttention(32, 4, batch_first=True)
     with torch.no_grad():
         sdpa = F.scaled_dot_product_attention(x[:, None], x[:, None], x[:, None], attn_mask=mask)[:, 0]
-        mha = attention(x, x, x, key_padding_mask=padding)[0]
+        mha = attention(x, x, x, key_padding_mask=~valid)[0]
         alone_x, _ = module(tokens[1], layouts[1])
         alone_sdpa = F.scaled_dot_product_attention(alone_x, alone_x, alone_x)
         alone_mha = attention(alone_x, alone_x, alone_x)[0]
     assert torch.allclose(sdpa[1, :3], alone_sdpa[0], atol=1e-5)
     assert torch.allclose(mha[1, :3], alone_mha[0], atol=1e-5)
     with pytest.raises(ValueError, match="bool"):
-        attention_mask(padding.float())
+        attention_mask(valid.float())
 
 
 # -- levels and positions --------------------------------------------------------------------
@@ -282,8 +299,8 @@ def test_gradients_reach_tokens_and_every_parameter_used():
     rng = np.random.default_rng(6)
     tokens = [torch.rand(6, 3, 16, 16, requires_grad=True), torch.rand(3, 3, 16, 16, requires_grad=True)]
     layouts = [random_layout(rng, 6), random_layout(rng, 3)]
-    embedded, padding = module(tokens, layouts)
-    (embedded[~padding] ** 2).sum().backward()
+    embedded, valid = module(tokens, layouts)
+    (embedded[valid] ** 2).sum().backward()
     for name, parameter in module.named_parameters():
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
     assert all(t.grad is not None and t.grad.abs().sum() > 0 for t in tokens)
@@ -354,6 +371,152 @@ def test_from_timm_rejects_what_it_cannot_load():
         LodPatchEmbed.from_timm(timm_state(8, 4, (2, 3)), no_embed_class=False)
 
 
+# -- TokenBatch, compile, masked pooling ------------------------------------------------------------
+POOL_ATOL = 1e-5  # issue 11: an image's pooled output in a padded batch equals its result alone within 1e-5
+
+
+class MaskedBlock(nn.Module):
+    """A pre-norm ViT block whose attention takes the additive mask of `attention_bias`."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads, self.norm1, self.norm2 = heads, nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.qkv, self.out = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(b, n, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        x = x + self.out(F.scaled_dot_product_attention(q, k, v, attn_mask=bias).transpose(1, 2).reshape(b, n, d))
+        return x + self.mlp(self.norm2(x))
+
+
+def test_token_batch_input_equals_lists():
+    rng = np.random.default_rng(11)
+    module = LodPatchEmbed(16, 3, 32, position="grid", grid_size=(4, 6), prefix_tokens=2)
+    nn.init.normal_(module.level_embed.weight)
+    tokens = [torch.rand(n, 3, 16, 16) for n in (3, 8)]
+    layouts = [random_layout(rng, n) for n in (3, 8)]
+    from_lists = module(tokens, layouts)
+    from_batch = module(TokenBatch.from_parts(tokens, layouts))
+    assert torch.equal(from_lists.embeddings, from_batch.embeddings) and torch.equal(from_lists.valid, from_batch.valid)
+    with pytest.raises(TypeError, match="carries its layouts"):
+        module(TokenBatch.from_parts(tokens, layouts), layouts)
+    with pytest.raises(ValueError, match=r"\(N, 3, 16, 16\).*\(4, 1, 16, 16\)"):
+        module(TokenBatch.from_parts([torch.rand(4, 1, 16, 16)], [random_layout(rng, 4)]))
+
+
+@pytest.mark.parametrize("backend", ["eager", "aot_eager"])
+@pytest.mark.parametrize("kind", ["grid", "dynamic", "sincos", "none"])
+def test_forward_compiles_with_fullgraph(backend, kind):
+    """torch.compile(fullgraph=True) traces forward on a TokenBatch (no numpy, no data-dependent branch)."""
+    torch._dynamo.reset()
+    options = {"grid": {"position": "grid", "grid_size": (4, 6)}, "sincos": {"position": "sincos"},
+               "dynamic": {"position": "grid", "grid_size": (4, 6), "dynamic_grid": True}, "none": {"position": "none"}}
+    module = LodPatchEmbed(16, 3, 32, prefix_tokens=1, **options[kind])
+    nn.init.normal_(module.level_embed.weight)
+    rng = np.random.default_rng(12)
+    layouts = [random_layout(rng, n) for n in (5, 2, 7)]
+    layouts[0] = glmip.TokenLayout(layouts[0].cx, layouts[0].cy, layouts[0].size, layouts[0].level + 0.5, 16,
+                                   layouts[0].image_size)  # fractional levels too
+    batch = TokenBatch.from_parts([torch.rand(len(layout), 3, 16, 16) for layout in layouts], layouts)
+    expected = module(batch)
+    compiled = torch.compile(module, backend=backend, fullgraph=True)(batch)
+    assert (compiled.embeddings - expected.embeddings).abs().max().item() <= 1e-6
+    assert torch.equal(compiled.valid, expected.valid)
+
+
+def test_image_in_a_padded_batch_pools_as_alone():
+    """Embedding, blocks and token / avg / max / MAP pooling of each image equal its run alone within 1e-5."""
+    torch.manual_seed(13)
+    dim, heads = 32, 4
+    embed = LodPatchEmbed(16, 3, dim, position="sincos", prefix_tokens=1)
+    nn.init.normal_(embed.level_embed.weight)
+    blocks = nn.ModuleList(MaskedBlock(dim, heads) for _ in range(2))
+    pool = nn.MultiheadAttention(dim, heads, batch_first=True)
+    latent = torch.randn(1, dim)
+    rng = np.random.default_rng(13)
+    counts = (9, 2, 5)
+    tokens = [torch.rand(n, 3, 16, 16) for n in counts]
+    layouts = [random_layout(rng, n) for n in counts]
+
+    def run(batch: TokenBatch) -> dict[str, torch.Tensor]:
+        x, valid = embed(batch)
+        for block in blocks:
+            x = block(x, attention_bias(valid))
+        patches, patch_valid = x[:, 1:], valid[:, 1:]
+        return {"x": x, "token": x[:, 0], "avg": masked_mean(patches, patch_valid),
+                "max": masked_max(patches, patch_valid), "map": attention_pool(pool, patches, patch_valid, latent)}
+
+    with torch.no_grad():
+        together = run(TokenBatch.from_parts(tokens, layouts))
+        for b, n in enumerate(counts):
+            alone = run(TokenBatch.from_parts([tokens[b]], [layouts[b]]))
+            assert (together["x"][b, :1 + n] - alone["x"][0]).abs().max().item() <= POOL_ATOL
+            for name in ("token", "avg", "max", "map"):
+                error = (together[name][b] - alone[name][0]).abs().max().item()
+                assert error <= POOL_ATOL, f"image {b}, {name} pool: {error}"
+        # what the mask prevents: pooling over the zero padding moves the shortest image's average
+        x, valid = embed(TokenBatch.from_parts(tokens, layouts))
+        assert (x[1, 1:].mean(0) - masked_mean(x[1:2, 1:], valid[1:2, 1:])[0]).abs().max().item() > 1e-3
+
+
+def test_masked_pool_helpers_reject_bad_masks():
+    with pytest.raises(ValueError, match=r"\(B, L\) bool"):
+        masked_mean(torch.zeros(2, 3, 4), torch.ones(2, 3))
+    with pytest.raises(ValueError, match="batch_first=True and a query"):
+        attention_pool(nn.MultiheadAttention(4, 1, batch_first=True), torch.zeros(2, 3, 4), torch.ones(2, 3).bool())
+    with pytest.raises(TypeError, match="takes no attn_mask"):
+        attention_pool(nn.Linear(4, 4), torch.zeros(2, 3, 4), torch.ones(2, 3).bool())
+    bias = attention_bias(torch.tensor([[True, False]]))
+    assert bias.shape == (1, 1, 1, 2) and bias[0, 0, 0, 0] == 0 and bias[0, 0, 0, 1] == float("-inf")
+
+
+def test_dynamic_grid_resamples_like_timm_at_a_non_native_size():
+    """A dynamic-size ViT (native 4x4 grid) on a 96x64 image: timm resamples pos_embed to 4x6 (bicubic,
+    antialias) and adds cell (i, j) to patch (i, j); a uniform level-0 layout reproduces that."""
+    patch, dim = 16, 32
+    state = timm_state(dim, patch, (4, 4), reg_tokens=1)
+    vit = TimmLike(state, (4, 4), no_embed_class=False)
+    vit.dynamic_img_size = True
+    embed = LodPatchEmbed.from_timm(vit)
+    assert embed.dynamic_grid and not LodPatchEmbed.from_timm(state).dynamic_grid
+    pixels01 = torch.rand(3, 64, 96, generator=torch.Generator().manual_seed(14))
+    embedded, _ = embed(pixel_patches(pixels01, patch), uniform_layout(96, 64, patch))
+    x = (pixels01[None] - 0.5) / 0.5  # TimmLike's pretrained_cfg mean/std
+    x = F.conv2d(x, state["patch_embed.proj.weight"], state["patch_embed.proj.bias"], stride=patch)
+    grid = state["pos_embed"][:, 2:].reshape(1, 4, 4, dim).permute(0, 3, 1, 2)
+    resampled = F.interpolate(grid, size=(4, 6), mode="bicubic", antialias=True)  # timm's resample_abs_pos_embed
+    expected = torch.cat([state["cls_token"], state["reg_token"]], 1) + state["pos_embed"][:, :2]
+    expected = torch.cat([expected, (x + resampled).flatten(2).transpose(1, 2)], 1)
+    assert (embedded - expected).abs().max().item() <= EMBED_ATOL
+    assert resample_grid(grid, (4, 4)) is grid
+    stretched, _ = LodPatchEmbed.from_timm(vit, dynamic_size=False)(pixel_patches(pixels01, patch),
+                                                                   uniform_layout(96, 64, patch))
+    assert (stretched - expected).abs().max().item() > 1e-3  # the two conventions differ off the native grid
+
+
+def test_from_timm_refuses_rope_relpos_and_hybrid():
+    state = timm_state(16, 8, (2, 2))
+
+    class RopeViT(TimmLike):
+        pass
+
+    rope = RopeViT(state, (2, 2), no_embed_class=False)
+    rope.rope = nn.Identity()
+    with pytest.raises(ValueError, match="RopeViT uses rotary position embeddings"):
+        LodPatchEmbed.from_timm(rope)
+    relpos = TimmLike(state, (2, 2), no_embed_class=False)
+    relpos.blocks = nn.Sequential(nn.Module())
+    relpos.blocks[0].relative_position_bias_table = nn.Parameter(torch.zeros(9, 2))
+    with pytest.raises(ValueError, match="TimmLike uses relative position biases"):
+        LodPatchEmbed.from_timm(relpos)
+    hybrid = TimmLike(state, (2, 2), no_embed_class=False)
+    hybrid.patch_embed.backbone = nn.Conv2d(3, 3, 3)
+    with pytest.raises(ValueError, match="TimmLike is a hybrid ViT: a Conv2d backbone"):
+        LodPatchEmbed.from_timm(hybrid)
+
+
 # -- the example ---------------------------------------------------------------------------------
 def test_example_runs_end_to_end(ctx, capsys):
     spec = importlib.util.spec_from_file_location("vit_tokens_example", EXAMPLE)
@@ -364,8 +527,8 @@ def test_example_runs_end_to_end(ctx, capsys):
     counts = [len(layout) for layout in result["layouts"]]
     assert counts[0] <= 16 and counts[1] <= 8 and counts[0] != counts[1]
     assert result["logits"].shape == (2, 1000) and torch.isfinite(result["logits"]).all()
-    assert result["padding"].shape == (2, 1 + max(counts))
-    assert int(result["padding"].sum()) == abs(counts[0] - counts[1])
+    assert result["valid"].shape == (2, 1 + max(counts))
+    assert int((~result["valid"]).sum()) == abs(counts[0] - counts[1])
     assert f"{counts[0]} tokens" in printed and "time:" in printed
     with torch.inference_mode():  # the padded view's logits equal running it alone
         alone, _ = result["model"](result["tokens"][1:], result["layouts"][1:])

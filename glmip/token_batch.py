@@ -1,0 +1,256 @@
+"""A batch of variable-length token sets, in each layout the ecosystem consumes: `TokenBatch`.
+
+One batch, four views of the same tokens:
+
+    packed   `tokens` (ΣN, C, P, P) + `cu_seqlens` (B + 1,) int32 + `max_seqlen`: the varlen form of
+             flash-attn's `flash_attn_varlen_func`, APT and Qwen2-VL (no padding at all);
+    padded   `padded()` -> (B, L, C, P, P) + `valid` (B, L) bool, True = real token: the polarity of
+             `F.scaled_dot_product_attention`'s bool `attn_mask`, Hugging Face's `attention_mask` and
+             timm NaFlex's `patch_valid` (torch's `key_padding_mask` is its negation, `~valid`);
+    nested   `nested()` -> a `layout=torch.jagged` nested tensor (B, j, ...) that SDPA takes directly;
+    naflex   `naflex()` -> the dict timm's `NaFlexVit.forward` takes (`patches`, `patch_coord`, `patch_valid`).
+
+Convention:
+    Token k of image b is row `cu_seqlens[b] + k` of every per-token tensor, in its layout's order.
+    `centres` (ΣN, 2) float32 are in uv: (0, 0) the image's top-left corner, (1, 1) its bottom-right,
+    x then y. `levels` (ΣN,) float32 keep fractional levels as the layout holds them (never truncated).
+    `sizes` (ΣN,) float32 are token sides in level-0 pixels. `image_sizes[b]` is (width, height).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .allocate import TokenLayout
+
+SAVE_FORMAT = "glmip.TokenBatch"
+SAVE_VERSION = 1
+_LAYOUT_ARRAYS = ("cx", "cy", "size", "level")
+
+
+__all__ = ["TokenBatch"]
+
+
+@dataclass(frozen=True, eq=False)
+class TokenBatch:
+    """B images' tokens packed end to end, with their layouts. Build it with `TokenBatch.from_parts`."""
+
+    tokens: torch.Tensor  # (ΣN, C, P, P) float32
+    cu_seqlens: torch.Tensor  # (B + 1,) int32, cu_seqlens[b] = first row of image b
+    max_seqlen: int
+    layouts: tuple[TokenLayout, ...]
+    image_sizes: tuple[tuple[int, int], ...]  # (width, height) per image
+    patch: int
+    levels: torch.Tensor  # (ΣN,) float32
+    centres: torch.Tensor  # (ΣN, 2) float32, uv
+    sizes: torch.Tensor  # (ΣN,) float32, level-0 pixels
+
+    @classmethod
+    def from_parts(cls, tokens_per_image: Sequence[torch.Tensor], layouts: Sequence[TokenLayout]) -> TokenBatch:
+        """Pack one (N_i, C, P, P) float tensor per image with its layout (N_i tokens, patch P).
+
+        Every image needs at least one token; C and P must agree across images and with the layouts.
+        """
+        if isinstance(tokens_per_image, torch.Tensor) or not isinstance(tokens_per_image, (list, tuple)):
+            raise TypeError(f"tokens_per_image must be a list of (N, C, P, P) tensors, one per image, got "
+                            f"{type(tokens_per_image).__name__}; wrap a single image's tokens in a list")
+        if not isinstance(layouts, (list, tuple)):
+            raise TypeError(f"layouts must be a list of glmip.TokenLayout, got {type(layouts).__name__}")
+        if not tokens_per_image:
+            raise ValueError("an empty batch: pass at least one image's tokens and layout")
+        if len(tokens_per_image) != len(layouts):
+            raise ValueError(f"need one layout per tokens tensor, got {len(tokens_per_image)} tokens tensors and "
+                             f"{len(layouts)} layouts")
+        shape = None
+        for index, (tokens, layout) in enumerate(zip(tokens_per_image, layouts, strict=True)):
+            shape = _check_image(index, tokens, layout, shape)
+        counts = [int(t.shape[0]) for t in tokens_per_image]
+        device = tokens_per_image[0].device
+        cu_seqlens = torch.tensor(np.concatenate([[0], np.cumsum(counts)]), dtype=torch.int32, device=device)
+        centres = np.concatenate([layout.uv_centres for layout in layouts]).astype(np.float32)
+        return cls(tokens=torch.cat([t.to(device=device, dtype=torch.float32) for t in tokens_per_image]),
+                   cu_seqlens=cu_seqlens, max_seqlen=max(counts), layouts=tuple(layouts),
+                   image_sizes=tuple((int(layout.image_size[0]), int(layout.image_size[1])) for layout in layouts),
+                   patch=int(layouts[0].patch),
+                   levels=_per_token(layouts, "level", device), centres=torch.from_numpy(centres).to(device),
+                   sizes=_per_token(layouts, "size", device))
+
+    # -- shape --------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.layouts)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, TokenLayout]:
+        """Image `index`'s tokens (N, C, P, P) and layout."""
+        if not isinstance(index, (int, np.integer)) or isinstance(index, bool):
+            raise TypeError(f"index a TokenBatch with an int, got {type(index).__name__}")
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"image {index} of a batch of {len(self)}")
+        index = int(index) % len(self)
+        start = sum(self.lengths[:index])
+        return self.tokens[start:start + self.lengths[index]], self.layouts[index]
+
+    @property
+    def lengths(self) -> tuple[int, ...]:
+        """Tokens per image, as Python ints (static under torch.compile; no device sync)."""
+        return tuple(len(layout) for layout in self.layouts)
+
+    @property
+    def channels(self) -> int:
+        return int(self.tokens.shape[1])
+
+    @property
+    def device(self) -> torch.device:
+        return self.tokens.device
+
+    def batch_index(self) -> torch.Tensor:
+        """(ΣN,) int64: which image each packed row belongs to."""
+        counts = torch.tensor(self.lengths, device=self.device)
+        return torch.repeat_interleave(torch.arange(len(self), device=self.device), counts,
+                                       output_size=self.tokens.shape[0])
+
+    # -- layouts ------------------------------------------------------------------------
+    def pad(self, packed: torch.Tensor, pad_to: int | None = None, value: float = 0.0) -> torch.Tensor:
+        """Any per-token tensor (ΣN, ...) -> (B, L, ...), image b's rows first in row b, then `value`.
+
+        L = `max_seqlen`, or `pad_to` (>= max_seqlen) for a fixed length.
+        """
+        length = self._length(pad_to)
+        if packed.shape[0] != self.tokens.shape[0]:
+            raise ValueError(f"packed must have one row per token ({self.tokens.shape[0]}), got "
+                             f"{tuple(packed.shape)}")
+        out = packed.new_full((len(self), length) + tuple(packed.shape[1:]), value)
+        start = 0
+        for b, count in enumerate(self.lengths):
+            out[b, :count] = packed[start:start + count]
+            start += count
+        return out
+
+    def valid(self, pad_to: int | None = None) -> torch.Tensor:
+        """(B, L) bool, True where a padded row holds a real token."""
+        length = self._length(pad_to)
+        counts = torch.tensor(self.lengths, device=self.device)
+        return torch.arange(length, device=self.device)[None] < counts[:, None]
+
+    def padded(self, pad_to: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(tokens (B, L, C, P, P) zero-padded, valid (B, L) bool, True = real token)."""
+        return self.pad(self.tokens, pad_to), self.valid(pad_to)
+
+    def nested(self, packed: torch.Tensor | None = None) -> torch.Tensor:
+        """A `layout=torch.jagged` nested tensor (B, j, ...) over `packed` (default the tokens, (B, j, C, P, P)).
+
+        Its offsets are `cu_seqlens`; it shares the packed storage when that is contiguous. For SDPA, project to
+        (ΣN, heads, head_dim), nest, and `.transpose(1, 2)` to (B, heads, j, head_dim).
+        """
+        packed = self.tokens if packed is None else packed
+        if packed.shape[0] != self.tokens.shape[0]:
+            raise ValueError(f"packed must have one row per token ({self.tokens.shape[0]}), got "
+                             f"{tuple(packed.shape)}")
+        # SDPA's nested kernels need contiguous values (a view of a fused qkv projection is not).
+        return torch.nested.nested_tensor_from_jagged(packed.contiguous(), offsets=self.cu_seqlens.to(torch.int64))
+
+    def naflex(self, pad_to: int | None = None, channels_last: bool = True) -> dict[str, torch.Tensor]:
+        """The inputs timm's `NaFlexVit.forward(dict)` takes.
+
+        `patches` (B, L, P*P*C) flattened as timm's `patchify_image`: (row, column, channel) with
+        channel fastest when `channels_last` (NaFlex's default), else (channel, row, column);
+        `patch_coord` (B, L, 2) int64 (row, column) on the level-0 patch grid; `patch_valid` (B, L) bool.
+
+        Convention:
+            NaFlex positions are grid coordinates at one scale. A coarse token (level > 0) gets the
+            level-0 grid cell holding its centre, floor(cy / P), floor(cx / P); its scale is lost
+            unless the model has a level embedding, and NaFlex sizes each image's position grid from
+            its largest coordinate. Exact only for a uniform level-0 layout.
+        """
+        tokens = self.tokens.permute(0, 2, 3, 1) if channels_last else self.tokens
+        pixels = self.centres.double() * torch.tensor(self.image_sizes, dtype=torch.float64,
+                                                     device=self.device)[self.batch_index()]
+        coord = (pixels / self.patch).floor().long().flip(1)  # x, y -> row, column
+        return {"patches": self.pad(tokens.flatten(1), pad_to), "patch_coord": self.pad(coord, pad_to),
+                "patch_valid": self.valid(pad_to)}
+
+    # -- devices and files ----------------------------------------------------------------
+    def to(self, device: torch.device | str) -> TokenBatch:
+        """The same batch with every tensor on `device` (layouts stay numpy)."""
+        return TokenBatch(self.tokens.to(device), self.cu_seqlens.to(device), self.max_seqlen, self.layouts,
+                          self.image_sizes, self.patch, self.levels.to(device), self.centres.to(device),
+                          self.sizes.to(device))
+
+    def save(self, path: str | Path) -> None:
+        """torch.save plain tensors, ints and dicts only (loads with `weights_only=True`): the tokens and,
+        per image, cx, cy, size, level (dtype kept, so fractional levels survive), image_size, patch."""
+        layouts = [{**{name: torch.from_numpy(np.ascontiguousarray(getattr(layout, name))) for name in _LAYOUT_ARRAYS},
+                    "relevant": None if layout.relevant is None else torch.from_numpy(np.asarray(layout.relevant)),
+                    "image_size": [int(v) for v in layout.image_size], "patch": int(layout.patch)}
+                   for layout in self.layouts]
+        torch.save({"format": SAVE_FORMAT, "version": SAVE_VERSION, "tokens": self.tokens.detach().cpu(),
+                    "layouts": layouts}, path)
+
+    @classmethod
+    def load(cls, path: str | Path, device: torch.device | str = "cpu") -> TokenBatch:
+        """A batch saved by `save` (or `glmip tokens --save-tokens`), its layouts rebuilt."""
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict) or state.get("format") != SAVE_FORMAT:
+            raise ValueError(f"{path} is not a saved glmip.TokenBatch (format {SAVE_FORMAT!r}), got "
+                             f"{state.get('format') if isinstance(state, dict) else type(state).__name__!r}")
+        layouts, tokens, start = [], [], 0
+        for item in state["layouts"]:
+            relevant = item.get("relevant")
+            layout = TokenLayout(*(item[name].numpy() for name in _LAYOUT_ARRAYS), patch=int(item["patch"]),
+                                 image_size=tuple(int(v) for v in item["image_size"]),
+                                 relevant=None if relevant is None else relevant.numpy())
+            layouts.append(layout)
+            tokens.append(state["tokens"][start:start + len(layout)])
+            start += len(layout)
+        if start != state["tokens"].shape[0]:
+            raise ValueError(f"{path}: the layouts hold {start} tokens but the file {state['tokens'].shape[0]}")
+        return cls.from_parts(tokens, layouts).to(device)
+
+    def _length(self, pad_to: int | None) -> int:
+        if pad_to is None:
+            return self.max_seqlen
+        if not isinstance(pad_to, (int, np.integer)) or isinstance(pad_to, bool) or pad_to < self.max_seqlen:
+            raise ValueError(f"pad_to must be an int >= max_seqlen ({self.max_seqlen}), got {pad_to!r}")
+        return int(pad_to)
+
+
+def _check_image(index: int, tokens: Any, layout: Any, shape: tuple[int, int] | None) -> tuple[int, int]:
+    """Validate image `index`'s tokens and layout; return its (C, P), which must equal `shape` if given."""
+    where = f"image {index}: "
+    if not isinstance(tokens, torch.Tensor) or not tokens.is_floating_point():
+        raise TypeError(f"{where}tokens must be a float torch tensor (N, C, P, P) as Pyramid.tokens returns, "
+                        f"got {type(tokens).__name__} {getattr(tokens, 'dtype', '')}")
+    if tokens.ndim != 4 or tokens.shape[2] != tokens.shape[3]:
+        raise ValueError(f"{where}tokens must have shape (N, C, P, P), got {tuple(tokens.shape)}")
+    missing = [name for name in (*_LAYOUT_ARRAYS, "patch", "image_size") if not hasattr(layout, name)]
+    if missing:
+        raise TypeError(f"{where}layout must be a glmip.TokenLayout, got {type(layout).__name__} without "
+                        f"{', '.join(missing)}")
+    n, channels, patch = int(tokens.shape[0]), int(tokens.shape[1]), int(tokens.shape[2])
+    if n == 0:
+        raise ValueError(f"{where}no tokens; every image needs at least one")
+    if layout.patch != patch:
+        raise ValueError(f"{where}tokens are {patch}x{patch} but the layout's patch is {layout.patch}")
+    if shape is not None and shape != (channels, patch):
+        raise ValueError(f"{where}tokens have C={channels}, P={patch}; image 0 has C={shape[0]}, P={shape[1]} "
+                         "(one batch holds one channel count and one patch size)")
+    arrays = [np.asarray(getattr(layout, name), dtype=np.float64) for name in _LAYOUT_ARRAYS]
+    if any(a.shape != (n,) for a in arrays):
+        raise ValueError(f"{where}{n} tokens but the layout has " + ", ".join(
+            f"{name} {a.shape}" for name, a in zip(_LAYOUT_ARRAYS, arrays, strict=True)) + "; they must match")
+    if not all(np.isfinite(a).all() for a in arrays) or arrays[3].min() < 0:
+        raise ValueError(f"{where}the layout holds NaN, infinite or negative levels, or non-finite centres/sizes")
+    width, height = layout.image_size
+    if width < 1 or height < 1:
+        raise ValueError(f"{where}image_size must be (width, height) >= 1, got {layout.image_size}")
+    return channels, patch
+
+
+def _per_token(layouts: Sequence[TokenLayout], name: str, device: torch.device) -> torch.Tensor:
+    values = np.concatenate([np.asarray(getattr(layout, name), dtype=np.float64) for layout in layouts])
+    return torch.from_numpy(values.astype(np.float32)).to(device)
