@@ -34,8 +34,8 @@ from torch import nn
 
 from .token_batch import TokenBatch
 
-__all__ = ["Position", "LodEmbedding", "attention_mask", "attention_bias", "masked_mean", "masked_max", "attention_pool",
-           "resample_grid", "sincos_position", "interpolate_grid", "LodPatchEmbed", "forward_timm"]
+__all__ = ["Position", "LodEmbedding", "attention_mask", "attention_bias", "masked_mean", "masked_max",
+           "attention_pool", "resample_grid", "sincos_position", "interpolate_grid", "LodPatchEmbed", "forward_timm"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # timm's IMAGENET_DEFAULT_MEAN / _STD
 IMAGENET_STD = (0.229, 0.224, 0.225)
