@@ -18,6 +18,7 @@ from .pyramid import Pyramid, PyramidMethod
 from .query import ClipScorer, query_relevance
 from .relevance import RelevancePyramid, gaze, relevance_pyramid, saliency
 from .sampling import Filter, Wrap
+from .tokenize import tokenize
 
 __version__ = "0.1.0"
 
@@ -41,5 +42,5 @@ __all__ = [
     "Context", "Pyramid", "PyramidMethod", "Filter", "Wrap", "TokenLayout", "allocate", "level_sizes", "lod_map",
     "as_relevance", "gaze", "saliency", "relevance_pyramid", "RelevancePyramid", "ClassBudgets", "query_relevance",
     "ClipScorer", "LodPatchEmbed", "TokenBatch", "DEFAULT_IMAGE", "__version__",
-    "GlmipError", "ClosedError", "WrongThreadError", "ForkedContextError", "GLError",
+    "tokenize", "GlmipError", "ClosedError", "WrongThreadError", "ForkedContextError", "GLError",
 ]

@@ -70,12 +70,33 @@ class TokenBatch:
         shape = None
         for index, (tokens, layout) in enumerate(zip(tokens_per_image, layouts, strict=True)):
             shape = _check_image(index, tokens, layout, shape)
-        counts = [int(t.shape[0]) for t in tokens_per_image]
-        device = tokens_per_image[0].device
+        return cls._pack(torch.cat([t.to(device=tokens_per_image[0].device, dtype=torch.float32)
+                                    for t in tokens_per_image]), layouts)
+
+    @classmethod
+    def from_packed(cls, tokens: torch.Tensor, layouts: Sequence[TokenLayout]) -> TokenBatch:
+        """Wrap tokens already packed end to end, (N_0 + N_1 + ..., C, P, P) in layout order (as
+        `glmip.sampling.tokens_batch` returns them), with no copy. Validated as `from_parts`."""
+        if not isinstance(tokens, torch.Tensor):
+            raise TypeError(f"tokens must be a packed (N, C, P, P) torch tensor, got {type(tokens).__name__}")
+        if not isinstance(layouts, (list, tuple)) or not layouts:
+            raise ValueError("layouts must be a non-empty list of glmip.TokenLayout, one per image")
+        counts = [len(layout) for layout in layouts]
+        if tokens.ndim != 4 or tokens.shape[0] != sum(counts):
+            raise ValueError(f"the layouts hold {sum(counts)} tokens, the packed tensor has shape "
+                             f"{tuple(tokens.shape)}")
+        shape = None
+        for index, (part, layout) in enumerate(zip(torch.split(tokens, counts), layouts, strict=True)):
+            shape = _check_image(index, part, layout, shape)
+        return cls._pack(tokens if tokens.dtype == torch.float32 else tokens.float(), layouts)
+
+    @classmethod
+    def _pack(cls, tokens: torch.Tensor, layouts: Sequence[TokenLayout]) -> TokenBatch:
+        counts = [len(layout) for layout in layouts]
+        device = tokens.device
         cu_seqlens = torch.tensor(np.concatenate([[0], np.cumsum(counts)]), dtype=torch.int32, device=device)
         centres = np.concatenate([layout.uv_centres for layout in layouts]).astype(np.float32)
-        return cls(tokens=torch.cat([t.to(device=device, dtype=torch.float32) for t in tokens_per_image]),
-                   cu_seqlens=cu_seqlens, max_seqlen=max(counts), layouts=tuple(layouts),
+        return cls(tokens=tokens, cu_seqlens=cu_seqlens, max_seqlen=max(counts), layouts=tuple(layouts),
                    image_sizes=tuple((int(layout.image_size[0]), int(layout.image_size[1])) for layout in layouts),
                    patch=int(layouts[0].patch),
                    levels=_per_token(layouts, "level", device), centres=torch.from_numpy(centres).to(device),
