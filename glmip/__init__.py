@@ -18,16 +18,20 @@ DEFAULT_IMAGE = Path(__file__).resolve().parent / "data" / "coffee.png"
 
 
 def __getattr__(name: str):
-    """`glmip.LodPatchEmbed` without importing torch.nn on `import glmip`."""
+    """`glmip.LodPatchEmbed` and `glmip.Slide` without importing torch.nn or tifffile on `import glmip`."""
     if name == "LodPatchEmbed":
         from .nn import LodPatchEmbed
 
         return LodPatchEmbed
+    if name == "Slide":
+        from .slides import Slide
+
+        return Slide
     raise AttributeError(f"module 'glmip' has no attribute {name!r}")
 
 
 __all__ = [
     "Context", "Pyramid", "PyramidMethod", "Filter", "Wrap", "TokenLayout", "allocate", "level_sizes", "lod_map",
     "as_relevance", "gaze", "saliency", "relevance_pyramid", "RelevancePyramid", "ClassBudgets", "query_relevance",
-    "ClipScorer", "LodPatchEmbed", "DEFAULT_IMAGE", "__version__",
+    "ClipScorer", "LodPatchEmbed", "Slide", "DEFAULT_IMAGE", "__version__",
 ]

@@ -247,6 +247,13 @@ class Context:
         self._pyramids.add(pyramid)
         return pyramid
 
+    def slide(self, source: Any, **options: Any) -> Any:
+        """Open a whole-slide image (a pyramidal tiled TIFF path) or an image of any size through GPU tiles; see
+        `glmip.Slide` (needs the `slide` extra for files)."""
+        from .slides import Slide
+
+        return Slide(self, source, **options)
+
     # -- capabilities -------------------------------------------------------------------
     @property
     def max_texture_size(self) -> int:
