@@ -17,6 +17,7 @@ from .image import as_image_array
 from .pictures import contact_sheet, heat_colours, level_colours, level_legend, overlay, save_png
 from .relevance import as_relevance, gaze, saliency
 from .sampling import render
+from .slides.cli import add_parser as add_slide_parser
 
 
 def _print_info(info: dict, stream=sys.stdout) -> None:
@@ -229,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     tokens.add_argument("--save-tokens", help="also save the tokens and layout as a torch .pt file")
     tokens.add_argument("-o", "--output", default="glmip-layout.png")
     tokens.set_defaults(run=cmd_tokens)
+
+    add_slide_parser(commands)
 
     view = commands.add_parser("view", add_help=False, help="the interactive LOD viewer (glmip view --help)")
     view.set_defaults(run=cmd_view)

@@ -114,7 +114,7 @@ class TiffReader:
         if first.dtype is None or first.dtype.name not in SUPPORTED_DTYPES or not 1 <= first.samplesperpixel <= 4:
             raise ValueError(f"{path.name} holds {first.samplesperpixel} x {first.dtype} samples; glmip accepts 1-4 "
                              f"channels of {', '.join(SUPPORTED_DTYPES)}")
-        width, height = first.imagewidth, first.imagelength
+        width = first.imagewidth
         levels: list[Level] = []
         self._pages = []
         for page in pages:
