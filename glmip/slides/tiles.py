@@ -3,10 +3,11 @@ and an LRU of those pyramids bounded in bytes.
 
 Why halos make tiling seamless: a sample or token is served by the one tile whose interior holds its centre;
 its reads reach at most `reach / 2` sample spacings (2^l level pixels at tile-local level l) past the centre
-plus one texel of the coarser of the two levels trilinear blends. Tiles start and end on multiples of 2^gap
+plus one texel of the coarser of the two levels trilinear blends (and one more for slack). Tiles start and
+end on multiples of 2^gap
 level pixels (gap = the mips to the next stored level, the most a tile is asked to descend), so every
 tile-local level's texels are the same 2^l x 2^l blocks as in one big pyramid, and a halo of
-(reach / 2 + 1) * 2^gap pixels keeps every read inside real pixels.
+(reach // 2 + 2) * 2^gap pixels keeps every read inside real pixels.
 
 Convention: positions in the level's own pixels, (0, 0) its top-left corner; tile (column, row) has interior
 [column * interior, (column + 1) * interior) x [row * interior, ...) and data [x0, x1) x [y0, y1), the
