@@ -26,7 +26,8 @@ DEFAULT_IMAGE = Path(__file__).resolve().parent / "data" / "coffee.png"
 
 
 def __getattr__(name: str):
-    """`glmip.LodPatchEmbed` and `glmip.TokenBatch` without importing torch on `import glmip`."""
+    """`glmip.LodPatchEmbed`, `glmip.TokenBatch` and `glmip.Slide` without importing torch.nn or tifffile on
+    `import glmip`."""
     if name == "LodPatchEmbed":
         from .nn import LodPatchEmbed
 
@@ -35,12 +36,16 @@ def __getattr__(name: str):
         from .token_batch import TokenBatch
 
         return TokenBatch
+    if name == "Slide":
+        from .slides import Slide
+
+        return Slide
     raise AttributeError(f"module 'glmip' has no attribute {name!r}")
 
 
 __all__ = [
     "Context", "Pyramid", "PyramidMethod", "Filter", "Wrap", "TokenLayout", "allocate", "level_sizes", "lod_map",
     "as_relevance", "gaze", "saliency", "relevance_pyramid", "RelevancePyramid", "ClassBudgets", "query_relevance",
-    "ClipScorer", "LodPatchEmbed", "TokenBatch", "DEFAULT_IMAGE", "__version__",
+    "ClipScorer", "LodPatchEmbed", "TokenBatch", "Slide", "DEFAULT_IMAGE", "__version__",
     "tokenize", "GlmipError", "ClosedError", "WrongThreadError", "ForkedContextError", "GLError",
 ]

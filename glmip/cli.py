@@ -18,6 +18,7 @@ from .image import as_image_array
 from .maps import as_relevance
 from .pictures import contact_sheet, heat_colours, level_colours, level_legend, overlay, save_png
 from .relevance import gaze, saliency
+from .slides.cli import add_parser as add_slide_parser
 
 __all__ = ["main"]
 
@@ -268,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     tokens.add_argument("--save-tokens", help="also save the tokens and layout as a torch .pt file")
     tokens.add_argument("-o", "--output", default="glmip-layout.png")
     tokens.set_defaults(run=cmd_tokens)
+
+    add_slide_parser(commands)
 
     view = commands.add_parser("view", parents=[device], help="the interactive LOD viewer (GLFW + Dear ImGui; "
                                "needs the viewer extra: pip install 'glmip[viewer]')",

@@ -30,3 +30,10 @@ class Context(GLContext):
     def pyramid(self, image: Any, method: str = "hardware", srgb: bool = False) -> Pyramid:
         """Upload `image` and build its full mip chain; see `glmip.Pyramid`. Closed with this context."""
         return Pyramid(self, image, method=method, srgb=srgb)
+
+    def slide(self, source: Any, **options: Any) -> Any:
+        """Open a whole-slide image (a pyramidal tiled TIFF path) or an image of any size through GPU tiles;
+        see `glmip.Slide` (needs the `slide` extra for files)."""
+        from .slides import Slide
+
+        return Slide(self, source, **options)

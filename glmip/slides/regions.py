@@ -1,0 +1,56 @@
+"""HIPT grouping: each token's region on a grid of `region`-pixel squares over level 0, and tokens batched
+as [regions x tokens] for a hierarchical model (256-px patches -> 4096-px regions -> the slide).
+
+Convention: region (i, j) covers level-0 pixels [j * region, (j + 1) * region) x [i * region, ...); its id is
+i * columns + j with columns = ceil(width / region); a token belongs to the region holding its centre
+(a token larger than a region counts in the one its centre falls in).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+DEFAULT_REGION = 4096
+
+
+def region_ids(layout: Any, region: int = DEFAULT_REGION) -> np.ndarray:
+    """(N,) int64 region id of each token of `layout` (a `TokenLayout`) on the `region`-pixel grid."""
+    if not isinstance(region, (int, np.integer)) or isinstance(region, bool) or region < 1:
+        raise ValueError(f"region must be a positive int (level-0 pixels a side), got {region!r}")
+    width, height = layout.image_size
+    columns = -(-int(width) // region)
+    rows = -(-int(height) // region)
+    column = np.clip(np.floor(np.asarray(layout.cx, np.float64) / region), 0, columns - 1).astype(np.int64)
+    row = np.clip(np.floor(np.asarray(layout.cy, np.float64) / region), 0, rows - 1).astype(np.int64)
+    return row * columns + column
+
+
+def group_by_region(layout: Any, tokens: Any, region: int = DEFAULT_REGION) -> tuple[np.ndarray, Any, Any]:
+    """Tokens (N, ...) as a padded [regions x tokens] batch for a HIPT-style model.
+
+    Returns (ids (R,) int64 of the non-empty regions in ascending order, batch (R, T, ...) with T the
+    most tokens in one region, padding (R, T) bool, True = padding). Within a region tokens keep their
+    layout order. `tokens` is a torch tensor (as `Slide.tokens` gives) or a numpy array.
+    """
+    ids = region_ids(layout, region)
+    if len(ids) != tokens.shape[0]:
+        raise ValueError(f"the layout has {len(ids)} tokens but tokens has {tokens.shape[0]}")
+    unique, inverse, counts = np.unique(ids, return_inverse=True, return_counts=True)
+    order = np.argsort(inverse, kind="stable")
+    slot = np.arange(len(ids)) - np.repeat(np.cumsum(counts) - counts, counts)
+    longest = int(counts.max()) if len(counts) else 0
+    if hasattr(tokens, "new_zeros"):
+        import torch
+
+        batch = tokens.new_zeros((len(unique), longest, *tokens.shape[1:]))
+        padding = torch.ones((len(unique), longest), dtype=torch.bool)
+        rows, cols, source = torch.from_numpy(inverse[order]), torch.from_numpy(slot), torch.from_numpy(order)
+    else:
+        batch = np.zeros((len(unique), longest, *tokens.shape[1:]), tokens.dtype)
+        padding = np.ones((len(unique), longest), bool)
+        rows, cols, source = inverse[order], slot, order
+    batch[rows, cols] = tokens[source]
+    padding[rows, cols] = False
+    return unique, batch, padding
