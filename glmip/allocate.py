@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -254,6 +255,50 @@ def root_level(pyramid: RelevancePyramid, budget: int, patch: int, min_level: in
     return level
 
 
+@dataclass(frozen=True)
+class _StaticTree:
+    """The cells of every splittable level of a quadtree over grids `shapes` (pyramid levels 0..top),
+    coarsest level first, each level in spread order; a tree rooted at level r is the suffix from
+    `tail[r]` (levels r..1), `count[r]` cells."""
+
+    level: np.ndarray
+    x: np.ndarray
+    y: np.ndarray
+    kids: np.ndarray  # quadrants inside the image
+    parent: np.ndarray  # index of the parent cell, -1 at the top level
+    blocks: dict[int, slice]
+    tail: dict[int, int]
+    count: dict[int, int]
+
+
+@lru_cache(maxsize=64)
+def _static_tree(shapes: tuple[tuple[int, int], ...]) -> _StaticTree:
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("level", "x", "y", "kids", "parent")}
+    blocks, tail = {}, {}
+    index_above = None
+    offset = 0
+    for k in range(len(shapes) - 1, 0, -1):
+        h, w = shapes[k]
+        yy, xx = np.mgrid[:h, :w]
+        order = np.argsort(spread_rank(xx.ravel(), yy.ravel(), (w, h)), kind="stable")
+        x, y = xx.ravel()[order], yy.ravel()[order]
+        index = np.empty((h, w), np.int64)
+        index[y, x] = offset + np.arange(h * w)
+        fine_h, fine_w = shapes[k - 1]
+        parts["level"].append(np.full(h * w, k, np.int64))
+        parts["x"].append(x)
+        parts["y"].append(y)
+        parts["kids"].append((np.minimum(2 * x + 2, fine_w) - 2 * x) * (np.minimum(2 * y + 2, fine_h) - 2 * y))
+        parts["parent"].append(np.full(h * w, -1, np.int64) if index_above is None else index_above[y >> 1, x >> 1])
+        blocks[k] = slice(offset, offset + h * w)
+        tail[k] = offset
+        index_above, offset = index, offset + h * w
+    tail[0] = offset
+    count = {k: offset - t for k, t in tail.items()}
+    arrays = {k: np.concatenate(v) if v else np.zeros(0, np.int64) for k, v in parts.items()}
+    return _StaticTree(**arrays, blocks=blocks, tail=tail, count=count)
+
+
 @dataclass
 class _Tree:
     """One image's splittable cells (pyramid levels 1..root, coarsest first, each level in spread order)
@@ -268,49 +313,58 @@ class _Tree:
     effective: np.ndarray  # float64 effective score
     delta: np.ndarray  # (n, 3) int64: tokens, relevant tokens, background tokens a split adds
     roots: np.ndarray  # (3,) int64 token counts of the root grid
+    keep: np.ndarray  # bool: cells the greedy may split (the others provably never split)
 
     @staticmethod
     def build(pyramid: RelevancePyramid, budget: int, patch: int, min_level: int, max_level: int | None,
               classes: ClassBudgets | None) -> _Tree:
         root = root_level(pyramid, budget, patch, min_level, max_level, classes) - min_level
         levels = pyramid.levels
-        floor = float(np.median(levels[0][..., 0].astype(np.float64)))
+        shapes = tuple(level.shape[:2] for level in levels[:root + 1])
+        static = _static_tree(shapes)
+        floor = float(np.median(levels[0][..., 0]))
         threshold = classes.threshold if classes is not None else np.inf
-        relevant = [level[..., 1].astype(np.float64) >= threshold for level in levels[:root + 1]]
-        parts: dict[str, list[np.ndarray]] = {k: [] for k in ("level", "x", "y", "parent", "effective", "delta")}
+        relevant = [level[..., 1] >= threshold for level in levels[:root + 1]]
+        effective_parts, delta_parts = [], []
         effective_above = None
-        index_above = None
-        offset = 0
         for k in range(root, 0, -1):
+            x, y, kids = static.x[static.blocks[k]], static.y[static.blocks[k]], static.kids[static.blocks[k]]
             texels = levels[k]
-            h, w = texels.shape[:2]
             score = texels[..., 2].astype(np.float64) * np.maximum(texels[..., 0].astype(np.float64) - floor, 0.0)
-            yy, xx = np.mgrid[:h, :w]
-            effective = score if effective_above is None else np.minimum(score, effective_above[yy >> 1, xx >> 1])
-            order = np.argsort(spread_rank(xx.ravel(), yy.ravel(), (w, h)), kind="stable")
-            x, y = xx.ravel()[order], yy.ravel()[order]
-            index = np.empty((h, w), np.int64)
-            index[y, x] = offset + np.arange(h * w)
-            fine_h, fine_w = levels[k - 1].shape[:2]
-            kids = (np.minimum(2 * x + 2, fine_w) - 2 * x) * (np.minimum(2 * y + 2, fine_h) - 2 * y)
-            fine = np.zeros((2 * h, 2 * w), np.int64)
-            fine[:fine_h, :fine_w] = relevant[k - 1]
-            relevant_kids = fine.reshape(h, 2, w, 2).sum(axis=(1, 3))[y, x]
-            parent_relevant = relevant[k][y, x].astype(np.int64)
-            parts["level"].append(np.full(h * w, k, np.int64))
-            parts["x"].append(x)
-            parts["y"].append(y)
-            parts["parent"].append(np.full(h * w, -1, np.int64) if index_above is None else index_above[y >> 1, x >> 1])
-            parts["effective"].append(effective[y, x])
-            parts["delta"].append(np.stack([kids - 1, relevant_kids - parent_relevant,
-                                            kids - relevant_kids - (1 - parent_relevant)], axis=1))
-            effective_above, index_above, offset = effective, index, offset + h * w
-        n_roots = levels[root].shape[0] * levels[root].shape[1]
+            if effective_above is not None:
+                h, w = score.shape
+                score = np.minimum(score, np.repeat(np.repeat(effective_above, 2, 0), 2, 1)[:h, :w])
+            effective_above = score
+            effective_parts.append(score[y, x])
+            if classes is not None:
+                h, w = score.shape
+                fine_h, fine_w = levels[k - 1].shape[:2]
+                fine = np.zeros((2 * h, 2 * w), np.int64)
+                fine[:fine_h, :fine_w] = relevant[k - 1]
+                relevant_kids = fine.reshape(h, 2, w, 2).sum(axis=(1, 3))[y, x]
+                parent_relevant = relevant[k][y, x].astype(np.int64)
+                delta_parts.append(np.stack([kids - 1, relevant_kids - parent_relevant,
+                                             kids - relevant_kids - (1 - parent_relevant)], axis=1))
+            else:
+                delta_parts.append(np.stack([kids - 1, np.zeros_like(kids), np.zeros_like(kids)], axis=1))
+        n = static.count[root]
+        n_roots = shapes[root][0] * shapes[root][1]
         n_relevant = int(relevant[root].sum())
-        arrays = {k: (np.concatenate(v) if v else np.zeros((0, 3) if k == "delta" else 0,
-                                                            np.float64 if k == "effective" else np.int64))
-                  for k, v in parts.items()}
-        return _Tree(pyramid, root, roots=np.array([n_roots, n_relevant, n_roots - n_relevant], np.int64), **arrays)
+        effective = np.concatenate(effective_parts) if effective_parts else np.zeros(0)
+        delta = np.concatenate(delta_parts) if delta_parts else np.zeros((0, 3), np.int64)
+        keep = np.ones(n, bool)
+        if classes is None and n > budget:
+            # After the first split that does not fit, fewer than 3 tokens are left, so only cells with
+            # fewer than 4 kids can split; that split comes before the (budget + single-kid cells + 1)-th
+            # best score, since that many splits add more tokens than the budget holds.
+            m = min(n, budget + int((delta[:, 0] == 0).sum()) + 1)
+            bar = np.partition(effective, n - m)[n - m]
+            keep = (effective >= bar) | (delta[:, 0] < 3)
+        tail = static.tail[root]
+        return _Tree(pyramid, root, level=static.level[tail:], x=static.x[tail:], y=static.y[tail:],
+                     parent=np.where(static.parent[tail:] >= tail, static.parent[tail:] - tail, -1),
+                     effective=effective, delta=delta, keep=keep,
+                     roots=np.array([n_roots, n_relevant, n_roots - n_relevant], np.int64))
 
     def layout(self, split: np.ndarray, patch: int, min_level: int, classes: ClassBudgets | None) -> TokenLayout:
         """The leaves of the quadtree whose split cells are `split` (bool per cell), sorted by (y, x, level)."""
@@ -362,20 +416,23 @@ def _greedy_splits(trees: list[_Tree], budget: int, classes: ClassBudgets | None
     parent = np.concatenate([np.where(t.parent >= 0, t.parent + o, -1) for t, o in zip(trees, offsets, strict=False)])
     effective = np.concatenate([t.effective for t in trees])
     delta = np.concatenate([t.delta for t in trees]).reshape(-1, 3)
-    position = np.concatenate([np.arange(n) for n in sizes]) if sizes else np.zeros(0, np.int64)
-    order = np.lexsort((position, -effective, image))  # the greedy's visiting order, image by image
+    keep = np.concatenate([t.keep for t in trees])
+    kept = np.nonzero(keep)[0]  # global index order is (image, static position)
+    order = kept[np.lexsort((-effective[kept], image[kept]))]  # the greedy's visiting order, image by image
     counts = np.stack([t.roots for t in trees])  # (B, 3) tokens, relevant, background
     maxima = np.array([budget, classes.relevant[1], classes.background[1]] if classes is not None
                       else [budget, budget, budget], np.int64)
     minima = np.array([0, classes.relevant[0], classes.background[0]] if classes is not None else [0, 0, 0], np.int64)
     split = np.zeros(len(level), bool)
-    levels_desc = np.unique(level)[::-1]
+    levels_desc = range(int(level.max(initial=0)), 0, -1)
+
+    at_level = [level == k for k in levels_desc]
 
     def reachable(candidate: np.ndarray) -> np.ndarray:
         """Cells whose parent is split or itself a reachable candidate (parents come first in the order)."""
         ok = np.zeros(len(level), bool)
-        for k in levels_desc:  # coarse to fine, so a parent is decided before its kids
-            cells = np.nonzero(candidate & (level == k))[0]
+        for here in at_level:  # coarse to fine, so a parent is decided before its kids
+            cells = np.nonzero(candidate & here)[0]
             p = parent[cells]
             ok[cells] = (p < 0) | split[np.maximum(p, 0)] | ok[np.maximum(p, 0)] & (p >= 0)
         return ok
@@ -384,15 +441,17 @@ def _greedy_splits(trees: list[_Tree], budget: int, classes: ClassBudgets | None
         active = np.ones(len(trees), bool)
         if phase_one:
             active &= (counts[:, 1:] < minima[1:]).any(axis=1)
-        candidate = ~split & active[image]
+        candidate = keep & ~split & active[image]
         while True:
             room = maxima[None, :] - counts  # (B, 3)
             candidate &= active[image]
-            candidate &= (delta <= room[image]).all(axis=1)
+            cells = np.nonzero(candidate)[0]
+            wanted = (delta[cells] <= room[image[cells]]).all(axis=1)
             if phase_one:
                 deficient = counts < minima[None, :]
                 deficient[:, 0] = False
-                candidate &= ((delta > 0) & deficient[image]).any(axis=1)
+                wanted &= ((delta[cells] > 0) & deficient[image[cells]]).any(axis=1)
+            candidate[cells[~wanted]] = False
             candidate &= reachable(candidate)
             visit = order[candidate[order]]
             if len(visit) == 0:
