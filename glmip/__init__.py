@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .allocate import ClassBudgets, TokenLayout, allocate
+from .allocate import ClassBudgets, TokenLayout, allocate, allocate_batch
 from .context import Context
 from .errors import ClosedError, ForkedContextError, GLError, GlmipError, WrongThreadError
 from .levels import level_sizes
@@ -44,7 +44,8 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "Context", "Pyramid", "PyramidMethod", "Filter", "Wrap", "TokenLayout", "allocate", "level_sizes", "lod_map",
+    "Context", "Pyramid", "PyramidMethod", "Filter", "Wrap", "TokenLayout", "allocate", "allocate_batch",
+    "level_sizes", "lod_map",
     "as_relevance", "gaze", "saliency", "relevance_pyramid", "RelevancePyramid", "ClassBudgets", "query_relevance",
     "ClipScorer", "LodPatchEmbed", "TokenBatch", "Slide", "DEFAULT_IMAGE", "__version__",
     "tokenize", "GlmipError", "ClosedError", "WrongThreadError", "ForkedContextError", "GLError",

@@ -2,255 +2,384 @@
 
 from __future__ import annotations
 
-import heapq
+from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .layout import ClassBudgets, TokenLayout
+from .maps import as_relevance
 from .relevance import RelevancePyramid, relevance_pyramid
 
 if TYPE_CHECKING:
-    from .context import Context
+    from .gl.context import GLContext
 
-__all__ = ["TokenLayout", "ClassBudgets", "allocate"]
-
-
-@dataclass(frozen=True)
-class TokenLayout:
-    """Square tokens tiling an image: token k covers `size[k]` level-0 pixels a side centred at
-    (`cx[k]`, `cy[k]`) (pixels, (0, 0) the image's top-left corner) and is sampled at `level[k]`,
-    so that `patch` x `patch` samples span it: size = patch * 2^level.
-
-    Tokens on the right and bottom edges may reach past the image; sampling clamps there.
-    """
-
-    cx: np.ndarray
-    cy: np.ndarray
-    size: np.ndarray
-    level: np.ndarray
-    patch: int
-    image_size: tuple[int, int]
-    relevant: np.ndarray | None = None  # per token, with class budgets: the class it counted in
-
-    def __len__(self) -> int:
-        return int(self.level.shape[0])
-
-    @property
-    def uv_centres(self) -> np.ndarray:
-        """(N, 2) token centres in uv ((0, 0) top-left, (1, 1) bottom-right)."""
-        return np.stack([self.cx / self.image_size[0], self.cy / self.image_size[1]], axis=1)
-
-    def to_torch(self) -> dict[str, Any]:
-        """The layout as torch tensors: centres (N, 2) float32 in uv, size (N,) float32, level (N,) int64."""
-        import torch
-
-        return {"centres": torch.from_numpy(self.uv_centres.astype(np.float32)),
-                "size": torch.from_numpy(self.size.astype(np.float32)),
-                "level": torch.from_numpy(self.level.astype(np.int64))}
-
-    def coverage(self) -> np.ndarray:
-        """How many tokens cover each image pixel, (h, w) int32 (1 everywhere for a valid layout)."""
-        width, height = self.image_size
-        count = np.zeros((height, width), np.int32)
-        for x0, y0, x1, y1 in self.boxes():
-            count[max(0, y0):min(height, y1), max(0, x0):min(width, x1)] += 1
-        return count
-
-    def boxes(self) -> np.ndarray:
-        """(N, 4) int boxes x0, y0, x1, y1 in level-0 pixels (x1, y1 exclusive)."""
-        half = self.size / 2
-        return np.stack([self.cx - half, self.cy - half, self.cx + half, self.cy + half], 1).round().astype(int)
-
-    def draw(self, image: Any) -> np.ndarray:
-        """The layout's boxes over `image`, each outlined in its level's colour; (h, w, 3) uint8."""
-        from PIL import Image, ImageDraw
-
-        from .image import as_image_array
-        from .pictures import LEVEL_PALETTE, overlay
-
-        pixels = as_image_array(image)
-        base = overlay(pixels, np.zeros(pixels.shape[:2] + (3,), np.uint8), alpha=0.25)
-        canvas = Image.fromarray(base)
-        draw = ImageDraw.Draw(canvas)
-        for (x0, y0, x1, y1), level in zip(self.boxes(), self.level, strict=True):
-            colour = tuple(int(c) for c in LEVEL_PALETTE[min(int(level), len(LEVEL_PALETTE) - 1)])
-            draw.rectangle([x0, y0, x1 - 1, y1 - 1], outline=colour)
-        return np.asarray(canvas)
-
-
-@dataclass(frozen=True)
-class ClassBudgets:
-    """Token ranges per class, in the spirit of "64-400 tokens for relevant regions, 16-64 for the
-    rest": a token is relevant when the largest relevance under it reaches `threshold`.
-
-    Minimums are met first (the most relevant splits that raise a class below its minimum), as far
-    as the image and `min_level` allow; maximums are never exceeded.
-    """
-
-    relevant: tuple[int, int] = (64, 400)
-    background: tuple[int, int] = (16, 64)
-    threshold: float = 0.5
-
-    def __post_init__(self) -> None:
-        for name in ("relevant", "background"):
-            lo, hi = getattr(self, name)
-            if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in (lo, hi)) \
-                    or not 0 <= lo <= hi or hi < 1:
-                raise ValueError(f"{name} must be a (min, max) pair of ints with 0 <= min <= max, max >= 1; "
-                                 f"got {(lo, hi)!r}")
-        if not 0.0 <= float(self.threshold) <= 1.0:
-            raise ValueError(f"threshold must be within [0, 1], got {self.threshold}")
-
-    def range(self, relevant: bool) -> tuple[int, int]:
-        return self.relevant if relevant else self.background
+__all__ = ["TokenLayout", "ClassBudgets", "allocate", "allocate_batch", "spread_rank", "root_level"]
 
 
 def allocate(relevance: Any, budget: int = 256, patch: int = 16, min_level: int = 0, max_level: int | None = None,
              image_size: tuple[int, int] | None = None, *, classes: ClassBudgets | None = None,
-             context: Context | None = None) -> TokenLayout:
-    """Split the image into at most `budget` square tokens, finest where relevance x area is largest.
+             context: GLContext | None = None) -> TokenLayout:
+    """Split the image into at most `budget` square tokens, finest where relevance stands out most.
 
     `relevance` is a map (any resolution, see `as_relevance`) or a `RelevancePyramid` whose cell is
-    `patch << min_level`. A quadtree starts from a grid of cells at `max_level` (default: the finest
-    level whose grid takes at most an eighth of the budget and fits `classes`) and repeatedly
-    splits the cell holding the most relevance (its relevance-pyramid texel: mean x in-image area)
-    into its quadrants inside the image, while the budget (and each class's maximum) allows and the
-    cell is above `min_level`. Cells cover the image with no gaps and no overlaps.
-    `image_size` = (width, height) of level 0, default the relevance map's own. With a `context`
-    the relevance pyramid is built on the GPU, else by its numpy reference.
+    `patch << min_level`. `image_size` = (width, height) of level 0, default the relevance map's own.
+    One image of `allocate_batch`, which documents the rule; with a `context` the relevance pyramid
+    is built on the GPU, else by its numpy reference.
     """
+    return allocate_batch([relevance], budget, patch, image_sizes=None if image_size is None else [image_size],
+                          classes=classes, min_level=min_level, max_level=max_level, context=context)[0]
+
+
+def allocate_batch(relevances: Sequence[Any], budget: int = 256, patch: int = 16, *,
+                   image_sizes: Sequence[tuple[int, int] | None] | None = None, classes: ClassBudgets | None = None,
+                   min_level: int = 0, max_level: int | None = None,
+                   context: GLContext | None = None) -> list[TokenLayout]:
+    """Token layouts for a batch of images, each at most `budget` square tokens, computed together.
+
+    `relevances`: one relevance map (see `as_relevance`) or already built `RelevancePyramid` (cell
+    `patch << min_level`) per image; `image_sizes`: one (width, height) or None (the map's own) per image.
+
+    The rule, per image: a quadtree starts from a grid of root cells at `max_level` (default: the
+    finest level whose grid takes at most an eighth of the budget and fits `classes`) and splits
+    cells into their quadrants inside the image, greedily, in the order of their split score, while
+    the budget (and each class's maximum) allows and the cell is above `min_level`. Cells cover the
+    image with no gaps and no overlaps. With `ClassBudgets`, a first phase takes only the splits that
+    add tokens to a class below its minimum. This is the greedy `glmip.reference.allocate_greedy`,
+    computed without a loop over cells: the order is static, so each phase is a few vectorised
+    passes of cumulative token counts over the cells in that order.
+
+    Convention (score and order):
+        score = in-image area x max(mean - floor, 0), mean the cell's relevance-pyramid mean and floor
+        the median of the finest level's means: the relevance mass standing out above the image's
+        typical relevance (a map that is zero over half the image or more has floor 0, and the score
+        is its plain relevance mass). Subtracting the floor is what lets a map spread over a broad
+        range (saliency) concentrate tokens: plain mass puts a coarse cell ahead of any cell of a
+        quarter its area unless the latter is 4x as relevant, which ends in the uniform grid.
+        A cell's effective score is the smallest score along its ancestry (a cell is never taken
+        before its parent); cells go in decreasing effective score, ties coarsest level first, then
+        in the level's bit-reversed Morton order, which spreads tied cells over the image (tied cells
+        that do not all fit are spread evenly, not packed into the top-left corner).
+    """
+    if isinstance(relevances, (np.ndarray, RelevancePyramid)) or hasattr(relevances, "detach") \
+            or not isinstance(relevances, Sequence):
+        raise TypeError(f"relevances must be a list of relevance maps or RelevancePyramids, got "
+                        f"{type(relevances).__name__}")
     for name, value in (("budget", budget), ("patch", patch), ("min_level", min_level)):
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
             raise TypeError(f"{name} must be an int, got {value!r}")
     if patch < 1 or budget < 1 or min_level < 0:
         raise ValueError(f"need budget >= 1, patch >= 1, min_level >= 0; got {budget}, {patch}, {min_level}")
+    if max_level is not None and (not isinstance(max_level, (int, np.integer)) or isinstance(max_level, bool)):
+        raise TypeError(f"max_level must be an int or None, got {max_level!r}")
+    if max_level is not None and max_level < min_level:
+        raise ValueError(f"max_level {max_level} is below min_level {min_level}")
     if classes is not None and not isinstance(classes, ClassBudgets):
         raise TypeError(f"classes must be a glmip.ClassBudgets, got {type(classes).__name__}")
+    if classes is not None and classes.relevant[0] + classes.background[0] > budget:
+        raise ValueError(f"a budget of {budget} tokens is below the class minimums {classes.relevant[0]} + "
+                         f"{classes.background[0]} of {classes}; need budget >= their sum")
+    if image_sizes is None:
+        image_sizes = [None] * len(relevances)
+    if len(image_sizes) != len(relevances):
+        raise ValueError(f"image_sizes has {len(image_sizes)} entries for {len(relevances)} relevance maps; "
+                         "give one (width, height) or None per map")
+    for size in image_sizes:
+        if size is not None and (len(size) != 2 or not all(
+                isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1 for v in size)):
+            raise ValueError(f"an image size must be two positive ints (width, height) or None, got {size!r}")
     cell = patch << min_level
-    if isinstance(relevance, RelevancePyramid):
-        pyramid = relevance
-        if pyramid.cell != cell or (image_size is not None and tuple(image_size) != pyramid.image_size):
-            raise ValueError(f"the relevance pyramid has cell {pyramid.cell} over {pyramid.image_size}; this "
-                             f"allocation needs cell {cell} (patch << min_level) over {image_size or 'its image'}")
-    else:
-        pyramid = relevance_pyramid(relevance, cell, image_size, context)
-    width, height = pyramid.image_size
+    pyramids = []
+    for relevance, size in zip(relevances, image_sizes, strict=True):
+        if isinstance(relevance, RelevancePyramid):
+            if relevance.cell != cell or (size is not None and tuple(size) != relevance.image_size):
+                raise ValueError(f"a relevance pyramid has cell {relevance.cell} over {relevance.image_size}; this "
+                                 f"allocation needs cell {cell} (patch << min_level) over {size or 'its image'}")
+        else:
+            as_relevance(relevance)  # every map validated before any pyramid is built
+    for relevance, size in zip(relevances, image_sizes, strict=True):
+        pyramids.append(relevance if isinstance(relevance, RelevancePyramid)
+                        else relevance_pyramid(relevance, cell, None if size is None else tuple(size), context))
+    if not pyramids:
+        return []
+    trees = [_Tree.build(p, budget, patch, min_level, max_level, classes) for p in pyramids]
+    split = _greedy_splits(trees, budget, classes)
+    return [tree.layout(s, patch, min_level, classes) for tree, s in zip(trees, split, strict=True)]
 
-    def texel(x: int, y: int, level: int) -> tuple[float, float, float]:
-        k = level - min_level
-        return pyramid.texel(k, x // (cell << k), y // (cell << k))
 
-    def score(x: int, y: int, level: int) -> float:
-        mean, _, area = texel(x, y, level)
-        return mean * area
+def spread_rank(x: np.ndarray, y: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """The tie order of cells (x, y) of a (width, height) grid: their Morton code (x bits even, y bits
+    odd) with its bits reversed, so consecutive ranks lie far apart (0, then the middle row, column,
+    centre, then quarters ...). int64, unique within the grid."""
+    bits = max(1, int(max(grid) - 1).bit_length())
+    x, y = np.asarray(x, np.int64), np.asarray(y, np.int64)
+    morton = np.zeros_like(x)
+    for b in range(bits):
+        morton |= ((x >> b) & 1) << (2 * b) | ((y >> b) & 1) << (2 * b + 1)
+    rank = np.zeros_like(morton)
+    for b in range(2 * bits):
+        rank |= ((morton >> b) & 1) << (2 * bits - 1 - b)
+    return rank
 
-    def is_relevant(x: int, y: int, level: int) -> bool:
-        return classes is not None and texel(x, y, level)[1] >= classes.threshold
 
-    def grid(level: int) -> tuple[int, int]:
-        side = patch << level
-        return -(-width // side), -(-height // side)
+def root_level(pyramid: RelevancePyramid, budget: int, patch: int, min_level: int, max_level: int | None,
+               classes: ClassBudgets | None) -> int:
+    """The quadtree's root level (see `allocate_batch`); ValueError when its grid does not fit."""
+    top = min_level + len(pyramid.levels) - 1  # one cell covers the image
 
-    def roots(level: int) -> list[tuple[int, int, int]]:
-        side = patch << level
-        columns, rows = grid(level)
-        return [(x * side, y * side, level) for y in range(rows) for x in range(columns)]
-
-    def over_class_maximum(cells: list[tuple[int, int, int]]) -> bool:
+    def over(level: int) -> bool:
+        texels = pyramid.levels[level - min_level]
+        if texels.shape[0] * texels.shape[1] > budget:
+            return True
         if classes is None:
             return False
-        relevant = sum(is_relevant(*c) for c in cells)
-        return relevant > classes.relevant[1] or len(cells) - relevant > classes.background[1]
+        relevant = int((texels[..., 1] >= classes.threshold).sum())
+        return relevant > classes.relevant[1] or texels.shape[0] * texels.shape[1] - relevant > classes.background[1]
 
-    top = min_level + len(pyramid.levels) - 1  # one cell covers the image
     if max_level is None:
-        max_level = min_level
-        while max_level < top and (np.prod(grid(max_level)) > max(1, budget // 8)
-                                   or over_class_maximum(roots(max_level))):
-            max_level += 1
-    elif max_level < min_level:
-        raise ValueError(f"max_level {max_level} is below min_level {min_level}")
-    elif max_level > top:
-        max_level = top  # coarser roots than one cell over the image would be the same single cell
-    cells = roots(max_level)
-    if len(cells) > budget or over_class_maximum(cells):
+        level = min_level
+        while level < top and (pyramid.levels[level - min_level].shape[0] * pyramid.levels[level - min_level].shape[1]
+                               > max(1, budget // 8) or over(level)):
+            level += 1
+    else:
+        level = min(max_level, top)  # coarser roots than one cell over the image would be the same single cell
+    if over(level):
+        width, height = pyramid.image_size
+        count = pyramid.levels[level - min_level].shape[0] * pyramid.levels[level - min_level].shape[1]
         raise ValueError(f"a budget of {budget} tokens{' and class maxima ' + str(classes) if classes else ''} "
-                         f"cannot cover a {width}x{height} image at max_level {max_level} (patch {patch}): it "
-                         f"needs {len(cells)}; raise max_level or budget")
-    return _split(cells, budget, patch, min_level, width, height, score, is_relevant, classes)
+                         f"cannot cover a {width}x{height} image at max_level {level} (patch {patch}): it "
+                         f"needs {count}; raise max_level or budget")
+    return level
 
 
-def _split(cells: list[tuple[int, int, int]], budget: int, patch: int, min_level: int, width: int, height: int,
-           score: Any, is_relevant: Any, classes: ClassBudgets | None) -> TokenLayout:
-    """The greedy quadtree: first the splits that raise a class below its minimum, then any split,
-    always the highest-scoring cell whose split keeps to the budget and the class maxima."""
-    leaves = set(cells)
-    counts = {True: 0, False: 0}
-    for c in cells:
-        counts[is_relevant(*c)] += 1
+@dataclass(frozen=True)
+class _StaticTree:
+    """The cells of every splittable level of a quadtree over grids `shapes` (pyramid levels 0..top),
+    coarsest level first, each level in spread order; a tree rooted at level r is the suffix from
+    `tail[r]` (levels r..1), `count[r]` cells."""
 
-    def children(x: int, y: int, level: int) -> list[tuple[int, int, int]]:
-        half = patch << (level - 1)
-        return [(cx, cy, level - 1) for cy in (y, y + half) for cx in (x, x + half) if cx < width and cy < height]
+    level: np.ndarray
+    x: np.ndarray
+    y: np.ndarray
+    kids: np.ndarray  # quadrants inside the image
+    parent: np.ndarray  # index of the parent cell, -1 at the top level
+    blocks: dict[int, slice]
+    tail: dict[int, int]
+    count: dict[int, int]
 
-    def split_counts(parent: tuple[int, int, int]) -> tuple[dict[bool, int], list[tuple[int, int, int]]]:
-        kids = children(*parent)
-        after = dict(counts)
-        after[is_relevant(*parent)] -= 1
-        for kid in kids:
-            after[is_relevant(*kid)] += 1
-        return after, kids
 
-    def fits(after: dict[bool, int]) -> bool:
-        if after[True] + after[False] > budget:
-            return False
-        return classes is None or all(after[k] <= classes.range(k)[1] for k in (True, False))
+@lru_cache(maxsize=64)
+def _static_tree(shapes: tuple[tuple[int, int], ...]) -> _StaticTree:
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("level", "x", "y", "kids", "parent")}
+    blocks, tail = {}, {}
+    index_above = None
+    offset = 0
+    for k in range(len(shapes) - 1, 0, -1):
+        h, w = shapes[k]
+        yy, xx = np.mgrid[:h, :w]
+        order = np.argsort(spread_rank(xx.ravel(), yy.ravel(), (w, h)), kind="stable")
+        x, y = xx.ravel()[order], yy.ravel()[order]
+        index = np.empty((h, w), np.int64)
+        index[y, x] = offset + np.arange(h * w)
+        fine_h, fine_w = shapes[k - 1]
+        parts["level"].append(np.full(h * w, k, np.int64))
+        parts["x"].append(x)
+        parts["y"].append(y)
+        parts["kids"].append((np.minimum(2 * x + 2, fine_w) - 2 * x) * (np.minimum(2 * y + 2, fine_h) - 2 * y))
+        parts["parent"].append(np.full(h * w, -1, np.int64) if index_above is None else index_above[y >> 1, x >> 1])
+        blocks[k] = slice(offset, offset + h * w)
+        tail[k] = offset
+        index_above, offset = index, offset + h * w
+    tail[0] = offset
+    count = {k: offset - t for k, t in tail.items()}
+    arrays = {k: np.concatenate(v) if v else np.zeros(0, np.int64) for k, v in parts.items()}
+    return _StaticTree(**arrays, blocks=blocks, tail=tail, count=count)
 
-    def deficient(tally: dict[bool, int]) -> set[bool]:
-        return set() if classes is None else {k for k in (True, False) if tally[k] < classes.range(k)[0]}
 
-    # Cells by relevance mass; ties (e.g. zero relevance) broken coarsest first, then in order, so budget
-    # left over after the relevant cells spreads evenly instead of in one band.
-    heap = [(-score(*c), -c[2], i, c) for i, c in enumerate(cells) if c[2] > min_level]
-    heapq.heapify(heap)
-    order = len(cells)
+@dataclass
+class _Tree:
+    """One image's splittable cells (pyramid levels 1..root, coarsest first, each level in spread order)
+    as flat arrays, with what the greedy needs per cell."""
 
-    def run(heap: list, wanted: Any) -> None:
-        """Split greedily from `heap`: `wanted(counts after the split)` says True (split), None (skip
-        this cell, try the next) or False (end the phase)."""
-        nonlocal order
-        skipped = []
-        while heap:
-            item = heapq.heappop(heap)
-            parent = item[3]
-            after, kids = split_counts(parent)
-            verdict = wanted(after) if fits(after) else None
-            if verdict is None:
-                skipped.append(item)  # a smaller or other-class split elsewhere may still fit
-                continue
-            if verdict is False:
-                heapq.heappush(heap, item)
-                break
-            leaves.remove(parent)
-            counts.update(after)
-            for kid in kids:
-                leaves.add(kid)
-                if kid[2] > min_level:
-                    order += 1
-                    heapq.heappush(heap, (-score(*kid), -kid[2], order, kid))
-        for item in skipped:
-            heapq.heappush(heap, item)
+    pyramid: RelevancePyramid
+    root: int  # pyramid level of the roots (level - min_level)
+    level: np.ndarray  # pyramid level of each cell
+    x: np.ndarray
+    y: np.ndarray
+    parent: np.ndarray  # index of the parent cell in these arrays, -1 for a root
+    effective: np.ndarray  # float64 effective score
+    delta: np.ndarray  # (n, 3) int64: tokens, relevant tokens, background tokens a split adds
+    roots: np.ndarray  # (3,) int64 token counts of the root grid
+    keep: np.ndarray  # bool: cells the greedy may split (the others provably never split)
 
-    if deficient(counts):  # phase 1: only splits that add tokens to a class below its minimum
-        run(heap, lambda after: (any(after[k] > counts[k] for k in deficient(counts)) or None)
-            if deficient(counts) else False)
-    run(heap, lambda after: True)
+    @staticmethod
+    def build(pyramid: RelevancePyramid, budget: int, patch: int, min_level: int, max_level: int | None,
+              classes: ClassBudgets | None) -> _Tree:
+        root = root_level(pyramid, budget, patch, min_level, max_level, classes) - min_level
+        levels = pyramid.levels
+        shapes = tuple(level.shape[:2] for level in levels[:root + 1])
+        static = _static_tree(shapes)
+        floor = float(np.median(levels[0][..., 0]))
+        threshold = classes.threshold if classes is not None else np.inf
+        relevant = [level[..., 1] >= threshold for level in levels[:root + 1]]
+        effective_parts, delta_parts = [], []
+        effective_above = None
+        for k in range(root, 0, -1):
+            x, y, kids = static.x[static.blocks[k]], static.y[static.blocks[k]], static.kids[static.blocks[k]]
+            texels = levels[k]
+            score = texels[..., 2].astype(np.float64) * np.maximum(texels[..., 0].astype(np.float64) - floor, 0.0)
+            if effective_above is not None:
+                h, w = score.shape
+                score = np.minimum(score, np.repeat(np.repeat(effective_above, 2, 0), 2, 1)[:h, :w])
+            effective_above = score
+            effective_parts.append(score[y, x])
+            if classes is not None:
+                h, w = score.shape
+                fine_h, fine_w = levels[k - 1].shape[:2]
+                fine = np.zeros((2 * h, 2 * w), np.int64)
+                fine[:fine_h, :fine_w] = relevant[k - 1]
+                relevant_kids = fine.reshape(h, 2, w, 2).sum(axis=(1, 3))[y, x]
+                parent_relevant = relevant[k][y, x].astype(np.int64)
+                delta_parts.append(np.stack([kids - 1, relevant_kids - parent_relevant,
+                                             kids - relevant_kids - (1 - parent_relevant)], axis=1))
+            else:
+                delta_parts.append(np.stack([kids - 1, np.zeros_like(kids), np.zeros_like(kids)], axis=1))
+        n = static.count[root]
+        n_roots = shapes[root][0] * shapes[root][1]
+        n_relevant = int(relevant[root].sum())
+        effective = np.concatenate(effective_parts) if effective_parts else np.zeros(0)
+        delta = np.concatenate(delta_parts) if delta_parts else np.zeros((0, 3), np.int64)
+        keep = np.ones(n, bool)
+        if classes is None and n > budget:
+            # After the first split that does not fit, fewer than 3 tokens are left, so only cells with
+            # fewer than 4 kids can split; that split comes before the (budget + single-kid cells + 1)-th
+            # best score, since that many splits add more tokens than the budget holds.
+            m = min(n, budget + int((delta[:, 0] == 0).sum()) + 1)
+            bar = np.partition(effective, n - m)[n - m]
+            keep = (effective >= bar) | (delta[:, 0] < 3)
+        tail = static.tail[root]
+        return _Tree(pyramid, root, level=static.level[tail:], x=static.x[tail:], y=static.y[tail:],
+                     parent=np.where(static.parent[tail:] >= tail, static.parent[tail:] - tail, -1),
+                     effective=effective, delta=delta, keep=keep,
+                     roots=np.array([n_roots, n_relevant, n_roots - n_relevant], np.int64))
 
-    ordered = sorted(leaves, key=lambda c: (c[1], c[0], c[2]))
-    cells_array = np.array(ordered, dtype=np.int64).reshape(-1, 3)
-    sizes = (patch << cells_array[:, 2]).astype(np.float64)
-    relevant = np.array([is_relevant(*c) for c in ordered], dtype=bool)
-    return TokenLayout(cx=cells_array[:, 0] + sizes / 2, cy=cells_array[:, 1] + sizes / 2, size=sizes,
-                       level=cells_array[:, 2].copy(), patch=patch, image_size=(int(width), int(height)),
-                       relevant=relevant if classes is not None else None)
+    def layout(self, split: np.ndarray, patch: int, min_level: int, classes: ClassBudgets | None) -> TokenLayout:
+        """The leaves of the quadtree whose split cells are `split` (bool per cell), sorted by (y, x, level)."""
+        levels = self.pyramid.levels
+        cells: list[np.ndarray] = []
+        parent_split = np.ones(levels[self.root].shape[:2], bool)
+        for k in range(self.root, -1, -1):
+            h, w = levels[k].shape[:2]
+            is_split = np.zeros((h, w), bool)
+            if k > 0:
+                members = self.level == k
+                is_split[self.y[members], self.x[members]] = split[members]
+            leaf_y, leaf_x = np.nonzero(parent_split & ~is_split)
+            cells.append(np.stack([leaf_x, leaf_y, np.full(leaf_x.shape, k)], axis=1))
+            if k > 0:
+                fine_h, fine_w = levels[k - 1].shape[:2]
+                parent_split = np.repeat(np.repeat(is_split, 2, axis=0), 2, axis=1)[:fine_h, :fine_w]
+        leaves = np.concatenate(cells)
+        side = patch << (leaves[:, 2] + min_level)
+        px, py = leaves[:, 0] * side, leaves[:, 1] * side
+        order = np.lexsort((leaves[:, 2], px, py))
+        leaves, side, px, py = leaves[order], side[order], px[order], py[order]
+        relevant = None
+        if classes is not None:
+            relevant = np.zeros(len(leaves), bool)
+            for k in np.unique(leaves[:, 2]):
+                m = leaves[:, 2] == k
+                relevant[m] = levels[k][leaves[m, 1], leaves[m, 0], 1].astype(np.float64) >= classes.threshold
+        sizes = side.astype(np.float64)
+        width, height = self.pyramid.image_size
+        return TokenLayout(cx=px + sizes / 2, cy=py + sizes / 2, size=sizes, level=leaves[:, 2] + min_level,
+                           patch=patch, image_size=(int(width), int(height)), relevant=relevant)
+
+
+def _greedy_splits(trees: list[_Tree], budget: int, classes: ClassBudgets | None) -> list[np.ndarray]:
+    """Which cells of each tree the greedy splits (bool per cell), for all trees at once.
+
+    The greedy visits cells in one static order (decreasing effective score, then coarser, then
+    spread rank), so its choices depend only on the running token counts: a cell splits when its
+    parent split and its tokens fit (phase 1: and it adds tokens to a class below its minimum).
+    Class counts never fall (a parent's max is the max of its kids'), so a cell that does not fit
+    now never will: each pass drops those, splits the longest prefix whose cumulative counts fit,
+    and repeats from the first cell that no longer fits; a handful of passes per phase.
+    """
+    sizes = [len(t.level) for t in trees]
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    image = np.repeat(np.arange(len(trees)), sizes)
+    level = np.concatenate([t.level for t in trees])
+    parent = np.concatenate([np.where(t.parent >= 0, t.parent + o, -1) for t, o in zip(trees, offsets, strict=False)])
+    effective = np.concatenate([t.effective for t in trees])
+    delta = np.concatenate([t.delta for t in trees]).reshape(-1, 3)
+    keep = np.concatenate([t.keep for t in trees])
+    kept = np.nonzero(keep)[0]  # global index order is (image, static position)
+    order = kept[np.lexsort((-effective[kept], image[kept]))]  # the greedy's visiting order, image by image
+    counts = np.stack([t.roots for t in trees])  # (B, 3) tokens, relevant, background
+    maxima = np.array([budget, classes.relevant[1], classes.background[1]] if classes is not None
+                      else [budget, budget, budget], np.int64)
+    minima = np.array([0, classes.relevant[0], classes.background[0]] if classes is not None else [0, 0, 0], np.int64)
+    split = np.zeros(len(level), bool)
+    levels_desc = range(int(level.max(initial=0)), 0, -1)
+
+    at_level = [level == k for k in levels_desc]
+
+    def reachable(candidate: np.ndarray) -> np.ndarray:
+        """Cells whose parent is split or itself a reachable candidate (parents come first in the order)."""
+        ok = np.zeros(len(level), bool)
+        for here in at_level:  # coarse to fine, so a parent is decided before its kids
+            cells = np.nonzero(candidate & here)[0]
+            p = parent[cells]
+            ok[cells] = (p < 0) | split[np.maximum(p, 0)] | ok[np.maximum(p, 0)] & (p >= 0)
+        return ok
+
+    def run(phase_one: bool) -> None:
+        active = np.ones(len(trees), bool)
+        if phase_one:
+            active &= (counts[:, 1:] < minima[1:]).any(axis=1)
+        candidate = keep & ~split & active[image]
+        while True:
+            room = maxima[None, :] - counts  # (B, 3)
+            candidate &= active[image]
+            cells = np.nonzero(candidate)[0]
+            wanted = (delta[cells] <= room[image[cells]]).all(axis=1)
+            if phase_one:
+                deficient = counts < minima[None, :]
+                deficient[:, 0] = False
+                wanted &= ((delta[cells] > 0) & deficient[image[cells]]).any(axis=1)
+            candidate[cells[~wanted]] = False
+            candidate &= reachable(candidate)
+            visit = order[candidate[order]]
+            if len(visit) == 0:
+                return
+            owner = image[visit]
+            starts = np.searchsorted(owner, np.arange(len(trees)))
+            running = np.cumsum(delta[visit], axis=0)
+            running -= np.concatenate([np.zeros((1, 3), np.int64), running])[starts][owner]  # per-image cumsum
+            after = counts[owner] + running
+            stop = (after > maxima[None, :]).any(axis=1)
+            if phase_one:  # a class reaching its minimum changes which splits phase 1 wants: re-decide there
+                before = after - delta[visit]
+                deficient_now = counts[owner, 1:] < minima[1:]
+                stop |= ((before[:, 1:] < minima[1:]) != deficient_now).any(axis=1)
+            first_stop = np.full(len(trees), len(visit))
+            np.minimum.at(first_stop, owner[stop], np.nonzero(stop)[0])
+            take = np.arange(len(visit)) < first_stop[owner]
+            split[visit[take]] = True
+            np.add.at(counts, owner[take], delta[visit[take]])
+            candidate[visit[take]] = False
+            stopped = np.zeros(len(trees), bool)
+            stopped[owner[stop]] = True
+            if phase_one:
+                stopped &= (counts[:, 1:] < minima[1:]).any(axis=1)
+            active &= stopped
+            if not active.any():
+                return
+
+    if classes is not None:
+        run(phase_one=True)
+    run(phase_one=False)
+    return [split[a:b] for a, b in zip(offsets[:-1], offsets[1:], strict=True)]

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .allocate import TokenLayout
+from .layout import TokenLayout
 from .maps import rescale_to_unit
 
 if TYPE_CHECKING:

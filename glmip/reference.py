@@ -367,3 +367,143 @@ def saliency(levels: list[np.ndarray], size: tuple[int, int], centres: tuple[int
             surround = saliency_features(trilinear(decoded, uv, np.full(len(uv), float(c + d))))
             total += np.linalg.norm(centre - surround, axis=1)
     return total.reshape(height, width)
+
+
+def _spread_rank(x: int, y: int, grid: tuple[int, int]) -> int:
+    """Bit-reversed Morton code of cell (x, y) in a (width, height) grid (see `glmip.allocate.spread_rank`)."""
+    bits = max(1, (max(grid) - 1).bit_length())
+    morton = 0
+    for b in range(bits):
+        morton |= ((x >> b) & 1) << (2 * b) | ((y >> b) & 1) << (2 * b + 1)
+    return int(format(morton, f"0{2 * bits}b")[::-1], 2)
+
+
+def allocate_greedy(pyramid, budget: int, patch: int, min_level: int = 0, max_level: int | None = None, *,
+                    classes=None, contrast: bool = True, ties: str = "spread"):
+    """Reference of `glmip.allocate_batch` for one image: the heap-driven greedy quadtree, one split at a time.
+
+    `pyramid` is a `RelevancePyramid` with cell `patch << min_level`. With `contrast=False,
+    ties="insertion"` this is glmip's allocator before it was vectorised: score = mean x area, ties
+    coarsest first, then in the order cells entered the heap. With the defaults it is the rule
+    `allocate_batch` computes: score = area x max(mean - median of the finest means, 0), each cell's
+    score capped by its parent's, ties coarsest first, then by `_spread_rank`.
+    """
+    import heapq
+
+    from .layout import TokenLayout
+
+    width, height = pyramid.image_size
+    cell = patch << min_level
+    floor = float(np.median(pyramid.levels[0][..., 0])) if contrast else 0.0
+
+    def texel(x: int, y: int, level: int) -> tuple[float, float, float]:
+        k = level - min_level
+        return pyramid.texel(k, x // (cell << k), y // (cell << k))
+
+    def score(x: int, y: int, level: int) -> float:
+        mean, _, area = texel(x, y, level)
+        return area * max(mean - floor, 0.0) if contrast else mean * area
+
+    def is_relevant(x: int, y: int, level: int) -> bool:
+        return classes is not None and texel(x, y, level)[1] >= classes.threshold
+
+    def grid(level: int) -> tuple[int, int]:
+        side = patch << level
+        return -(-width // side), -(-height // side)
+
+    def tie(x: int, y: int, level: int, order: int) -> int:
+        if ties == "insertion":
+            return order
+        side = patch << level
+        return _spread_rank(x // side, y // side, grid(level))
+
+    def roots(level: int) -> list[tuple[int, int, int]]:
+        side = patch << level
+        columns, rows = grid(level)
+        return [(x * side, y * side, level) for y in range(rows) for x in range(columns)]
+
+    def over_class_maximum(cells: list[tuple[int, int, int]]) -> bool:
+        if classes is None:
+            return False
+        relevant = sum(is_relevant(*c) for c in cells)
+        return relevant > classes.relevant[1] or len(cells) - relevant > classes.background[1]
+
+    top = min_level + len(pyramid.levels) - 1
+    if max_level is None:
+        max_level = min_level
+        while max_level < top and (np.prod(grid(max_level)) > max(1, budget // 8)
+                                   or over_class_maximum(roots(max_level))):
+            max_level += 1
+    else:
+        max_level = min(max_level, top)
+    cells = roots(max_level)
+    if len(cells) > budget or over_class_maximum(cells):
+        raise ValueError(f"a budget of {budget} tokens cannot cover a {width}x{height} image at max_level {max_level}")
+
+    leaves = set(cells)
+    counts = {True: 0, False: 0}
+    for c in cells:
+        counts[is_relevant(*c)] += 1
+
+    def children(x: int, y: int, level: int) -> list[tuple[int, int, int]]:
+        half = patch << (level - 1)
+        return [(cx, cy, level - 1) for cy in (y, y + half) for cx in (x, x + half) if cx < width and cy < height]
+
+    def split_counts(parent: tuple[int, int, int]) -> tuple[dict[bool, int], list[tuple[int, int, int]]]:
+        kids = children(*parent)
+        after = dict(counts)
+        after[is_relevant(*parent)] -= 1
+        for kid in kids:
+            after[is_relevant(*kid)] += 1
+        return after, kids
+
+    def fits(after: dict[bool, int]) -> bool:
+        if after[True] + after[False] > budget:
+            return False
+        return classes is None or all(after[k] <= classes.range(k)[1] for k in (True, False))
+
+    def deficient(tally: dict[bool, int]) -> set[bool]:
+        return set() if classes is None else {k for k in (True, False) if tally[k] < classes.range(k)[0]}
+
+    # heap items: (-effective score, -level, tie, cell); the effective score is capped by the parent's
+    heap = [(-score(*c), -c[2], tie(*c, i), c) for i, c in enumerate(cells) if c[2] > min_level]
+    heapq.heapify(heap)
+    order = len(cells)
+
+    def run(heap: list, wanted) -> None:
+        nonlocal order
+        skipped = []
+        while heap:
+            item = heapq.heappop(heap)
+            parent = item[3]
+            after, kids = split_counts(parent)
+            verdict = wanted(after) if fits(after) else None
+            if verdict is None:
+                skipped.append(item)
+                continue
+            if verdict is False:
+                heapq.heappush(heap, item)
+                break
+            leaves.remove(parent)
+            counts.update(after)
+            for kid in kids:
+                leaves.add(kid)
+                if kid[2] > min_level:
+                    order += 1
+                    kid_score = min(score(*kid), -item[0]) if contrast else score(*kid)
+                    heapq.heappush(heap, (-kid_score, -kid[2], tie(*kid, order), kid))
+        for item in skipped:
+            heapq.heappush(heap, item)
+
+    if deficient(counts):
+        run(heap, lambda after: (any(after[k] > counts[k] for k in deficient(counts)) or None)
+            if deficient(counts) else False)
+    run(heap, lambda after: True)
+
+    ordered = sorted(leaves, key=lambda c: (c[1], c[0], c[2]))
+    cells_array = np.array(ordered, dtype=np.int64).reshape(-1, 3)
+    sizes = (patch << cells_array[:, 2]).astype(np.float64)
+    relevant = np.array([is_relevant(*c) for c in ordered], dtype=bool)
+    return TokenLayout(cx=cells_array[:, 0] + sizes / 2, cy=cells_array[:, 1] + sizes / 2, size=sizes,
+                       level=cells_array[:, 2].copy(), patch=patch, image_size=(int(width), int(height)),
+                       relevant=relevant if classes is not None else None)

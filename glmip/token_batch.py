@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .allocate import TokenLayout
+from .layout import TokenLayout
 
 SAVE_FORMAT = "glmip.TokenBatch"
 SAVE_VERSION = 1

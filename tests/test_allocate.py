@@ -89,7 +89,7 @@ def test_min_level_and_torch_and_drawing():
                       image_size=(200, 120))
     assert layout.level.min() >= 1
     tensors = layout.to_torch()
-    assert tensors["centres"].shape == (len(layout), 2) and tensors["level"].dtype == torch.int64
+    assert tensors["centres"].shape == (len(layout), 2) and tensors["level"].dtype == torch.float32  # fractional levels kept
     assert ((tensors["centres"] > 0) & (tensors["centres"] < 1.2)).all()
     picture = layout.draw(np.zeros((120, 200, 3), np.uint8))
     assert picture.shape == (120, 200, 3) and picture.max() > 0
@@ -163,3 +163,164 @@ def test_bad_token_arguments(ctx):
             p.tokens(layout, filter="nearest")
         with pytest.raises(ValueError, match="patch must be"):
             p.tokens(layout, patch=0)
+
+
+# -- allocate_batch: the vectorised greedy -----------------------------------------------------------------------
+def adversarial_relevance(kind: str, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    shape = tuple(rng.integers(1, 40, 2))
+    if kind == "random":
+        return rng.random(shape).astype(np.float32) ** 3
+    if kind == "binary":
+        return (rng.random(shape) > 0.7).astype(np.float32)
+    if kind == "peak":
+        r = np.zeros(shape, np.float32)
+        r[rng.integers(shape[0]), rng.integers(shape[1])] = 1.0
+        return r
+    if kind == "levels":  # few distinct values: many exact ties
+        return rng.integers(0, 3, shape).astype(np.float32) / 2
+    return np.full(shape, 0.5, np.float32)  # constant
+
+
+def _same_layout(a, b) -> bool:
+    same = len(a) == len(b) and all((getattr(a, k) == getattr(b, k)).all() for k in ("cx", "cy", "size", "level"))
+    return same and ((a.relevant is None and b.relevant is None) or (a.relevant == b.relevant).all())
+
+
+batch_cases = st.fixed_dictionaries({
+    "width": st.integers(1, 260), "height": st.integers(1, 260), "budget": st.integers(1, 300),
+    "patch": st.sampled_from([4, 8, 16]), "min_level": st.integers(0, 1), "seed": st.integers(0, 2**16),
+    "kind": st.sampled_from(["random", "binary", "peak", "levels", "constant"]),
+    "classes": st.one_of(st.none(), st.tuples(st.integers(0, 30), st.integers(1, 200), st.integers(0, 20),
+                                              st.integers(1, 60), st.floats(0.0, 1.0))),
+})
+
+
+@settings(max_examples=60, deadline=None)
+@given(case=batch_cases)
+def test_batch_is_the_reference_greedy_exactly(case):
+    """allocate (through allocate_batch) gives the heap greedy's layout, token for token, with and without classes."""
+    from glmip import reference
+
+    relevance = adversarial_relevance(case["kind"], case["seed"])
+    size = (case["width"], case["height"])
+    classes = None
+    if case["classes"] is not None:
+        r0, r1, b0, b1, threshold = case["classes"]
+        classes = glmip.ClassBudgets((r0, r0 + r1), (b0, b0 + b1), threshold)
+        if r0 + b0 > case["budget"]:
+            with pytest.raises(ValueError, match="below the class minimums"):
+                allocate(relevance, case["budget"], case["patch"], image_size=size, classes=classes)
+            return
+    pyramid = glmip.relevance_pyramid(relevance, case["patch"] << case["min_level"], size)
+    try:
+        expected = reference.allocate_greedy(pyramid, case["budget"], case["patch"], case["min_level"], classes=classes)
+    except ValueError:
+        with pytest.raises(ValueError, match="cannot cover"):
+            allocate(pyramid, case["budget"], case["patch"], case["min_level"], classes=classes)
+        return
+    got = allocate(pyramid, case["budget"], case["patch"], case["min_level"], classes=classes)
+    assert _same_layout(got, expected)
+    coverage = got.coverage()
+    assert coverage.min() == 1 and coverage.max() == 1 and len(got) <= case["budget"]
+    if classes is not None:
+        relevant = int(got.relevant.sum())
+        assert relevant <= classes.relevant[1] and len(got) - relevant <= classes.background[1]
+
+
+def test_batch_equals_one_image_at_a_time_and_takes_pyramids():
+    rng = np.random.default_rng(3)
+    maps = [rng.random((17, 29)).astype(np.float32) ** 2, glmip.gaze((300, 200), (0.7, 0.2)),
+            np.zeros((5, 5), np.float32)]
+    sizes = [(333, 101), None, (64, 640)]
+    singles = [allocate(m, 100, 8, image_size=s) for m, s in zip(maps, sizes, strict=True)]
+    batch = glmip.allocate_batch(maps, 100, 8, image_sizes=sizes)
+    pyramids = [glmip.relevance_pyramid(m, 8, s) for m, s in zip(maps, sizes, strict=True)]
+    from_pyramids = glmip.allocate_batch(pyramids, 100, 8)
+    for single, a, b in zip(singles, batch, from_pyramids, strict=True):
+        assert _same_layout(single, a) and _same_layout(single, b)
+    assert glmip.allocate_batch([], 100) == []
+
+
+def test_matches_the_old_greedy_where_no_tie_and_no_floor_matter():
+    """Where over half the map is zero (floor 0) and the budget runs out among distinct positive masses,
+    the layout is the pre-vectorisation greedy's (mass x area, insertion-order ties) exactly."""
+    from glmip import reference
+
+    for seed in range(6):
+        relevance = np.zeros((32, 32), np.float32)
+        relevance[:, :12] = np.random.default_rng(seed).random((32, 12)).astype(np.float32) + 0.01
+        pyramid = glmip.relevance_pyramid(relevance, 16, (512, 512))
+        old = reference.allocate_greedy(pyramid, 128, 16, contrast=False, ties="insertion")
+        assert _same_layout(allocate(pyramid, 128, 16), old)
+
+
+def test_ties_spread_instead_of_filling_the_top_left():
+    """A flat map whose next level does not fit: the level-0 tokens spread over all four quadrants."""
+    layout = allocate(np.zeros((8, 8), np.float32), budget=100, patch=16, image_size=(256, 256))
+    fine = layout.level == layout.level.min()
+    assert 0 < fine.sum() < len(layout)
+    quadrants = {(int(x >= 128), int(y >= 128)) for x, y in zip(layout.cx[fine], layout.cy[fine], strict=True)}
+    assert quadrants == {(0, 0), (0, 1), (1, 0), (1, 1)}
+    assert abs(layout.cx[fine].mean() - 128) < 48 and abs(layout.cy[fine].mean() - 128) < 48
+
+
+def test_spread_map_concentrates_tokens_on_its_peaks():
+    """A smooth map over a broad range (0.5 background, three peaks to 1): the old mass x area rule gives
+    the uniform grid (a coarse cell outranks any cell of a quarter its area unless that is 4x as relevant);
+    subtracting the median floor puts the finest tokens on the peaks."""
+    from glmip import reference
+
+    y, x = np.mgrid[:256, :256] / 256
+    peaks = [(0.2, 0.3), (0.7, 0.6), (0.4, 0.85)]
+    bumps = sum(np.exp(-((x - px) ** 2 + (y - py) ** 2) / (2 * 0.05**2)) for px, py in peaks)
+    relevance = (0.5 + 0.5 * bumps / bumps.max()).astype(np.float32)
+    pyramid = glmip.relevance_pyramid(relevance, 16, (1024, 1024))
+    old = reference.allocate_greedy(pyramid, 256, 16, contrast=False, ties="insertion")
+    assert len(set(old.level.tolist())) == 1, "the old rule: one uniform grid"
+    layout = allocate(relevance, 256, 16, image_size=(1024, 1024))
+    for px, py in peaks:
+        near = np.hypot(layout.cx - px * 1024, layout.cy - py * 1024) < 40
+        assert near.any() and layout.level[near].max() <= 1
+    far = np.min([np.hypot(layout.cx - px * 1024, layout.cy - py * 1024) for px, py in peaks], axis=0) > 300
+    assert layout.level[far].min() >= 3
+    assert layout.coverage().min() == 1 and layout.coverage().max() == 1 and len(layout) <= 256
+
+
+def test_bundled_image_saliency_concentrates(ctx):
+    """On the bundled image's saliency, tokens over its top decile are finer than elsewhere, by more
+    than the old mass x area rule made them."""
+    from glmip import reference
+
+    with ctx.pyramid(glmip.DEFAULT_IMAGE) as p:
+        relevance = glmip.saliency(p)
+        size = p.sizes[0]
+
+    def gap(layout) -> float:
+        u = np.clip((layout.cx / size[0] * relevance.shape[1]).astype(int), 0, relevance.shape[1] - 1)
+        v = np.clip((layout.cy / size[1] * relevance.shape[0]).astype(int), 0, relevance.shape[0] - 1)
+        salient = relevance[v, u] >= np.quantile(relevance, 0.9)
+        return float(layout.level[~salient].mean() - layout.level[salient].mean())
+
+    layout = allocate(relevance, 128, 16, image_size=size)
+    old = reference.allocate_greedy(glmip.relevance_pyramid(relevance, 16, size), 128, 16, contrast=False,
+                                    ties="insertion")
+    assert gap(layout) >= max(0.75, gap(old))
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "error", "match"),
+    [
+        (([np.ones((4, 4))],), {"image_sizes": [(8, 8), (8, 8)]}, ValueError, "image_sizes has 2 entries for 1"),
+        (([np.ones((4, 4))],), {"image_sizes": [(0, 0)]}, ValueError, r"two positive ints .* got \(0, 0\)"),
+        (([np.ones((4, 4))],), {"image_sizes": [(8.5, 8)]}, ValueError, r"two positive ints .* got \(8.5, 8\)"),
+        (([np.array([[np.nan, 1.0]])],), {}, ValueError, "NaN"),
+        (([np.ones((4, 4))], 50), {"classes": glmip.ClassBudgets((40, 100), (16, 64))}, ValueError,
+         "below the class minimums"),
+        ((np.ones((4, 4)),), {}, TypeError, "list of relevance maps"),
+        (([np.ones((4, 4))],), {"max_level": 1.5}, TypeError, "max_level must be an int"),
+    ],
+)
+def test_bad_batch_arguments(args, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        glmip.allocate_batch(*args, **kwargs)

@@ -68,7 +68,7 @@ def test_the_gl_layer_imports_no_stage():
 
 
 def test_the_reference_imports_nothing_it_checks():
-    allowed = {"glmip.levels", "glmip.gl.formats"}
+    allowed = {"glmip.levels", "glmip.gl.formats", "glmip.layout"}
     assert imports_of("glmip.reference") <= allowed
 
 

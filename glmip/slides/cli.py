@@ -15,6 +15,8 @@ from ..context import Context
 from ..pictures import LEVEL_PALETTE, save_png
 from .regions import region_ids
 
+__all__ = ["add_parser"]
+
 
 def _relevance(args: argparse.Namespace, slide: Any) -> np.ndarray:
     if args.gaze:

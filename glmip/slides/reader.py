@@ -20,6 +20,8 @@ import numpy as np
 from ..image import as_image_array
 from ..reference import encode
 
+__all__ = ["SlideReadError", "Level", "TileCache", "TiffReader", "ArrayReader"]
+
 DEFAULT_CACHE_BYTES = 256 << 20
 VIRTUAL_LEVEL_STEP = 2  # arrays get a level every 2 mips (4x), as scanners write them
 SUPPORTED_DTYPES = ("uint8", "uint16", "float32")

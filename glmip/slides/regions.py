@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+__all__ = ["region_ids", "group_by_region"]
+
 DEFAULT_REGION = 4096
 
 

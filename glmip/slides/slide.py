@@ -34,6 +34,8 @@ from .tiles import DEFAULT_GL_CACHE_BYTES, PyramidCache, TileGrid, TileSpec
 if TYPE_CHECKING:
     from ..gl.context import GLContext
 
+__all__ = ["Slide", "otsu_threshold", "tissue_mask"]
+
 DEFAULT_TILE = 2048
 MAX_RELEVANCE_CELLS = 1 << 23  # a relevance-pyramid base grid of at most 8M cells (128 MiB on the GPU)
 AUTO_RELEVANCE_CELLS = 1 << 21

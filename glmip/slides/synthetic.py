@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+__all__ = ["SyntheticSlide", "write_synthetic_slide"]
+
 BACKGROUND = (236, 234, 240)
 ADOBE_DEFLATE = 8
 

@@ -26,6 +26,8 @@ import numpy as np
 if TYPE_CHECKING:
     from ..pyramid import Pyramid
 
+__all__ = ["TileSpec", "TileGrid", "PyramidCache"]
+
 DEFAULT_GL_CACHE_BYTES = 256 << 20
 
 
