@@ -89,7 +89,7 @@ def test_min_level_and_torch_and_drawing():
                       image_size=(200, 120))
     assert layout.level.min() >= 1
     tensors = layout.to_torch()
-    assert tensors["centres"].shape == (len(layout), 2) and tensors["level"].dtype == torch.float32  # fractional levels kept
+    assert tensors["centres"].shape == (len(layout), 2) and tensors["level"].dtype == torch.float32
     assert ((tensors["centres"] > 0) & (tensors["centres"] < 1.2)).all()
     picture = layout.draw(np.zeros((120, 200, 3), np.uint8))
     assert picture.shape == (120, 200, 3) and picture.max() > 0
