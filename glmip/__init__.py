@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ._process import ForkedContextError
 from .allocate import ClassBudgets, TokenLayout, allocate, lod_map
 from .context import Context
 from .pyramid import Pyramid, PyramidMethod, level_sizes
@@ -27,7 +28,8 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "Context", "Pyramid", "PyramidMethod", "Filter", "Wrap", "TokenLayout", "allocate", "level_sizes", "lod_map",
+    "Context", "ForkedContextError", "Pyramid", "PyramidMethod", "Filter", "Wrap", "TokenLayout", "allocate",
+    "level_sizes", "lod_map",
     "as_relevance", "gaze", "saliency", "relevance_pyramid", "RelevancePyramid", "ClassBudgets", "query_relevance",
     "ClipScorer", "LodPatchEmbed", "DEFAULT_IMAGE", "__version__",
 ]

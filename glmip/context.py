@@ -13,13 +13,14 @@ ordinal EGL_NV_device_cuda reports; never by index. The pure functions `match_cu
 from __future__ import annotations
 
 import importlib.util
+import os
 import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import moderngl
 
-from . import _gl, shaders
+from . import _gl, _process, shaders
 
 if TYPE_CHECKING:
     from .pyramid import Pyramid
@@ -136,6 +137,7 @@ class Context:
             raise TypeError(f"device must be a non-negative int EGL device index or None, got {device!r}")
         if cuda_device is not None and not _is_index(cuda_device):
             raise TypeError(f"cuda_device must be a non-negative int CUDA device index or None, got {cuda_device!r}")
+        _process.prepare_process()
         devices = _gl.egl_devices()
         if device is not None and devices and device >= len(devices):
             raise ValueError(f"EGL device {device} does not exist; this machine has {len(devices)} "
@@ -148,12 +150,13 @@ class Context:
             device = matched
         chosen = default_device(devices) if device is None else device
         try:
-            self._mgl = moderngl.create_context(
-                standalone=True, backend="egl", require=REQUIRED_GL, device_index=chosen
-            )
+            self._mgl = _process.create_gl_context(chosen, REQUIRED_GL)
+        except _process.ForkedContextError:
+            raise
         except Exception as error:  # glcontext raises bare Exceptions
             raise RuntimeError(f"could not create a headless EGL OpenGL {REQUIRED_GL // 100}.{REQUIRED_GL % 100 // 10} "
                                f"context on EGL device {chosen}: {error}. {_describe(devices)}") from error
+        self._pid = os.getpid()
         self.device = chosen
         self.cuda_device = cuda_device
         self._egl_devices = devices
@@ -191,6 +194,7 @@ class Context:
     def check_open(self) -> None:
         if self._closed:
             raise RuntimeError("this glmip Context is closed; create a new one")
+        _process.check_same_process(self._pid)
 
     def close(self) -> None:
         """Release every pyramid, program and the GL context itself. Safe to call twice."""
