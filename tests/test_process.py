@@ -104,6 +104,22 @@ def test_new_context_in_forked_child_equals_parent(ctx):
         assert np.array_equal(np.asarray(got), np.asarray(want))
 
 
+def test_fork_of_a_fork_with_contexts_in_both_raises(ctx):
+    """Parent and child each initialised a display (device, surfaceless); the grandchild has none of
+    its own left to open, and says so instead of hanging."""
+    def child() -> tuple[object, tuple[int, ...]]:
+        glmip.Context().close()
+        return _run_in_fork(glmip.Context), _pyramid_and_tokens(glmip.Context(), 3)[1].shape
+
+    ctx.gl  # noqa: B018 - the parent's Context is live and current when it forks
+    kind, value = _run_in_fork(child)
+    assert kind == "result", value
+    grandchild, shape = value
+    assert shape[1:] == (3, 8, 8), shape
+    assert grandchild[0] == "error" and grandchild[1].startswith("ForkedContextError:"), grandchild
+    assert "inherited every EGL display" in grandchild[1]
+
+
 @pytest.mark.parametrize("start_method", ["fork", "spawn"])
 def test_dataloader_workers_with_their_own_context(ctx, start_method):
     """DataLoader(num_workers=2) whose workers each make a Context lazily, while the parent holds a live
