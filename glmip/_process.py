@@ -70,6 +70,7 @@ _libraries: list[ctypes.CDLL] = []  # kept so the preloaded libraries stay loade
 # a fork copies this table, so a child can tell its ancestors' displays from its own.
 _displays: dict[tuple[int, int], int] = {}
 _renderers: dict[int, str] = {}  # EGL device index -> GL_RENDERER seen on it
+_contexts: dict[int, int] = {}  # EGL context handle -> pid of the process that created it
 
 
 def preload_llvm_libraries() -> list[str]:
@@ -110,10 +111,9 @@ def prepare_process() -> None:
 
 
 def _finish_before_fork() -> None:
-    """glFinish on the forking thread's current GL context when that is one of this process's."""
-    if not any(pid == os.getpid() for pid in _displays.values()):
-        return
-    if _gl.current_egl_context():
+    """glFinish on the forking thread's current GL context when this process created it (one inherited
+    from an ancestor would hang)."""
+    if _contexts and _contexts.get(_gl.current_egl_context()) == os.getpid():
         _gl._proc("glFinish", None)()
 
 
@@ -144,6 +144,7 @@ def create_gl_context(device: int, require: int) -> moderngl.Context:
         gl = moderngl.create_context(standalone=True, backend="egl", require=require, device_index=device)
         _displays.setdefault((EGL_PLATFORM_DEVICE_EXT, device), os.getpid())
         _renderers.setdefault(device, gl.info["GL_RENDERER"])
+        _contexts[_gl.current_egl_context()] = os.getpid()
         return gl
     if inherited(EGL_PLATFORM_SURFACELESS_MESA, 0):
         raise ForkedContextError(
@@ -163,6 +164,7 @@ def create_gl_context(device: int, require: int) -> moderngl.Context:
         raise ForkedContextError(
             f"EGL device {device} ({expected}) was initialised by a parent process, and the surfaceless display this "
             f"forked process can open instead runs on {renderer}; start this process with 'spawn'")
+    _contexts[_gl.current_egl_context()] = os.getpid()
     return gl
 
 
