@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import moderngl
 
 from ..errors import ClosedError, ForkedContextError, GLError, WrongThreadError
-from . import raw, shaders
+from . import process, raw, shaders
 from .devices import cuda_device_uuid, default_device, describe, is_index, is_nvidia, match_cuda_device
 from .paths import cuda_gl_availability, interop_paths
 
@@ -48,6 +48,7 @@ class GLContext:
             raise TypeError(f"device must be a non-negative int EGL device index or None, got {device!r}")
         if cuda_device is not None and not is_index(cuda_device):
             raise TypeError(f"cuda_device must be a non-negative int CUDA device index or None, got {cuda_device!r}")
+        process.prepare_process()  # before the first EGL display: see glmip.gl.process
         devices = raw.egl_devices()
         if device is not None and devices and device >= len(devices):
             raise ValueError(f"EGL device {device} does not exist; this machine has {len(devices)} "
@@ -60,9 +61,9 @@ class GLContext:
             device = matched
         chosen = default_device(devices) if device is None else device
         try:
-            self._mgl = moderngl.create_context(
-                standalone=True, backend="egl", require=REQUIRED_GL, device_index=chosen
-            )
+            self._mgl = process.create_gl_context(chosen, REQUIRED_GL)
+        except ForkedContextError:
+            raise
         except Exception as error:  # glcontext raises bare Exceptions
             raise GLError(f"could not create a headless EGL OpenGL {REQUIRED_GL // 100}.{REQUIRED_GL % 100 // 10} "
                           f"context on EGL device {chosen}: {error}. {describe(devices)}") from error
@@ -101,11 +102,7 @@ class GLContext:
         """Raise unless this context is open, in its own process and on its own thread."""
         if self._closed:
             raise ClosedError("this glmip Context is closed; create a new one")
-        if os.getpid() != self._pid:
-            raise ForkedContextError(
-                f"this glmip Context was created in process {self._pid} and inherited by process {os.getpid()} "
-                "through fork; GL state does not survive fork. Create a new glmip.Context in this process "
-                "(in a DataLoader worker: create it lazily, e.g. glmip.data's tokenizer does)")
+        process.check_same_process(self._pid)
         if threading.get_ident() != self._thread:
             raise WrongThreadError(
                 "this glmip Context belongs to the thread that created it; a GL context is current on one "
