@@ -135,7 +135,7 @@ def root_level(pyramid: RelevancePyramid, budget: int, patch: int, min_level: in
             return True
         if classes is None:
             return False
-        relevant = int((texels[..., 1] >= classes.threshold).sum())
+        relevant = int((texels[..., 1].astype(np.float64) >= classes.threshold).sum())
         return relevant > classes.relevant[1] or texels.shape[0] * texels.shape[1] - relevant > classes.background[1]
 
     if max_level is None:
@@ -210,6 +210,7 @@ class _Tree:
     y: np.ndarray
     parent: np.ndarray  # index of the parent cell in these arrays, -1 for a root
     effective: np.ndarray  # float64 effective score
+    mass: np.ndarray  # float64 relevance mass (mean x area): the first tie-break among equal effective scores
     delta: np.ndarray  # (n, 3) int64: tokens, relevant tokens, background tokens a split adds
     roots: np.ndarray  # (3,) int64 token counts of the root grid
     keep: np.ndarray  # bool: cells the greedy may split (the others provably never split)
@@ -223,9 +224,9 @@ class _Tree:
         static = _static_tree(shapes)
         floor = float(np.median(levels[0][..., 0]))
         threshold = classes.threshold if classes is not None else np.inf
-        relevant = [level[..., 1] >= threshold for level in levels[:root + 1]]
-        effective_parts, delta_parts = [], []
-        effective_above = None
+        relevant = [level[..., 1].astype(np.float64) >= threshold for level in levels[:root + 1]]
+        effective_parts, mass_parts, delta_parts = [], [], []
+        effective_above = mass_above = None
         for k in range(root, 0, -1):
             x, y, kids = static.x[static.blocks[k]], static.y[static.blocks[k]], static.kids[static.blocks[k]]
             texels = levels[k]
@@ -235,6 +236,12 @@ class _Tree:
                 score = np.minimum(score, np.repeat(np.repeat(effective_above, 2, 0), 2, 1)[:h, :w])
             effective_above = score
             effective_parts.append(score[y, x])
+            mass = texels[..., 2].astype(np.float64) * texels[..., 0].astype(np.float64)
+            if mass_above is not None:  # capped by the parent's too, so a parent always comes before its kids
+                h, w = mass.shape
+                mass = np.minimum(mass, np.repeat(np.repeat(mass_above, 2, 0), 2, 1)[:h, :w])
+            mass_above = mass
+            mass_parts.append(mass[y, x])
             if classes is not None:
                 h, w = score.shape
                 fine_h, fine_w = levels[k - 1].shape[:2]
@@ -250,6 +257,7 @@ class _Tree:
         n_roots = shapes[root][0] * shapes[root][1]
         n_relevant = int(relevant[root].sum())
         effective = np.concatenate(effective_parts) if effective_parts else np.zeros(0)
+        mass = np.concatenate(mass_parts) if mass_parts else np.zeros(0)
         delta = np.concatenate(delta_parts) if delta_parts else np.zeros((0, 3), np.int64)
         keep = np.ones(n, bool)
         if classes is None and n > budget:
@@ -262,7 +270,7 @@ class _Tree:
         tail = static.tail[root]
         return _Tree(pyramid, root, level=static.level[tail:], x=static.x[tail:], y=static.y[tail:],
                      parent=np.where(static.parent[tail:] >= tail, static.parent[tail:] - tail, -1),
-                     effective=effective, delta=delta, keep=keep,
+                     effective=effective, mass=mass, delta=delta, keep=keep,
                      roots=np.array([n_roots, n_relevant, n_roots - n_relevant], np.int64))
 
     def layout(self, split: np.ndarray, patch: int, min_level: int, classes: ClassBudgets | None) -> TokenLayout:
@@ -301,8 +309,9 @@ class _Tree:
 def _greedy_splits(trees: list[_Tree], budget: int, classes: ClassBudgets | None) -> list[np.ndarray]:
     """Which cells of each tree the greedy splits (bool per cell), for all trees at once.
 
-    The greedy visits cells in one static order (decreasing effective score, then coarser, then
-    spread rank), so its choices depend only on the running token counts: a cell splits when its
+    The greedy visits cells in one static order (decreasing effective score, then decreasing
+    relevance mass, both capped by the parent's, then coarser, then spread rank), so its choices
+    depend only on the running token counts: a cell splits when its
     parent split and its tokens fit (phase 1: and it adds tokens to a class below its minimum).
     Class counts never fall (a parent's max is the max of its kids'), so a cell that does not fit
     now never will: each pass drops those, splits the longest prefix whose cumulative counts fit,
@@ -314,10 +323,12 @@ def _greedy_splits(trees: list[_Tree], budget: int, classes: ClassBudgets | None
     level = np.concatenate([t.level for t in trees])
     parent = np.concatenate([np.where(t.parent >= 0, t.parent + o, -1) for t, o in zip(trees, offsets, strict=False)])
     effective = np.concatenate([t.effective for t in trees])
+    mass = np.concatenate([t.mass for t in trees])
     delta = np.concatenate([t.delta for t in trees]).reshape(-1, 3)
     keep = np.concatenate([t.keep for t in trees])
     kept = np.nonzero(keep)[0]  # global index order is (image, static position)
-    order = kept[np.lexsort((-effective[kept], image[kept]))]  # the greedy's visiting order, image by image
+    # the greedy's visiting order, image by image: effective score, then mass, then the static order
+    order = kept[np.lexsort((-mass[kept], -effective[kept], image[kept]))]
     counts = np.stack([t.roots for t in trees])  # (B, 3) tokens, relevant, background
     maxima = np.array([budget, classes.relevant[1], classes.background[1]] if classes is not None
                       else [budget, budget, budget], np.int64)

@@ -386,7 +386,8 @@ def allocate_greedy(pyramid, budget: int, patch: int, min_level: int = 0, max_le
     ties="insertion"` this is glmip's allocator before it was vectorised: score = mean x area, ties
     coarsest first, then in the order cells entered the heap. With the defaults it is the rule
     `allocate_batch` computes: score = area x max(mean - median of the finest means, 0), each cell's
-    score capped by its parent's, ties coarsest first, then by `_spread_rank`.
+    score capped by its parent's, ties by the larger relevance mass, then coarsest first, then by
+    `_spread_rank`.
     """
     import heapq
 
@@ -404,8 +405,12 @@ def allocate_greedy(pyramid, budget: int, patch: int, min_level: int = 0, max_le
         mean, _, area = texel(x, y, level)
         return area * max(mean - floor, 0.0) if contrast else mean * area
 
+    def mass(x: int, y: int, level: int) -> float:
+        mean, _, area = texel(x, y, level)
+        return float(mean) * float(area) if contrast else 0.0
+
     def is_relevant(x: int, y: int, level: int) -> bool:
-        return classes is not None and texel(x, y, level)[1] >= classes.threshold
+        return classes is not None and float(texel(x, y, level)[1]) >= classes.threshold
 
     def grid(level: int) -> tuple[int, int]:
         side = patch << level
@@ -465,8 +470,8 @@ def allocate_greedy(pyramid, budget: int, patch: int, min_level: int = 0, max_le
     def deficient(tally: dict[bool, int]) -> set[bool]:
         return set() if classes is None else {k for k in (True, False) if tally[k] < classes.range(k)[0]}
 
-    # heap items: (-effective score, -level, tie, cell); the effective score is capped by the parent's
-    heap = [(-score(*c), -c[2], tie(*c, i), c) for i, c in enumerate(cells) if c[2] > min_level]
+    # heap items: (-effective score, -mass, -level, tie, cell); score and mass are capped by the parent's
+    heap = [(-score(*c), -mass(*c), -c[2], tie(*c, i), c) for i, c in enumerate(cells) if c[2] > min_level]
     heapq.heapify(heap)
     order = len(cells)
 
@@ -475,7 +480,7 @@ def allocate_greedy(pyramid, budget: int, patch: int, min_level: int = 0, max_le
         skipped = []
         while heap:
             item = heapq.heappop(heap)
-            parent = item[3]
+            parent = item[4]
             after, kids = split_counts(parent)
             verdict = wanted(after) if fits(after) else None
             if verdict is None:
@@ -491,7 +496,8 @@ def allocate_greedy(pyramid, budget: int, patch: int, min_level: int = 0, max_le
                 if kid[2] > min_level:
                     order += 1
                     kid_score = min(score(*kid), -item[0]) if contrast else score(*kid)
-                    heapq.heappush(heap, (-kid_score, -kid[2], tie(*kid, order), kid))
+                    kid_mass = min(mass(*kid), -item[1])
+                    heapq.heappush(heap, (-kid_score, -kid_mass, -kid[2], tie(*kid, order), kid))
         for item in skipped:
             heapq.heappush(heap, item)
 
