@@ -161,6 +161,7 @@ class Context:
         self._egl_context = _gl.current_egl_context()  # creation made it current
         self._raw = _gl.GL()
         self._programs: dict[tuple[str, tuple[tuple[str, object], ...]], moderngl.ComputeShader] = {}
+        self._raster_programs: dict[tuple[str, tuple[tuple[str, object], ...]], moderngl.Program] = {}
         self._samplers: dict[tuple[int, int, int, float], int] = {}
         self._pyramids: weakref.WeakSet[Pyramid] = weakref.WeakSet()
         self._closed = False
@@ -202,6 +203,9 @@ class Context:
         for program in self._programs.values():
             program.release()
         self._programs.clear()
+        for raster in self._raster_programs.values():
+            raster.release()
+        self._raster_programs.clear()
         for name in self._samplers.values():
             self._raw.delete_sampler(name)
         self._samplers.clear()
@@ -230,6 +234,20 @@ class Context:
             except moderngl.Error as error:
                 raise RuntimeError(f"compiling shader {name} with {defines} failed:\n{error}") from error
         return self._programs[key]
+
+    def raster_program(self, name: str, **defines: object) -> moderngl.Program:
+        """The vertex + fragment program of shader files `name`.vert and `name`.frag with `defines` (both
+        stages get them), compiled once per context."""
+        self.check_open()
+        key = (name, tuple(sorted(defines.items())))
+        if key not in self._raster_programs:
+            try:
+                self._raster_programs[key] = self._mgl.program(
+                    vertex_shader=shaders.source(f"{name}.vert", defines),
+                    fragment_shader=shaders.source(f"{name}.frag", defines))
+            except moderngl.Error as error:
+                raise RuntimeError(f"compiling shaders {name}.vert/.frag with {defines} failed:\n{error}") from error
+        return self._raster_programs[key]
 
     def sampler(self, min_filter: int, mag_filter: int, wrap: int, anisotropy: float = 1.0) -> int:
         """A GL sampler object with these parameters, created once per context."""
