@@ -248,3 +248,28 @@ def test_resources_released_when_the_read_fails(ctx, pyramid, monkeypatch):
     assert len(made) == 2  # the framebuffer and its colour texture, both released
     assert all(type(resource.mglo).__name__ == "InvalidObject" for resource in made)
     assert warp(pyramid, np.eye(3), (8, 8)).shape == (1, 3, 8, 8)  # the context still renders
+
+
+def test_cli_warp_by_tilt_and_by_matrix(tmp_path):
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    source = tmp_path / "pattern.png"
+    Image.fromarray(pattern(128)).save(source)
+    tilted, halved = tmp_path / "tilt.png", tmp_path / "half.png"
+    run = [sys.executable, "-m", "glmip.cli", "warp", str(source)]
+    result = subprocess.run(run + ["--tilt", "70", "--size", "96x64", "-o", str(tilted)], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    picture = np.asarray(Image.open(tilted))
+    assert picture.shape == (64, 96, 3) and picture[0, 0].max() == 0 and picture[32, 48].max() > 0
+    result = subprocess.run(run + ["--matrix", "2,0,0,0,2,0,0,0,1", "--size", "64x64", "--filter", "trilinear",
+                                   "-o", str(halved)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    box = pattern(128).astype(np.float64).reshape(64, 2, 64, 2, 3).mean(axis=(1, 3))
+    assert np.abs(np.asarray(Image.open(halved)).astype(np.float64) - box).max() <= 1
+    result = subprocess.run(run + ["--matrix", "1,2,3,2,4,6,0,0,1", "-o", str(halved)], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 2 and "singular" in result.stderr
