@@ -10,6 +10,7 @@ from .pyramid import Pyramid, PyramidMethod, level_sizes
 from .query import ClipScorer, query_relevance
 from .relevance import RelevancePyramid, as_relevance, gaze, relevance_pyramid, saliency
 from .sampling import Filter, Wrap
+from .warp import Border, tilt_homography
 
 __version__ = "0.1.0"
 
@@ -29,5 +30,5 @@ def __getattr__(name: str):
 __all__ = [
     "Context", "Pyramid", "PyramidMethod", "Filter", "Wrap", "TokenLayout", "allocate", "level_sizes", "lod_map",
     "as_relevance", "gaze", "saliency", "relevance_pyramid", "RelevancePyramid", "ClassBudgets", "query_relevance",
-    "ClipScorer", "LodPatchEmbed", "DEFAULT_IMAGE", "__version__",
+    "ClipScorer", "LodPatchEmbed", "DEFAULT_IMAGE", "__version__", "Border", "tilt_homography",
 ]
