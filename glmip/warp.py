@@ -229,6 +229,8 @@ def warp(pyramid: Pyramid | Sequence[Pyramid], matrix: Any, size: tuple[int, int
     defines: dict[str, object] = {}
     if mode is Filter.ANISOTROPIC:
         defines["SHADER_ANISO"] = 1
+        if border_mode is Border.ZERO:
+            defines["ZERO_BORDER"] = 1
     elif mode is Filter.BILINEAR:
         defines["BILINEAR"] = 1
     program = ctx.raster_program("warp", **defines)

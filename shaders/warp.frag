@@ -4,7 +4,8 @@
 //   default:      texture(): the texture unit picks the level (and, with the sampler's anisotropy > 1,
 //                 its own anisotropic footprint) from those derivatives;
 //   BILINEAR:     level 0 only;
-//   SHADER_ANISO: footprint assembly (footprint.glsl) on the same derivatives.
+//   SHADER_ANISO: footprint assembly (footprint.glsl) on the same derivatives; with ZERO_BORDER it skips
+//                 pixels whose footprint lies wholly outside the image (their result is exactly 0).
 // A pixel whose source lies behind the projection centre (q.z <= 0) is 0.
 
 #include "footprint.glsl"
@@ -23,7 +24,16 @@ void main() {
     vec2 grad_x = dFdx(uv);  // in uniform control flow: every pixel of the quad takes part
     vec2 grad_y = dFdy(uv);
 #if defined(SHADER_ANISO)
-    vec4 value = footprint_assembly(image, uv, grad_x, grad_y, texture_size, max_anisotropy, lod_bias);
+    vec4 value = vec4(0.0);
+#if defined(ZERO_BORDER)
+    // Taps lie within P_max / 2 of uv; each trilinear tap at level log2(P_max / N) + bias reaches at most
+    // two texels of the next level, each at most 2 * 2^level level-0 texels (odd sizes), i.e. 4 P_max 2^bias,
+    // plus one level-0 texel when magnifying. A source beyond that reads only the zero border: skip it.
+    float p_max = max(length(grad_x * texture_size), length(grad_y * texture_size));
+    vec2 reach = ((0.5 + 4.0 * exp2(max(lod_bias, 0.0))) * p_max + 2.0) / texture_size;
+    if (all(greaterThanEqual(uv, -reach)) && all(lessThanEqual(uv, 1.0 + reach)))
+#endif
+    value = footprint_assembly(image, uv, grad_x, grad_y, texture_size, max_anisotropy, lod_bias);
 #elif defined(BILINEAR)
     vec4 value = textureLod(image, uv, 0.0);
 #else

@@ -192,7 +192,7 @@ def test_hardware_anisotropy_is_weak_on_llvmpipe_but_follows_the_tilt(ctx, pyram
 
 
 def test_program_variants_compile_once(ctx):
-    for defines in ({}, {"SHADER_ANISO": 1}, {"BILINEAR": 1}):
+    for defines in ({}, {"SHADER_ANISO": 1}, {"SHADER_ANISO": 1, "ZERO_BORDER": 1}, {"BILINEAR": 1}):
         assert ctx.raster_program("warp", **defines) is ctx.raster_program("warp", **defines)
 
 
@@ -273,3 +273,33 @@ def test_cli_warp_by_tilt_and_by_matrix(tmp_path):
     result = subprocess.run(run + ["--matrix", "1,2,3,2,4,6,0,0,1", "-o", str(halved)], capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 2 and "singular" in result.stderr
+
+
+@settings(max_examples=20, deadline=None)
+@given(tilt=st.floats(0, 85), aspect=st.floats(0.5, 2), zoom=st.floats(0.5, 4),
+       pan=st.tuples(st.floats(-40, 40), st.floats(-40, 40)))
+def test_tilt_homography_is_the_viewers_plane(tilt, aspect, zoom, pan):
+    """The viewer renders its tilted plane through tilt_homography + warp; viewer.tilt.plane_view (numpy) stays
+    as the reference of that geometry: the same uv (1e-5 of the image), gradients and mask."""
+    from viewer.tilt import plane_inside, plane_view
+
+    size, image_size = (96, 64), (int(round(300 * aspect)), 300)
+    uv, grad, inside = plane_view(size, image_size[0] / image_size[1], tilt, zoom, pan)
+    matrix = tilt_homography(image_size, size, tilt, zoom, pan)
+    ours, our_grad, _ = warp_coordinates(matrix, size, image_size)
+    assert np.abs(ours - uv)[inside].max(initial=0) <= 1e-5
+    assert np.abs(our_grad - grad)[inside].max(initial=0) <= 1e-5 * max(1.0, float(np.abs(grad[inside]).max(initial=0)))
+    mask = plane_inside(matrix, size, image_size)
+    assert (mask != inside).mean() <= 0.002  # only pixels on the plane's edge may differ by rounding
+
+
+def test_zero_border_skip_changes_nothing(ctx, monkeypatch):
+    """With border "zero" the anisotropic shader skips footprints wholly outside the image (ZERO_BORDER);
+    the same zero-border sampler without the skip (patched in as "mirror") gives bit-identical results."""
+    monkeypatch.setitem(warp_module._BORDER_WRAP, warp_module.Border.MIRROR, warp_module.GL_CLAMP_TO_BORDER)
+    pixels = random_image(np.random.default_rng(5), 77, 301, 3, "uint8")
+    with ctx.pyramid(pixels, method="box") as p:
+        for tilt, zoom, bias in ((60, 0.3, 0.0), (80, 1.0, -1.0), (88, 4.0, 2.0)):
+            matrix = tilt_homography((301, 77), (96, 64), tilt, zoom=zoom)
+            skipped = warp(p, matrix, (96, 64), border="zero", lod_bias=bias)
+            assert torch.equal(skipped, warp(p, matrix, (96, 64), border="mirror", lod_bias=bias))
