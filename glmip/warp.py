@@ -205,9 +205,11 @@ def warp(pyramid: Pyramid | Sequence[Pyramid], matrix: Any, size: tuple[int, int
     ctx = pyramids[0].context
     width, height = check_size(size, framebuffer_limit(ctx))
     max_aniso = float(ctx.gl.max_anisotropy)
-    if not isinstance(anisotropy, (int, float)) or not 1.0 <= float(anisotropy) <= max_aniso:
+    if (isinstance(anisotropy, bool) or not isinstance(anisotropy, (int, float, np.integer, np.floating))
+            or not 1.0 <= float(anisotropy) <= max_aniso):
         raise ValueError(f"anisotropy must be within 1..{max_aniso:g} on this device, got {anisotropy!r}")
-    if not isinstance(lod_bias, (int, float)) or not math.isfinite(lod_bias):
+    if isinstance(lod_bias, bool) or not isinstance(lod_bias, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(lod_bias):
         raise ValueError(f"lod_bias must be a finite number, got {lod_bias!r}")
     if mode is Filter.BILINEAR and lod_bias != 0.0:
         raise ValueError("filter 'bilinear' samples level 0 only; lod_bias needs 'trilinear' or an anisotropic filter")
