@@ -19,6 +19,7 @@ from .query import ClipScorer, query_relevance
 from .relevance import RelevancePyramid, gaze, relevance_pyramid, saliency
 from .sampling import Filter, Wrap
 from .tokenize import tokenize
+from .warp import Border, tilt_homography
 
 __version__ = "0.1.0"
 
@@ -47,6 +48,6 @@ __all__ = [
     "Context", "Pyramid", "PyramidMethod", "Filter", "Wrap", "TokenLayout", "allocate", "allocate_batch",
     "level_sizes", "lod_map",
     "as_relevance", "gaze", "saliency", "relevance_pyramid", "RelevancePyramid", "ClassBudgets", "query_relevance",
-    "ClipScorer", "LodPatchEmbed", "TokenBatch", "Slide", "DEFAULT_IMAGE", "__version__",
-    "tokenize", "GlmipError", "ClosedError", "WrongThreadError", "ForkedContextError", "GLError",
+    "ClipScorer", "LodPatchEmbed", "TokenBatch", "Slide", "DEFAULT_IMAGE", "__version__", "Border",
+    "tilt_homography", "tokenize", "GlmipError", "ClosedError", "WrongThreadError", "ForkedContextError", "GLError",
 ]

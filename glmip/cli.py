@@ -1,4 +1,4 @@
-"""The `glmip` command line: info, build, render, tokens, view. Thin: every step is a library call."""
+"""The `glmip` command line: info, build, render, tokens, warp, view. Thin: every step is a library call."""
 
 from __future__ import annotations
 
@@ -183,6 +183,31 @@ def cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_warp(args: argparse.Namespace) -> int:
+    from .reference import encode
+    from .warp import tilt_homography
+
+    matrix = None
+    if args.matrix is not None:
+        try:
+            matrix = np.array([float(v) for v in args.matrix.split(",")]).reshape(3, 3)
+        except ValueError:
+            raise ValueError(f"--matrix must be nine numbers a,b,c,d,e,f,g,h,i (row-major), "
+                             f"got {args.matrix!r}") from None
+    with Context(device=args.device) as ctx, ctx.pyramid(args.image or DEFAULT_IMAGE, method=args.method,
+                                                         srgb=args.srgb) as pyramid:
+        size = (int(args.size[0]), int(args.size[1])) if args.size else (pyramid.width, pyramid.height)
+        if matrix is None:
+            matrix = tilt_homography((pyramid.width, pyramid.height), size, args.tilt, zoom=args.zoom)
+        border = args.border or ("zero" if args.tilt is not None else "clamp")
+        result = pyramid.warp(matrix, size, filter=args.filter, anisotropy=args.anisotropy, lod_bias=args.lod_bias,
+                              border=border)
+        picture = encode(result[0].permute(1, 2, 0).numpy().astype(np.float64), "uint8", pyramid.srgb)
+    out = save_png(picture, args.output)
+    print(f"warp ({args.filter}, border {border}): {size[0]}x{size[1]}, wrote {out}")
+    return 0
+
+
 def cmd_view(args: argparse.Namespace) -> int:
     from . import viewer
 
@@ -269,6 +294,27 @@ def main(argv: list[str] | None = None) -> int:
     tokens.add_argument("--save-tokens", help="also save the tokens and layout as a torch .pt file")
     tokens.add_argument("-o", "--output", default="glmip-layout.png")
     tokens.set_defaults(run=cmd_tokens)
+
+    warp = commands.add_parser("warp", parents=[device], help="the image through a homography or a tilt, "
+                               "rasterized with per-pixel LOD (anti-aliased), as a PNG")
+    warp.add_argument("image", nargs="?", help="image file (default: the bundled coffee.png)")
+    geometry = warp.add_mutually_exclusive_group(required=True)
+    geometry.add_argument("--tilt", type=float, help="tilt DEG: the image as a plane seen obliquely (the viewer's)")
+    geometry.add_argument("--matrix", help="a,b,c,d,e,f,g,h,i: the 3x3 homography, row-major, mapping output pixel "
+                                           "positions to input ones (origin top-left corner, centres at i + 0.5)")
+    warp.add_argument("--zoom", type=float, default=1.0, help="with --tilt: zoom into the plane")
+    warp.add_argument("--size", type=lambda t: parse_pair(t, "--size"),
+                      help="output WIDTHxHEIGHT (default the image's)")
+    warp.add_argument("--filter", choices=["anisotropic", "anisotropic_hw", "trilinear", "bilinear", "nearest"],
+                      default="anisotropic")
+    warp.add_argument("--anisotropy", type=float, default=16.0)
+    warp.add_argument("--lod-bias", type=float, default=0.0)
+    warp.add_argument("--border", choices=["clamp", "zero", "repeat", "mirror"], default=None,
+                      help="outside the image (default: zero with --tilt, else clamp)")
+    warp.add_argument("--method", choices=[m.value for m in PyramidMethod], default="box")
+    warp.add_argument("--srgb", action="store_true", help="filter 8-bit RGB(A) in linear light")
+    warp.add_argument("-o", "--output", default="glmip-warp.png")
+    warp.set_defaults(run=cmd_warp)
 
     add_slide_parser(commands)
 

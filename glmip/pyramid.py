@@ -215,6 +215,13 @@ class Pyramid:
 
         return render(self, lod_map, **options)
 
+    def warp(self, matrix: Any, size: tuple[int, int], **options: Any) -> Any:
+        """This image through homography `matrix` (output pixel -> input pixel; (3, 3) or (B, 3, 3)) into
+        `size` = (width, height), rasterized: torch float32 (B, C, height, width). See `glmip.warp.warp`."""
+        from .warp import warp
+
+        return warp(self, matrix, size, **options)
+
     # -- life cycle ---------------------------------------------------------------------
     @property
     def closed(self) -> bool:

@@ -513,3 +513,93 @@ def allocate_greedy(pyramid, budget: int, patch: int, min_level: int = 0, max_le
     return TokenLayout(cx=cells_array[:, 0] + sizes / 2, cy=cells_array[:, 1] + sizes / 2, size=sizes,
                        level=cells_array[:, 2].copy(), patch=patch, image_size=(int(width), int(height)),
                        relevant=relevant if classes is not None else None)
+# -- warps (glmip.warp) ---------------------------------------------------------------------
+def warp_supersampled(image: np.ndarray, matrix: np.ndarray, size: tuple[int, int], samples: int = 8,
+                      border: str = "clamp", srgb: bool = False) -> np.ndarray:
+    """The ideal of `glmip.warp` for one homography: every output pixel the mean of the level-0 image
+    (piecewise constant, each texel a unit square) over the pixel's preimage, estimated by samples x
+    samples point samples spread evenly over the output pixel's square (a box filter). (h, w, C) float64.
+    At an integer minification k with samples a multiple of k this is the exact k x k area mean.
+
+    Convention: as `glmip.warp` -- `matrix` maps output pixel positions to input pixel positions, origin
+    at the top-left corner, pixel centres at i + 0.5; sub-sample (a, b) of output pixel (i, j) sits at
+    (i + (a + 0.5) / samples, j + (b + 0.5) / samples) and takes the texel containing its source
+    (floor). A sub-sample whose source has w <= 0 counts as 0. `border` "clamp", "repeat", "mirror" as GL
+    wraps, "zero": 0 outside the image. The box over the pixel is the reference's only low-pass, so a
+    footprint far longer than `samples` texels still aliases a little.
+    """
+    if samples < 1:
+        raise ValueError(f"samples must be a positive int, got {samples}")
+    level = decode(image, srgb)
+    height_in, width_in = level.shape[:2]
+    if border not in ("clamp", "zero", "repeat", "mirror"):
+        raise ValueError(f"unknown border {border!r}")
+    h_matrix = np.asarray(matrix, np.float64)
+    width, height = size
+    offsets = (np.arange(samples) + 0.5) / samples
+    sub_x = (np.arange(width)[:, None] + offsets[None, :]).ravel()  # (width * samples,)
+    out = np.zeros((height, width, level.shape[2]))
+    for j in range(height):
+        xs, ys = np.meshgrid(sub_x, j + offsets)  # (samples, width * samples)
+        q = [h_matrix[r, 0] * xs + h_matrix[r, 1] * ys + h_matrix[r, 2] for r in range(3)]
+        valid = q[2] > 0
+        w = np.where(valid, q[2], 1.0)
+        far = 2.0**40  # sources near the horizon: any texel index this far out wraps or clamps the same
+        i = np.floor(np.clip(q[0] / w, -far, far)).astype(np.int64)
+        k = np.floor(np.clip(q[1] / w, -far, far)).astype(np.int64)
+        if border == "zero":
+            valid = valid & (i >= 0) & (i < width_in) & (k >= 0) & (k < height_in)
+            wrap = "clamp"
+        else:
+            wrap = border
+        values = level[wrap_index(k, height_in, wrap), wrap_index(i, width_in, wrap)]
+        values = (values * valid[..., None]).reshape(samples, width, samples, -1)
+        out[j] = values.mean(axis=(0, 2))
+    return out
+
+
+def psnr(image: np.ndarray, reference: np.ndarray, peak: float = 1.0) -> float:
+    """Peak signal-to-noise ratio in dB of `image` against `reference` (same shape), inf when equal."""
+    mse = float(np.mean((np.asarray(image, np.float64) - np.asarray(reference, np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10.0 * float(np.log10(peak * peak / mse))
+
+
+def aliasing_energy(image: np.ndarray, reference: np.ndarray, band: float = 0.25) -> float:
+    """Aliasing of a warp output (h, w, C) against the supersampled reference: the mean power of their
+    difference at radial spatial frequencies above `band` cycles per output pixel (the output's Nyquist
+    frequency is 0.5). Content above a minified output's Nyquist band that a filter fails to remove folds
+    back into this upper part of the band, where the box-filtered reference holds little."""
+    diff = np.asarray(image, np.float64) - np.asarray(reference, np.float64)
+    h, w = diff.shape[:2]
+    spectrum = np.abs(np.fft.fft2(diff, axes=(0, 1))) ** 2 / (h * w)
+    fy, fx = np.fft.fftfreq(h)[:, None], np.fft.fftfreq(w)[None, :]
+    high = np.hypot(fx, fy) > band
+    return float(spectrum[high].sum() / (h * w * diff.shape[2]))
+
+
+def warp_quad_gradients(matrix: np.ndarray, size: tuple[int, int], image_size: tuple[int, int],
+                        kind: str = "fine") -> np.ndarray:
+    """The uv gradients (h, w, 2, 2) a rasterizer derives for `glmip.warp`'s fragments: finite differences
+    over each 2x2 pixel quad ([..., 0, :] = d(uv)/dx, [..., 1, :] = d(uv)/dy). "fine": each pixel differences
+    its own row (x) and column (y) of the quad (GLSL dFdxFine/dFdyFine); "coarse": every pixel of the quad
+    takes its top-left pixel's differences (dFdxCoarse/dFdyCoarse; what llvmpipe's texture() uses for its LOD).
+
+    Convention: as `glmip.warp`; quads start at even pixel indices, output row 0 is framebuffer row 0.
+    """
+    if kind not in ("fine", "coarse"):
+        raise ValueError(f"kind must be 'fine' or 'coarse', got {kind!r}")
+    h_matrix = np.asarray(matrix, np.float64)
+    width, height = size
+    x, y = np.meshgrid(np.arange(width) + 0.5, np.arange(height) + 0.5)
+    even_x, even_y = np.floor(x / 2) * 2 + 0.5, np.floor(y / 2) * 2 + 0.5
+    scale = np.array(image_size, np.float64)
+
+    def uv_at(px: np.ndarray, py: np.ndarray) -> np.ndarray:
+        q = [h_matrix[r, 0] * px + h_matrix[r, 1] * py + h_matrix[r, 2] for r in range(3)]
+        return np.stack([q[0] / q[2], q[1] / q[2]], axis=-1) / scale
+
+    row_y, column_x = (y, x) if kind == "fine" else (even_y, even_x)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        grad_x = uv_at(even_x + 1, row_y) - uv_at(even_x, row_y)
+        grad_y = uv_at(column_x, even_y + 1) - uv_at(column_x, even_y)
+    return np.stack([grad_x, grad_y], axis=-2)

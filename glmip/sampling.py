@@ -34,7 +34,8 @@ from .maps import lod_map as relevance_to_lod
 if TYPE_CHECKING:
     from .gl.texture import MipTexture
 
-__all__ = ["Filter", "Wrap", "sample", "tokens", "tokens_batch", "render", "parse_enum", "BATCH_TEXTURES"]
+__all__ = ["Filter", "Wrap", "sample", "tokens", "tokens_batch", "render", "parse_enum", "BATCH_TEXTURES",
+           "SAMPLER_FILTERS"]
 
 
 class Filter(str, enum.Enum):
@@ -51,7 +52,7 @@ class Wrap(str, enum.Enum):
     MIRROR = "mirror"
 
 
-_MIN_MAG = {
+SAMPLER_FILTERS = {
     Filter.NEAREST: NEAREST_MIPMAP,
     Filter.BILINEAR: BILINEAR_BASE,
     Filter.TRILINEAR: TRILINEAR,
@@ -140,7 +141,7 @@ def sample(pyramid: MipTexture, uv: Any, lod: Any = None, *, filter: str | Filte
             return torch.empty(result_shape, dtype=torch.float32)
         return np.empty(result_shape, np.float32)
     hw_aniso = float(anisotropy) if mode is Filter.ANISOTROPIC_HW else 1.0
-    sampler = ctx.sampler(*_MIN_MAG[mode], WRAP_MODES[wrap_mode.value], hw_aniso)
+    sampler = ctx.sampler(*SAMPLER_FILTERS[mode], WRAP_MODES[wrap_mode.value], hw_aniso)
     program = ctx.program("sample.comp", **defines)
     gl = ctx.gl
     with scratch(ctx) as buffers:

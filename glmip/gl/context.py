@@ -77,6 +77,7 @@ class GLContext:
         self._raw = raw.GL()
         self._max_texture_size = int(self._mgl.info["GL_MAX_TEXTURE_SIZE"])
         self._programs: dict[tuple[str, tuple[tuple[str, object], ...]], moderngl.ComputeShader] = {}
+        self._raster_programs: dict[tuple[str, tuple[tuple[str, object], ...]], moderngl.Program] = {}
         self._samplers: dict[tuple[int, int, int, float], int] = {}
         self._owned: weakref.WeakSet[Any] = weakref.WeakSet()
         self._closed = False
@@ -141,6 +142,9 @@ class GLContext:
         for program in self._programs.values():
             program.release()
         self._programs.clear()
+        for raster in self._raster_programs.values():
+            raster.release()
+        self._raster_programs.clear()
         for name in self._samplers.values():
             self._raw.delete_sampler(name)
         self._samplers.clear()
@@ -169,6 +173,20 @@ class GLContext:
             except moderngl.Error as error:
                 raise GLError(f"compiling shader {name} with {defines} failed:\n{error}") from error
         return self._programs[key]
+
+    def raster_program(self, name: str, **defines: object) -> moderngl.Program:
+        """The vertex + fragment program of shader files `name`.vert and `name`.frag with `defines` (both
+        stages get them), compiled once per context."""
+        self.check_usable()
+        key = (name, tuple(sorted(defines.items())))
+        if key not in self._raster_programs:
+            try:
+                self._raster_programs[key] = self._mgl.program(
+                    vertex_shader=shaders.source(f"{name}.vert", defines),
+                    fragment_shader=shaders.source(f"{name}.frag", defines))
+            except moderngl.Error as error:
+                raise GLError(f"compiling shaders {name}.vert/.frag with {defines} failed:\n{error}") from error
+        return self._raster_programs[key]
 
     def sampler(self, min_filter: int, mag_filter: int, wrap: int, anisotropy: float = 1.0) -> int:
         """A GL sampler object with these parameters, created once per context."""

@@ -29,7 +29,8 @@ __all__ = ["groups", "dispatch_flat", "bound_texture", "bound_textures", "scratc
 TRILINEAR = (raw.GL_LINEAR_MIPMAP_LINEAR, raw.GL_LINEAR)
 NEAREST_MIPMAP = (raw.GL_NEAREST_MIPMAP_NEAREST, raw.GL_NEAREST)
 BILINEAR_BASE = (raw.GL_LINEAR, raw.GL_LINEAR)
-WRAP_MODES = {"clamp": raw.GL_CLAMP_TO_EDGE, "repeat": raw.GL_REPEAT, "mirror": raw.GL_MIRRORED_REPEAT}
+WRAP_MODES = {"clamp": raw.GL_CLAMP_TO_EDGE, "repeat": raw.GL_REPEAT, "mirror": raw.GL_MIRRORED_REPEAT,
+              "zero": raw.GL_CLAMP_TO_BORDER}  # zero: the sampler's default border colour (0, 0, 0, 0)
 
 
 def groups(n: int, local: int) -> int:

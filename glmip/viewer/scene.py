@@ -19,7 +19,7 @@ import glmip
 from glmip import pictures, reference
 
 from .state import Mode, ViewState
-from .tilt import comparison_split, plane_view
+from .tilt import comparison_split, plane_inside, plane_view
 
 __all__ = ["Picture", "Frame", "display_rgb", "render_scale", "render_region", "Scene"]
 
@@ -353,11 +353,12 @@ class Scene:
     def _plane(self, key: tuple, size: tuple[int, int], state: ViewState, filter: str, anisotropy: int) -> Picture:
         if filter not in COMPARE_FILTERS:
             raise ValueError(f"unknown sampling filter {filter!r}; choose one of {', '.join(COMPARE_FILTERS)}")
-        w, h = self.image_size
-        uv, grad, inside = plane_view(size, w / h, state.tilt, state.zoom, state.pan)
+        matrix = glmip.tilt_homography(self.image_size, size, state.tilt, state.zoom, state.pan)
+        inside = plane_inside(matrix, size, self.image_size)
         pixels = np.full((size[1], size[0], 3), BACKGROUND, np.uint8)
         if inside.any():
-            values = self.pyramid.sample(uv[inside], grad=grad[inside], filter=filter, anisotropy=anisotropy,
-                                         lod_bias=state.lod_bias)
+            values = self.pyramid.warp(matrix, size, filter=filter, anisotropy=anisotropy, lod_bias=state.lod_bias,
+                                       border="zero")  # outside the plane is masked; zero skips its footprints
+            values = values[0].permute(1, 2, 0).numpy()[inside]
             pixels[inside] = display_rgb(values[:, None, :], linear=self.pyramid.srgb)[:, 0]
         return Picture(key, pixels, one_to_one=True)

@@ -1,5 +1,9 @@
 """The image as a plane seen obliquely: uv and uv gradients per screen pixel, for filter comparisons.
 
+The viewer renders the plane with `glmip.Pyramid.warp` (the rasterizer derives uv and its gradients
+itself) through `glmip.tilt_homography`, the same geometry; `plane_view` is kept as the numpy
+reference of that geometry (tests) and for the panel's level range, `plane_inside` masks the plane.
+
 Convention:
     the plane has the image's aspect ratio, height 1, and is rotated by `tilt` degrees about its
     horizontal centre line, its top edge away from a pinhole camera at distance `DISTANCE`; at zoom 1
@@ -74,3 +78,15 @@ def plane_view(size: tuple[int, int], aspect: float, tilt: float, zoom: float = 
     grad[..., 1, 1] = d_plane_y_dy  # dv/dy (dv/dx = 0: screen rows are plane rows)
     inside = above_horizon & (u >= 0) & (u <= 1) & (v >= 0) & (v <= 1)
     return uv.astype(np.float32), grad.astype(np.float32), inside
+
+
+def plane_inside(matrix: np.ndarray, size: tuple[int, int], image_size: tuple[int, int]) -> np.ndarray:
+    """(h, w) mask of the view pixels of `size` whose centres see the plane under `matrix` (view pixel ->
+    image pixel, as `glmip.tilt_homography` makes it): in front of the camera and within the image,
+    as `plane_view`'s mask."""
+    width, height = size
+    x = np.arange(width, dtype=np.float64)[None, :] + 0.5
+    y = np.arange(height, dtype=np.float64)[:, None] + 0.5
+    q = [matrix[r, 0] * x + matrix[r, 1] * y + matrix[r, 2] for r in range(3)]
+    front = q[2] > 1e-9
+    return front & (q[0] >= 0) & (q[0] <= q[2] * image_size[0]) & (q[1] >= 0) & (q[1] <= q[2] * image_size[1])
