@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from .gl.texture import MipTexture
 
 __all__ = ["Filter", "Wrap", "sample", "tokens", "tokens_batch", "render", "parse_enum", "BATCH_TEXTURES",
-           "SAMPLER_FILTERS"]
+           "images_per_dispatch_for", "SAMPLER_FILTERS"]
 
 
 class Filter(str, enum.Enum):
@@ -191,12 +191,25 @@ def _token_table(layout: Any, image_size: tuple[int, int], index: int) -> np.nda
     return table
 
 
+def images_per_dispatch_for(context: Any) -> int:
+    """How many images one tokens dispatch binds together on this renderer. The shader picks each
+    work group's texture in a switch; a GPU runs only the taken case (the index is uniform per work
+    group), but llvmpipe runs its SIMD lanes through every case, so there each bound image multiplies
+    the cost of every sample (measured: 256 tokens of 16² from each of 8 images of 256², all 8 in one
+    dispatch 208 ms, 4 a dispatch 148 ms, one a dispatch 38 ms). Software renderers get one image a
+    dispatch, GPUs `BATCH_TEXTURES` (not yet measured on a GPU)."""
+    renderer = str(context.gl.info["GL_RENDERER"]).lower()
+    return 1 if any(name in renderer for name in ("llvmpipe", "softpipe", "swrast", "lavapipe")) else BATCH_TEXTURES
+
+
 def tokens_batch(pyramids: list[MipTexture], layouts: list[Any], patch: int | None = None,
-                 filter: str | Filter = "trilinear", lod_bias: float = 0.0, out: Any = None) -> Any:
+                 filter: str | Filter = "trilinear", lod_bias: float = 0.0, out: Any = None,
+                 images_per_dispatch: int | None = None) -> Any:
     """The tokens of several images, packed: torch (N_0 + N_1 + ..., C, patch, patch) float32.
 
-    Up to `glmip.sampling.BATCH_TEXTURES` images are bound together and sampled in one dispatch
-    (more take one dispatch per group of that many). Every image must have the same channel count
+    Up to `images_per_dispatch` images (at most `BATCH_TEXTURES`; default `images_per_dispatch_for`
+    the context's renderer) are bound together and sampled in one dispatch; every dispatch writes
+    into the one output buffer, which is read back once. Every image must have the same channel count
     and context; layout b must be made for image b's size (`TokenLayout.image_size`). `patch`
     defaults to the first layout's. `out`: a float32 tensor of the packed shape to fill.
 
@@ -218,6 +231,9 @@ def tokens_batch(pyramids: list[MipTexture], layouts: list[Any], patch: int | No
     if not np.isfinite(lod_bias):
         raise ValueError(f"lod_bias must be finite, got {lod_bias}")
     ctx, channels = pyramids[0].context, pyramids[0].channels
+    group_size = images_per_dispatch_for(ctx) if images_per_dispatch is None else images_per_dispatch
+    if not isinstance(group_size, int) or not 1 <= group_size <= BATCH_TEXTURES:
+        raise ValueError(f"images_per_dispatch must be an int in 1..{BATCH_TEXTURES}, got {images_per_dispatch!r}")
     for index, pyramid in enumerate(pyramids):
         pyramid._check_open()
         if pyramid.context is not ctx or pyramid.channels != channels:
@@ -239,8 +255,8 @@ def tokens_batch(pyramids: list[MipTexture], layouts: list[Any], patch: int | No
     with scratch(ctx) as buffers:
         samples = gl.buffer(reserve=int(np.prod(shape)) * 4)
         buffers += [samples, gl.buffer(np.concatenate(tables))]
-        for start in range(0, len(pyramids), BATCH_TEXTURES):
-            group = range(start, min(start + BATCH_TEXTURES, len(pyramids)))
+        for start in range(0, len(pyramids), group_size):
+            group = range(start, min(start + group_size, len(pyramids)))
             ranges, sizes, group_image, first = [], [], [], 0
             for slot, b in enumerate(group):
                 n_groups = -(-counts[b] * per_token // _LOCAL)

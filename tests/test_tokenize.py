@@ -46,6 +46,26 @@ def test_a_batch_of_mixed_sizes_equals_each_image_alone(session_context, sizes, 
     assert ctx.gl.error == "GL_NO_ERROR"
 
 
+def test_images_bound_together_equal_one_dispatch_each(ctx):
+    """The dispatch that binds up to BATCH_TEXTURES images (GPUs) gives what one dispatch per image
+    (llvmpipe's default) gives, over more images than one dispatch binds."""
+    rng = np.random.default_rng(4)
+    count = BATCH_TEXTURES + 2
+    pyramids = [ctx.pyramid(scene(rng, int(rng.integers(9, 60)), int(rng.integers(9, 60)))) for _ in range(count)]
+    try:
+        layouts = glmip.allocate_batch([np.ones((1, 1))] * count, 8, 4, context=ctx,
+                                       image_sizes=[(p.width, p.height) for p in pyramids])
+        for filt in ("trilinear", "anisotropic"):
+            together = tokens_batch(pyramids, layouts, 4, filt, images_per_dispatch=BATCH_TEXTURES)
+            apart = tokens_batch(pyramids, layouts, 4, filt, images_per_dispatch=1)
+            assert torch.equal(together, apart)
+        with pytest.raises(ValueError, match="images_per_dispatch must be an int in 1..16"):
+            tokens_batch(pyramids, layouts, 4, images_per_dispatch=17)
+    finally:
+        for pyramid in pyramids:
+            pyramid.close()
+
+
 def test_more_images_than_one_dispatch_binds_and_a_bchw_tensor(ctx):
     rng = np.random.default_rng(3)
     count = BATCH_TEXTURES + 3
