@@ -11,9 +11,20 @@ that uses it; `Dataset` + `Collate` make a DataLoader yield `TokenBatch`es token
 
 from __future__ import annotations
 
-from .dataset import Collate, Dataset, Decoded, Skipped
-from .shards import ShardDataset, ShardWriter, read_shards, write_shards
+from importlib import import_module
+from typing import Any
+
 from .tokenizer import Gaze, Query, Tokenizer, conform, prepare_images
+
+_LAZY = {"Dataset": "dataset", "Collate": "dataset", "Decoded": "dataset", "Skipped": "dataset",
+         "write_shards": "shards", "read_shards": "shards", "ShardWriter": "shards", "ShardDataset": "shards"}
+
+
+def __getattr__(name: str) -> Any:
+    """The torch-based parts (datasets, shards) on first use, so `glmip tokenize --help` does not import torch."""
+    if name in _LAZY:
+        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = ["Tokenizer", "Gaze", "Query", "conform", "prepare_images", "Dataset", "Collate", "Decoded", "Skipped",
            "write_shards", "read_shards", "ShardWriter", "ShardDataset"]
