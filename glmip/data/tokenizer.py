@@ -19,6 +19,7 @@ Convention:
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -194,22 +195,33 @@ class Tokenizer:
         self.relevance = _check_relevance(relevance)
         self.classes, self.method, self.filter, self.srgb = classes, method, filter, srgb
         self.device, self.cuda_device, self.out_device = device, cuda_device, out_device
-        self._context: Context | None = None
+        self._contexts: dict[int, Context] = {}  # thread id -> that thread's Context, in process _pid
         self._pid: int | None = None
         self._scorer: Any = None
 
     # -- the per-process state ------------------------------------------------------------------
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state.update(_context=None, _pid=None, _scorer=None)
+        state.update(_contexts={}, _pid=None, _scorer=None)
         return state
 
     @property
     def context(self) -> Context:
-        """This process's Context, made on first use (a copy inherited through fork is left alone)."""
-        if self._pid != os.getpid() or self._context is None or self._context.closed:
-            self._context, self._pid, self._scorer = Context(**self._device_choice()), os.getpid(), None
-        return self._context
+        """This thread's Context in this process, made on first use. Contexts inherited through fork are
+        left alone (never used, never closed); a GL context is current on one thread, so a thread that
+        calls the tokenizer (a Ray actor's worker thread) gets its own."""
+        if self._pid != os.getpid():
+            self._contexts, self._pid, self._scorer = {}, os.getpid(), None
+        thread = threading.get_ident()
+        context = self._contexts.get(thread)
+        if context is None or context.closed:
+            context = self._contexts[thread] = Context(**self._device_choice())
+        return context
+
+    @property
+    def contexts_made(self) -> int:
+        """How many Contexts this process holds for the tokenizer (one per calling thread)."""
+        return len(self._contexts) if self._pid == os.getpid() else 0
 
     def _device_choice(self) -> dict[str, Any]:
         cuda_device = self.cuda_device
@@ -221,10 +233,12 @@ class Tokenizer:
         return {"device": self.device, "cuda_device": cuda_device}
 
     def close(self) -> None:
-        """Release this process's Context (another is made on the next call)."""
-        if self._context is not None and self._pid == os.getpid():
-            self._context.close()
-        self._context, self._pid, self._scorer = None, None, None
+        """Release the Context of the calling thread (another is made on its next call); the Contexts of
+        other threads are closed by their threads, or with the process."""
+        if self._pid == os.getpid():
+            context = self._contexts.pop(threading.get_ident(), None)
+            if context is not None:
+                context.close()
 
     # -- tokenizing ---------------------------------------------------------------------------
     def _relevance_source(self) -> Any:
