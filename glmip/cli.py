@@ -13,6 +13,7 @@ import numpy as np
 
 from . import DEFAULT_IMAGE, Context, PyramidMethod, __version__
 from .allocate import ClassBudgets, allocate
+from .data.cli import add_parser as add_data_parser
 from .gl.formats import unorm_scale
 from .image import as_image_array
 from .maps import as_relevance
@@ -317,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     warp.set_defaults(run=cmd_warp)
 
     add_slide_parser(commands)
+    add_data_parser(commands)  # glmip tokenize: a folder into token shards
 
     view = commands.add_parser("view", parents=[device], help="the interactive LOD viewer (GLFW + Dear ImGui; "
                                "needs the viewer extra: pip install 'glmip[viewer]')",

@@ -1,0 +1,131 @@
+"""`glmip tokenize INPUT_DIR -o OUT_DIR --budget N`: a folder of images into token shards, thin over `write_shards`.
+
+`add_parser(subparsers)` registers it on the `glmip` command line. Every bad input is a ValueError
+(or TypeError) raised before anything is written, which `glmip`'s main turns into a message and
+exit code 2; a file that cannot be decoded is skipped and listed in the manifest instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..allocate import ClassBudgets
+from .tokenizer import Gaze, Query, Tokenizer
+
+__all__ = ["add_parser", "input_files", "tokenizer_from_args"]
+
+TOKEN_DTYPES = ("uint8", "float16")  # as glmip.data.shards.TOKEN_DTYPES (not imported: it needs torch)
+
+
+def input_files(input_dir: str, out_dir: str | None = None) -> list[Path]:
+    """Every regular, non-hidden file under `input_dir` (recursively, sorted), the output directory excluded."""
+    root = Path(input_dir)
+    if not root.is_dir():
+        raise ValueError(f"the input {input_dir!r} is not a directory")
+    skip = Path(out_dir).resolve() if out_dir else None
+    files = sorted(p for p in root.rglob("*") if p.is_file() and not any(part.startswith(".") for part in
+                                                                          p.relative_to(root).parts)
+                   and (skip is None or skip not in p.resolve().parents))
+    if not files:
+        raise ValueError(f"the input directory {input_dir!r} holds no files")
+    return files
+
+
+def _range(text: str, what: str) -> tuple[int, int]:
+    try:
+        low, high = (int(v) for v in text.split("-"))
+    except ValueError:
+        raise ValueError(f"{what} must be MIN-MAX token counts like 64-400, got {text!r}") from None
+    return low, high
+
+
+def tokenizer_from_args(args: argparse.Namespace) -> Tokenizer:
+    """The Tokenizer the options describe (one relevance source at most; uniform by default)."""
+    given = [name for name in ("gaze", "query") if getattr(args, name)]
+    given += [name for name in ("saliency", "uniform") if getattr(args, name)]
+    if len(given) > 1:
+        raise ValueError(f"pass one relevance source, got {', '.join('--' + g for g in given)}")
+    relevance: Any = "uniform"
+    if args.gaze:
+        try:
+            x, y = (float(v) for v in args.gaze.split(","))
+        except ValueError:
+            raise ValueError(f"--gaze must be X,Y fractions of width and height like 0.4,0.3, got {args.gaze!r}") \
+                from None
+        relevance = Gaze(x, y, args.radius)
+    elif args.saliency:
+        relevance = "saliency"
+    elif args.query:
+        if not args.clip_model:
+            raise ValueError("--query needs --clip-model DIR, a CLIP model saved locally by transformers "
+                             "(glmip never downloads one)")
+        relevance = Query(args.query, args.clip_model)
+    elif args.clip_model:
+        raise ValueError("--clip-model is used only with --query TEXT")
+    classes = None
+    if args.relevant or args.background:
+        classes = ClassBudgets(relevant=_range(args.relevant or f"0-{args.budget}", "--relevant"),
+                               background=_range(args.background or f"0-{args.budget}", "--background"),
+                               threshold=args.threshold)
+    return Tokenizer(args.budget, args.patch, relevance, channels=args.channels, classes=classes,
+                     method=args.method, device=args.device)
+
+
+def cmd_tokenize(args: argparse.Namespace) -> int:
+    from .shards import check_out_dir, write_shards  # torch, only when the command runs
+
+    if args.workers < 0:
+        raise ValueError(f"--workers must be >= 0, got {args.workers}")
+    if args.shard_size < 1 or args.batch_size < 1:
+        raise ValueError(f"--shard-size and --batch-size must be >= 1, got {args.shard_size} and {args.batch_size}")
+    tokenizer = tokenizer_from_args(args)
+    files = input_files(args.input_dir, args.output)
+    check_out_dir(args.output)
+    manifest = write_shards([str(f) for f in files], args.output, tokenizer, shard_size=args.shard_size,
+                            dtype=args.dtype, workers=args.workers, batch_size=args.batch_size,
+                            progress=not args.quiet)
+    skipped = manifest["skipped"]
+    for skip in skipped:
+        print(f"skipped {skip['id']}: {skip['reason']}", file=sys.stderr)
+    if manifest["images"] == 0:
+        raise ValueError(f"none of the {len(files)} files in {args.input_dir!r} could be read as an image "
+                         "(see the reasons above)")
+    shards = sum(1 for s in manifest["shards"] if s["name"])
+    print(f"{manifest['images']} images, {manifest['tokens']} tokens in {shards} shard(s), {len(skipped)} skipped; "
+          f"wrote {Path(args.output) / 'manifest.json'}")
+    return 0
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "tokenize", help="tokenize a folder of images into token shards (WebDataset tar + manifest.json)",
+        description="Tokenize every image under INPUT_DIR into token shards in OUT_DIR. Resumable: finished shards "
+                    "are kept on a re-run with the same options. Unreadable files are skipped and listed in the "
+                    "manifest.")
+    parser.add_argument("input_dir", help="folder of images (searched recursively; hidden files ignored)")
+    parser.add_argument("-o", "--output", required=True, help="output directory for the shards and manifest.json")
+    parser.add_argument("--budget", type=int, required=True, help="most tokens per image")
+    parser.add_argument("--patch", type=int, default=16, help="samples per token side")
+    parser.add_argument("--gaze", help="relevance around a gaze point X,Y (fractions of width and height)")
+    parser.add_argument("--radius", type=float, default=0.12, help="gaze falloff, a fraction of the larger side")
+    parser.add_argument("--saliency", action="store_true", help="relevance from the built-in saliency (no weights)")
+    parser.add_argument("--query", help="relevance of image regions to this text (needs --clip-model)")
+    parser.add_argument("--clip-model", help="local directory of a transformers CLIP model (never downloaded)")
+    parser.add_argument("--uniform", action="store_true", help="uniform relevance (the default)")
+    parser.add_argument("--relevant", help="token range MIN-MAX for relevant regions, e.g. 64-400")
+    parser.add_argument("--background", help="token range MIN-MAX for the rest, e.g. 16-64")
+    parser.add_argument("--threshold", type=float, default=0.5, help="relevance that makes a token relevant")
+    parser.add_argument("--channels", type=int, choices=[1, 2, 3, 4], default=3,
+                        help="channel count every image is brought to (grey repeated, alpha dropped or added)")
+    parser.add_argument("--method", choices=["hardware", "box", "lanczos"], default="hardware",
+                        help="pyramid filter")
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (0: this process)")
+    parser.add_argument("--batch-size", type=int, default=16, help="images tokenized together")
+    parser.add_argument("--dtype", choices=TOKEN_DTYPES, default="float16", help="stored token dtype")
+    parser.add_argument("--shard-size", type=int, default=256, help="images per shard")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(run=cmd_tokenize)
+    return parser
