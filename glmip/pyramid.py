@@ -197,23 +197,23 @@ class Pyramid:
         return default_max_level(self.levels)
 
     # -- sampling (conveniences: the operations live in glmip.sampling) --------------------
-    def sample(self, uv: Any, lod: Any = None, **options: Any) -> Any:
-        """`glmip.sampling.sample(self, uv, lod, **options)`: N points in one dispatch, (N, C) float32."""
+    def sample(self, *args: Any, **options: Any) -> Any:
+        """`glmip.sampling.sample(self, uv, lod, ...)`: N points in one dispatch, (N, C) float32."""
         from .sampling import sample
 
-        return sample(self, uv, lod, **options)
+        return sample(self, *args, **options)
 
-    def tokens(self, layout: Any, patch: int | None = None, **options: Any) -> Any:
-        """`glmip.sampling.tokens(self, layout, patch, **options)`: torch (N, C, patch, patch) float32."""
+    def tokens(self, *args: Any, **options: Any) -> Any:
+        """`glmip.sampling.tokens(self, layout, patch, filter, ...)`: torch (N, C, patch, patch) float32."""
         from .sampling import tokens
 
-        return tokens(self, layout, patch, **options)
+        return tokens(self, *args, **options)
 
-    def render(self, lod_map: Any = None, **options: Any) -> Any:
-        """`glmip.sampling.render(self, lod_map, **options)`: the image composited at per-pixel levels."""
+    def render(self, *args: Any, **options: Any) -> Any:
+        """`glmip.sampling.render(self, lod_map, ...)`: the image composited at per-pixel levels."""
         from .sampling import render
 
-        return render(self, lod_map, **options)
+        return render(self, *args, **options)
 
     def warp(self, matrix: Any, size: tuple[int, int], **options: Any) -> Any:
         """This image through homography `matrix` (output pixel -> input pixel; (3, 3) or (B, 3, 3)) into
