@@ -302,3 +302,119 @@ def test_a_decompression_bomb_is_refused_from_its_header(tmp_path):
     with pytest.raises(ValueError, match="max_pixels"):
         as_image_array(small, max_pixels=100)
     assert as_image_array(small, max_pixels=IMAGE.shape[0] * IMAGE.shape[1]).shape == IMAGE.shape
+
+
+# -- the command line: never a traceback ---------------------------------------------------------
+def cli(capsys, *args: str) -> tuple[int, str, str]:
+    from glmip.cli import main
+
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def small_png(tmp_path) -> str:
+    path = tmp_path / "small.png"
+    Image.fromarray(IMAGE).save(path)
+    return str(path)
+
+
+def test_cli_corrupt_input_is_an_error_message(tmp_path, capsys):
+    path = tmp_path / "broken.png"
+    path.write_bytes(good_png(tmp_path)[:100])
+    for command in ("build", "render", "tokens"):
+        code, _, err = cli(capsys, command, str(path), "-o", str(tmp_path / "out.png"))
+        assert code == 2 and "broken.png" in err and "Traceback" not in err, err
+
+
+def test_cli_unwritable_output_is_an_error_message(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    code, _, err = cli(capsys, "build", small_png(tmp_path), "-o", str(blocker / "sheet.png"))
+    assert code == 2 and "cannot write" in err, err
+
+
+def test_cli_render_of_a_float_tiff_writes_a_16_bit_png(tmp_path, capsys):
+    values = np.random.default_rng(3).random((20, 30), dtype=np.float32)
+    tiff = tmp_path / "float.tiff"
+    Image.fromarray(values, mode="F").save(tiff)
+    out = tmp_path / "render.png"
+    code, _, err = cli(capsys, "render", str(tiff), "--method", "box", "-o", str(out))
+    assert code == 0, err
+    import png
+
+    width, height, _, info = png.Reader(filename=str(out)).read()
+    assert (width, height, info["bitdepth"]) == (30, 20, 16)
+
+
+def test_cli_refuses_a_fractional_size(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli(capsys, "render", small_png(tmp_path), "--size", "1.5x2")
+    assert exit_info.value.code == 2
+    assert "two positive ints" in capsys.readouterr().err
+
+
+def test_cli_clip_model_without_transformers_is_an_error_message(tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "transformers", None)  # import transformers -> ImportError
+    model = tmp_path / "clip"
+    model.mkdir()
+    code, _, err = cli(capsys, "render", small_png(tmp_path), "--query", "a cup", "--clip-model", str(model),
+                       "-o", str(tmp_path / "out.png"))
+    assert code == 2 and "transformers" in err and "Traceback" not in err, err
+
+
+def test_cli_info_json_into_a_closed_pipe_exits_quietly():
+    import subprocess
+    import sys
+
+    result = subprocess.run(f"'{sys.executable}' -m glmip.cli info --json | head -c 1", shell=True,
+                            capture_output=True, text=True, timeout=120)
+    assert result.stdout == "{"
+    assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr, result.stderr
+
+
+def test_cli_build_prints_the_capability_report_only_with_verbose(tmp_path, capsys):
+    code, out, err = cli(capsys, "build", small_png(tmp_path), "-o", str(tmp_path / "sheet.png"))
+    assert code == 0 and "renderer" not in out and "wrote" in out, err
+    code, out, err = cli(capsys, "build", small_png(tmp_path), "-v", "-o", str(tmp_path / "sheet.png"))
+    assert code == 0 and "renderer" in out, err
+
+
+@pytest.mark.parametrize("command", ["info", "build", "render", "tokens", "view"])
+def test_cli_every_subcommand_accepts_device(command, capsys):
+    from glmip.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--device", "0", "--help"])
+    assert exit_info.value.code == 0
+    assert "--device" in capsys.readouterr().out
+
+
+def test_overlay_blends_in_uint8_within_one_lsb_of_float():
+    from glmip.pictures import overlay
+
+    rng = np.random.default_rng(4)
+    image = rng.integers(0, 256, (300, 17, 3), dtype=np.uint8)  # more rows than one strip
+    colours = rng.integers(0, 256, (300, 17, 3), dtype=np.uint8)
+    for alpha in (0.0, 0.25, 0.55, 1.0):
+        reference = np.floor((1 - alpha) * image.astype(np.float64) + alpha * colours + 0.5)
+        got = overlay(image, colours, alpha)
+        assert got.dtype == np.uint8 and np.abs(got - reference).max() <= 1
+
+
+def test_overlay_memory_is_bounded_to_strips():
+    import tracemalloc
+
+    from glmip.pictures import overlay
+
+    image = np.zeros((2048, 2048, 3), np.uint8)
+    colours = np.zeros((2048, 2048, 3), np.uint8)
+    tracemalloc.start()
+    overlay(image, colours, 0.25)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    result_bytes = image.nbytes
+    # The result plus a few uint16 strips; the float64 version needed 8 x 3 x the image (over 300 MiB).
+    assert peak < result_bytes + 4 * 2 * 3 * 2048 * 256, peak
