@@ -110,11 +110,7 @@ def check_count(count: int, what: str, limit: int, how: str) -> None:
 def max_storage_bytes(context: GLContext) -> int:
     """The largest shader storage buffer a dispatch may bind: the device's
     GL_MAX_SHADER_STORAGE_BLOCK_SIZE, capped at `MAX_SCRATCH_BYTES`."""
-    cached = getattr(context, "_glmip_max_storage", None)
-    if cached is None:
-        cached = int(context.gl.info["GL_MAX_SHADER_STORAGE_BLOCK_SIZE"])
-        context._glmip_max_storage = cached  # type: ignore[attr-defined]
-    return min(cached, MAX_SCRATCH_BYTES)
+    return min(context.max_storage_block_size, MAX_SCRATCH_BYTES)
 
 
 def check_storage(context: GLContext, nbytes: int, what: str, how: str) -> None:
