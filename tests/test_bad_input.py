@@ -418,3 +418,15 @@ def test_overlay_memory_is_bounded_to_strips():
     result_bytes = image.nbytes
     # The result plus a few uint16 strips; the float64 version needed 8 x 3 x the image (over 300 MiB).
     assert peak < result_bytes + 4 * 2 * 3 * 2048 * 256, peak
+
+
+def test_reconstruct_refuses_nan_tokens_and_oversized_outputs():
+    from glmip.reconstruct import reconstruct
+
+    layout = glmip.allocate(np.ones((8, 8)), budget=4, patch=4)
+    tokens = torch.rand(len(layout), 3, 4, 4)
+    tokens[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        reconstruct(tokens, layout)
+    with pytest.raises(ValueError, match="over the limit"):
+        timed(lambda: reconstruct(torch.rand(len(layout), 3, 4, 4), layout, size=(100000, 100000)))
