@@ -10,11 +10,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .layout import ClassBudgets, TokenLayout
+from .limits import MAX_PATCH, check_context
 from .maps import as_relevance
 from .relevance import RelevancePyramid, relevance_pyramid
 
 if TYPE_CHECKING:
     from .gl.context import GLContext
+
+MAX_ALLOCATION_LEVEL = 30  # patch << level must stay a plain int: 16 << 30 pixels is past any image
 
 __all__ = ["TokenLayout", "ClassBudgets", "allocate", "allocate_batch", "spread_rank", "root_level"]
 
@@ -59,8 +62,9 @@ def allocate_batch(relevances: Sequence[Any], budget: int = 256, patch: int = 16
         range (saliency) concentrate tokens: plain mass puts a coarse cell ahead of any cell of a
         quarter its area unless the latter is 4x as relevant, which ends in the uniform grid.
         A cell's effective score is the smallest score along its ancestry (a cell is never taken
-        before its parent); cells go in decreasing effective score, ties coarsest level first, then
-        in the level's bit-reversed Morton order, which spreads tied cells over the image (tied cells
+        before its parent); cells go in decreasing effective score, ties by the larger relevance mass
+        (mean x area, capped likewise), then coarsest level first, then in the level's bit-reversed
+        Morton order, which spreads tied cells over the image (tied cells
         that do not all fit are spread evenly, not packed into the top-left corner).
     """
     if isinstance(relevances, (np.ndarray, RelevancePyramid)) or hasattr(relevances, "detach") \
@@ -72,10 +76,19 @@ def allocate_batch(relevances: Sequence[Any], budget: int = 256, patch: int = 16
             raise TypeError(f"{name} must be an int, got {value!r}")
     if patch < 1 or budget < 1 or min_level < 0:
         raise ValueError(f"need budget >= 1, patch >= 1, min_level >= 0; got {budget}, {patch}, {min_level}")
+    budget, patch, min_level = int(budget), int(patch), int(min_level)
+    if patch > MAX_PATCH:
+        raise ValueError(f"patch {patch} is over the limit of {MAX_PATCH} samples a side; "
+                         "raise glmip.limits.MAX_PATCH to go past it")
+    if min_level > MAX_ALLOCATION_LEVEL:
+        raise ValueError(f"min_level {min_level} is over {MAX_ALLOCATION_LEVEL} (a token of patch << level pixels "
+                         "would be wider than any image)")
     if max_level is not None and (not isinstance(max_level, (int, np.integer)) or isinstance(max_level, bool)):
         raise TypeError(f"max_level must be an int or None, got {max_level!r}")
     if max_level is not None and max_level < min_level:
         raise ValueError(f"max_level {max_level} is below min_level {min_level}")
+    if context is not None:
+        check_context(context)
     if classes is not None and not isinstance(classes, ClassBudgets):
         raise TypeError(f"classes must be a glmip.ClassBudgets, got {type(classes).__name__}")
     if classes is not None and classes.relevant[0] + classes.background[0] > budget:
@@ -87,7 +100,7 @@ def allocate_batch(relevances: Sequence[Any], budget: int = 256, patch: int = 16
         raise ValueError(f"image_sizes has {len(image_sizes)} entries for {len(relevances)} relevance maps; "
                          "give one (width, height) or None per map")
     for size in image_sizes:
-        if size is not None and (len(size) != 2 or not all(
+        if size is not None and (not hasattr(size, "__len__") or len(size) != 2 or not all(
                 isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1 for v in size)):
             raise ValueError(f"an image size must be two positive ints (width, height) or None, got {size!r}")
     cell = patch << min_level

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from .gl.formats import FORMATS, by_moderngl_dtype
 from .gl.paths import BridgePath, Prefer, buffer_availability, texture_availability, use_interop
+from .limits import check_context, check_pyramid, check_texture_side, non_negative_int
 
 if TYPE_CHECKING:
     import moderngl
@@ -135,14 +136,20 @@ def buffer_to_tensor(buffer: moderngl.Buffer, shape: tuple[int, ...], dtype: Any
     tensor on first touch; see bench/bridge.py). A CUDA destination takes the CUDA-GL interop path
     when available (`prefer`, see the module docstring); the buffer's GL context must be current.
     """
+    import moderngl
     import torch
 
+    if not isinstance(buffer, moderngl.Buffer):
+        raise TypeError(f"buffer must be a moderngl.Buffer, got {type(buffer).__name__}")
+    if type(buffer.mglo).__name__ == "InvalidObject":
+        raise ValueError("this GL buffer has been released")
     dtype = torch.float32 if dtype is None else dtype
     if not isinstance(dtype, torch.dtype):
         raise TypeError(f"dtype must be a torch.dtype, got {dtype!r}")
-    shape = tuple(int(s) for s in shape)
-    if any(s < 0 for s in shape):
-        raise ValueError(f"shape must be non-negative, got {shape}")
+    if isinstance(shape, (str, bytes)) or not hasattr(shape, "__iter__"):
+        raise TypeError(f"shape must be a tuple of non-negative ints, got {shape!r}")
+    shape = tuple(non_negative_int(s, "each dimension of shape") for s in shape)
+    offset = non_negative_int(offset, "offset")
     target = _resolve(out, shape, dtype, device)
     nbytes = math.prod(shape) * dtype.itemsize
     if offset < 0 or offset + nbytes > buffer.size:
@@ -167,6 +174,8 @@ def level_to_tensor(pyramid: MipTexture, level: int, device: Any = "cpu", out: t
     available (not for RGB or sRGB pyramids, see the module docstring)."""
     import torch
 
+    check_pyramid(pyramid)
+    level = non_negative_int(level, "level")
     if not 0 <= level < pyramid.levels:
         raise ValueError(f"level {level} does not exist; this pyramid has levels 0..{pyramid.levels - 1}")
     w, h = pyramid.sizes[level]
@@ -224,8 +233,11 @@ def tensor_to_texture(context: GLContext, tensor: torch.Tensor, layout: str = "H
     """
     import torch
 
+    check_context(context)
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"tensor_to_texture takes a torch tensor, got {type(tensor).__name__}")
+    if tensor.device.type == "meta":
+        raise TypeError("a meta tensor holds no data; pass a CPU or CUDA tensor")
     if layout not in ("HWC", "CHW"):
         raise ValueError(f"layout must be 'HWC' or 'CHW', got {layout!r}")
     if tensor.ndim == 2:
@@ -240,6 +252,7 @@ def tensor_to_texture(context: GLContext, tensor: torch.Tensor, layout: str = "H
         raise TypeError(f"texture data must be uint8, uint16, float16 or float32, got {tensor.dtype}")
     if not 1 <= channels <= 4 or height < 1 or width < 1:
         raise ValueError(f"need 1..4 channels and a non-empty image, got (H, W, C) = {tuple(tensor.shape)}")
+    check_texture_side(context, (int(width), int(height)), "the tensor")
     if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
         raise ValueError("the tensor holds NaN or infinite values")
     gl = context.gl

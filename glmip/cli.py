@@ -14,6 +14,7 @@ import numpy as np
 from . import DEFAULT_IMAGE, Context, PyramidMethod, __version__
 from .allocate import ClassBudgets, allocate
 from .data.cli import add_parser as add_data_parser
+from .errors import GlmipError
 from .gl.formats import unorm_scale
 from .image import as_image_array
 from .maps import as_relevance
@@ -24,7 +25,8 @@ from .slides.cli import add_parser as add_slide_parser
 __all__ = ["main"]
 
 
-def _print_info(info: dict, stream=sys.stdout) -> None:
+def _print_info(info: dict, stream: Any = None) -> None:
+    stream = sys.stdout if stream is None else stream  # looked up now: stdout may have been replaced
     print(f"renderer        {info['renderer']} ({info['vendor']})", file=stream)
     print(f"OpenGL          {info['gl_version']}", file=stream)
     print(f"EGL device      {info['egl_device']} of {max(1, len(info['egl_devices']))}", file=stream)
@@ -45,6 +47,13 @@ def _print_info(info: dict, stream=sys.stdout) -> None:
         print(f"interop {name:<16} {mark}  ({path['why']})", file=stream)
 
 
+def progress(total: int, what: str) -> Any:
+    """A tqdm bar on stderr over `total` steps, shown only when the work takes over a second."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=what, file=sys.stderr, delay=1.0, leave=False, unit="step")
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     with Context(device=args.device) as ctx:
         info = ctx.info()
@@ -58,14 +67,18 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_build(args: argparse.Namespace) -> int:
     image = args.image or DEFAULT_IMAGE
     with Context(device=args.device) as ctx:
-        if not args.quiet:
+        if args.verbose:
             _print_info(ctx.info())
             print()
         start = time.perf_counter()
         with ctx.pyramid(image, method=args.method, srgb=args.srgb) as pyramid:
             ctx.gl.finish()
             elapsed = time.perf_counter() - start
-            levels = [pyramid.level(i) for i in range(pyramid.levels)]
+            with progress(pyramid.levels, "reading levels") as bar:
+                levels = []
+                for i in range(pyramid.levels):
+                    levels.append(pyramid.level(i))
+                    bar.update()
             level0_bytes = levels[0].nbytes
             print(f"{Path(image).name}: {pyramid.width}x{pyramid.height}x{pyramid.channels} {pyramid.dtype}, "
                   f"method {pyramid.method.value}{' (sRGB)' if pyramid.srgb else ''}: {pyramid.levels} levels "
@@ -82,6 +95,21 @@ def parse_pair(text: str, what: str) -> tuple[float, float]:
     except ValueError:
         raise ValueError(f"{what} must be two numbers like 0.4,0.3, got {text!r}") from None
     return a, b
+
+
+class _ArgumentValueError(ValueError, argparse.ArgumentTypeError):
+    """A bad option value: argparse prints its message; elsewhere it is a ValueError."""
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """--size WIDTHxHEIGHT as two positive ints (no rounding of 1.5x2)."""
+    try:
+        width, height = (int(v) for v in text.lower().replace("x", ",").split(","))
+    except ValueError:
+        raise _ArgumentValueError(f"--size must be two positive ints like 640x480, got {text!r}") from None
+    if width < 1 or height < 1:
+        raise _ArgumentValueError(f"--size must be two positive ints like 640x480, got {text!r}")
+    return width, height
 
 
 def load_relevance(path: str) -> np.ndarray:
@@ -139,7 +167,9 @@ def parse_range(text: str, what: str) -> tuple[int, int]:
 
 def cmd_tokens(args: argparse.Namespace) -> int:
     image = args.image or DEFAULT_IMAGE
-    with Context(device=args.device) as ctx, ctx.pyramid(image, method="box") as pyramid:
+    with Context(device=args.device) as ctx, ctx.pyramid(image, method="box") as pyramid, \
+            progress(4 if args.save_tokens else 3, "tokens") as bar:
+        bar.update()
         relevance = relevance_from_args(args, pyramid)
         classes = None
         if args.relevant or args.background:
@@ -149,11 +179,17 @@ def cmd_tokens(args: argparse.Namespace) -> int:
         size = (pyramid.width, pyramid.height)
         layout = allocate(relevance, budget=args.budget, patch=args.patch, image_size=size, classes=classes,
                           context=ctx)
+        bar.update()
         if args.save_tokens:
             from .token_batch import TokenBatch  # torch, only when asked for
 
-            TokenBatch.from_parts([pyramid.tokens(layout)], [layout]).save(args.save_tokens)
+            try:
+                TokenBatch.from_parts([pyramid.tokens(layout)], [layout]).save(args.save_tokens)
+            except OSError as error:
+                raise ValueError(f"cannot write {args.save_tokens!r}: {error.strerror or error}") from None
+            bar.update()
         picture = layout.draw(pyramid.level(0))
+        bar.update()
     out = save_png(picture, args.output)
     counts = ", ".join(f"level {lvl}: {n}" for lvl, n in enumerate(np.bincount(layout.level)) if n)
     split = "" if layout.relevant is None else \
@@ -166,7 +202,7 @@ def cmd_tokens(args: argparse.Namespace) -> int:
 def cmd_render(args: argparse.Namespace) -> int:
     image = args.image or DEFAULT_IMAGE
     with Context(device=args.device) as ctx, ctx.pyramid(image, method=args.method, srgb=args.srgb) as pyramid:
-        size = (int(args.size[0]), int(args.size[1])) if args.size else (pyramid.width, pyramid.height)
+        size = args.size or (pyramid.width, pyramid.height)
         relevance = relevance_from_args(args, pyramid)
         max_level = pyramid.default_max_level if args.max_level is None else args.max_level
         composite, used = pyramid.render(relevance=relevance, max_level=max_level, gamma=args.gamma, size=size,
@@ -212,7 +248,7 @@ def cmd_warp(args: argparse.Namespace) -> int:
 def cmd_view(args: argparse.Namespace) -> int:
     from . import viewer
 
-    size = tuple(int(v) for v in parse_pair(args.size, "--size"))
+    size = parse_size(args.size)
     state = viewer.view_state(
         mode=args.mode, gaze=parse_pair(args.gaze, "--gaze") if args.gaze else None, method=args.method,
         zoom=args.zoom, tilt=args.tilt, compare_filter=args.filter, anisotropy=args.anisotropy,
@@ -265,7 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument("--method", choices=[m.value for m in PyramidMethod], default="hardware")
     build.add_argument("--srgb", action="store_true", help="filter 8-bit RGB(A) in linear light")
     build.add_argument("-o", "--output", default="glmip-levels.png", help="contact sheet PNG path")
-    build.add_argument("-q", "--quiet", action="store_true", help="skip the capability report")
+    build.add_argument("-v", "--verbose", action="store_true", help="print the device's capability report first")
+    build.add_argument("-q", "--quiet", action="store_true", help="(the default; kept for old scripts)")
     build.set_defaults(run=cmd_build)
 
     rend = commands.add_parser(
@@ -279,7 +316,8 @@ def main(argv: list[str] | None = None) -> int:
     rend.add_argument("--gamma", type=float, default=1.0, help="relevance curve exponent")
     rend.add_argument("--method", choices=[m.value for m in PyramidMethod], default="box")
     rend.add_argument("--srgb", action="store_true", help="filter 8-bit RGB(A) in linear light")
-    rend.add_argument("--size", type=lambda t: parse_pair(t, "--size"), help="output WIDTHxHEIGHT")
+    rend.add_argument("--size", type=parse_size, help="output WIDTHxHEIGHT (a 16-bit PNG for 16-bit and float "
+                      "images: float values clipped to 0..1)")
     rend.add_argument("-o", "--output", default="glmip-render.png")
     rend.set_defaults(run=cmd_render)
 
@@ -330,7 +368,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, TypeError, ImportError) as error:
+    except BrokenPipeError:
+        # The reader went away (`glmip info --json | head`): stop quietly, and keep Python's own
+        # flush at exit from raising again.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except (ValueError, TypeError, ImportError, GlmipError, OSError) as error:
         print(f"glmip {args.command}: error: {error}", file=sys.stderr)
         return 2
 

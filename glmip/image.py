@@ -5,17 +5,29 @@ Convention:
     `1xCxHxW` (a 3-D tensor whose first and last dimensions could both be channels is read
     as `CxHxW`, torch's own layout); C is 1..4; row 0 is the image's top.
     dtypes: uint8, uint16 (unorm), float32 (any finite value).
+    files: 16-bit PNGs keep their 16 bits (decoded with pypng, as PIL reads RGB(A) only as 8 bits);
+    EXIF orientation is applied, so row 0 is the top of the picture as it is meant to be seen;
+    files over `MAX_PIXELS` pixels are refused from their header, before decoding.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["as_image_array"]
+__all__ = ["as_image_array", "read_image_file", "MAX_PIXELS"]
+
+# Largest image (width x height) glmip reads, from a file or an array; over it a ValueError comes
+# before any decode or copy (the decompression-bomb check). The largest texture GL allows on
+# common devices is 16384 x 16384. Raise it by assignment or pass `max_pixels=` to the readers.
+MAX_PIXELS = 16384 * 16384
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PIL_LIMIT_LOCK = threading.Lock()
 
 ACCEPTED_DTYPES = ("uint8", "uint16", "float32")
 ACCEPTED_KINDS = "a numpy array (HxWxC), a torch tensor (CxHxW or HxWxC), a PIL image or a file path"
@@ -43,6 +55,8 @@ def _from_pil(image: Any) -> np.ndarray:
 
 
 def _from_torch(tensor: Any) -> np.ndarray:
+    if tensor.device.type == "meta":
+        raise TypeError("a meta tensor holds no data; pass a CPU or CUDA tensor")
     t = tensor.detach().cpu()
     if t.ndim == 4:
         if t.shape[0] != 1:
@@ -58,27 +72,91 @@ def _from_torch(tensor: Any) -> np.ndarray:
     name = str(t.dtype).removeprefix("torch.")
     if name not in ACCEPTED_DTYPES:
         raise TypeError(f"image dtype torch.{name} is not supported; use one of {', '.join(ACCEPTED_DTYPES)}")
-    return t.contiguous().numpy()
+    return t.numpy()  # a strided view: as_image_array checks the size before it copies
 
 
-def as_image_array(image: Any) -> np.ndarray:
+def _png_16bit_colour(path: Path) -> bool:
+    """Whether `path` is a PNG of 16-bit RGB, RGBA or grey+alpha (what PIL reduces to 8 bits)."""
+    with open(path, "rb") as file:
+        header = file.read(26)
+    return len(header) == 26 and header[:8] == _PNG_SIGNATURE and header[24] == 16 and header[25] in (2, 4, 6)
+
+
+def _read_png16(path: Path) -> np.ndarray:
+    import png  # pypng: pure Python, keeps 16-bit samples
+
+    width, height, rows, info = png.Reader(filename=str(path)).asDirect()
+    planes = int(info["planes"])
+    array = np.empty((height, width * planes), np.uint16)
+    for y, row in enumerate(rows):
+        array[y] = row
+    return array.reshape(height, width, planes)
+
+
+def _orient(array: np.ndarray, orientation: int) -> np.ndarray:
+    """`array` (HxWxC) turned as EXIF `orientation` (1..8) says, as PIL.ImageOps.exif_transpose does."""
+    if orientation in (5, 6, 7, 8):
+        array = array.transpose(1, 0, 2)  # transpose: orientation 5
+        array = {5: array, 6: array[:, ::-1], 7: array[::-1, ::-1], 8: array[::-1]}[orientation]
+    else:
+        array = {2: array[:, ::-1], 3: array[::-1, ::-1], 4: array[::-1]}.get(orientation, array)
+    return np.ascontiguousarray(array)
+
+
+def read_image_file(path: str | os.PathLike, max_pixels: int | None = None) -> np.ndarray:
+    """The image in file `path` as `HxWxC` (before `as_image_array`'s checks): 16-bit PNGs kept at
+    16 bits, EXIF orientation applied. Raises ValueError naming the path and the reason for a
+    missing, unreadable, corrupt or oversized (over `max_pixels`, default `MAX_PIXELS`) file."""
+    from PIL import Image, UnidentifiedImageError
+
+    limit = MAX_PIXELS if max_pixels is None else max_pixels
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"image file not found: {str(path)!r}")
+    try:
+        with _PIL_LIMIT_LOCK:  # glmip's own limit replaces PIL's bomb check while the header is read
+            saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            try:
+                opened = Image.open(path)
+            finally:
+                Image.MAX_IMAGE_PIXELS = saved
+        with opened:
+            width, height = opened.size
+            if width * height > limit:
+                raise ValueError(f"cannot read {str(path)!r}: its header says {width}x{height} = {width * height} "
+                                 f"pixels, over the limit of {limit} (a decompression-bomb guard); pass "
+                                 f"max_pixels= or set glmip.image.MAX_PIXELS to read it")
+            orientation = int(opened.getexif().get(0x0112, 1))
+            if _png_16bit_colour(path):
+                array = _read_png16(path)
+            else:
+                opened.load()
+                array = _from_pil(opened)
+    except ValueError as error:
+        if str(path) in str(error):
+            raise
+        raise ValueError(f"cannot read {str(path)!r} as an image: {error}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, EOFError, Image.DecompressionBombError) as error:
+        raise ValueError(f"cannot read {str(path)!r} as an image: {type(error).__name__}: {error}") from None
+    except Exception as error:  # pypng's FormatError/ChunkError and other decoder failures
+        if type(error).__module__ != "png":
+            raise
+        raise ValueError(f"cannot read {str(path)!r} as a PNG: {type(error).__name__}: {error}") from None
+    if array.ndim == 2:
+        array = array[:, :, None]
+    return _orient(array, orientation) if orientation != 1 else array
+
+
+def as_image_array(image: Any, max_side: int | None = None, max_pixels: int | None = None) -> np.ndarray:
     """`image` as a C-contiguous `HxWxC` numpy array, validated (see the module's convention).
 
     Raises TypeError for unsupported kinds or dtypes and ValueError for bad shapes, empty
-    images, and NaN or infinite values.
+    images, NaN or infinite values, sides over `max_side` (a device's texture size) or more
+    than `max_pixels` pixels (default `MAX_PIXELS`); sizes are checked before any copy.
     """
+    limit = MAX_PIXELS if max_pixels is None else max_pixels
     if isinstance(image, (str, os.PathLike)):
-        from PIL import Image, UnidentifiedImageError
-
-        path = Path(image)
-        if not path.is_file():
-            raise ValueError(f"image file not found: {str(path)!r}")
-        try:
-            with Image.open(path) as opened:
-                opened.load()
-                array = _from_pil(opened)
-        except UnidentifiedImageError as error:
-            raise ValueError(f"cannot read {str(path)!r} as an image: {error}") from None
+        array = read_image_file(image, limit)
     elif type(image).__module__.startswith("PIL.") and hasattr(image, "mode"):
         array = _from_pil(image)
     elif type(image).__module__.startswith("torch") and hasattr(image, "detach"):
@@ -100,6 +178,13 @@ def as_image_array(image: Any) -> np.ndarray:
         raise ValueError(f"an image must have 1 to 4 channels in its last axis, got shape {array.shape}{hint}")
     if array.shape[0] == 0 or array.shape[1] == 0:
         raise ValueError(f"the image is empty (shape {array.shape})")
+    height, width = array.shape[:2]
+    if max_side is not None and (width > max_side or height > max_side):
+        raise ValueError(f"image of {width}x{height} exceeds this device's maximum texture size "
+                         f"{max_side}x{max_side}; downscale or crop it (tiling is not supported yet)")
+    if width * height > limit:
+        raise ValueError(f"image of {width}x{height} = {width * height} pixels is over the limit of {limit}; "
+                         "set glmip.image.MAX_PIXELS (or pass max_pixels=) to accept it")
     if array.dtype.kind == "f" and not np.isfinite(array).all():
         bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
         raise ValueError(f"the float image holds {bad} NaN or infinite value(s); only finite values are accepted")

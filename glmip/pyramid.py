@@ -20,6 +20,7 @@ from .gl.formats import internal_format, texel_format
 from .gl.programs import encode_texels, groups, scratch
 from .image import as_image_array
 from .levels import LANCZOS_A, level_sizes
+from .limits import check_compute_build
 from .maps import default_max_level
 
 if TYPE_CHECKING:
@@ -63,7 +64,7 @@ class Pyramid:
         self.method = PyramidMethod.parse(method)
         if not isinstance(srgb, bool):
             raise TypeError(f"srgb must be a bool, got {srgb!r}")
-        pixels = as_image_array(image)
+        pixels = as_image_array(image, max_side=context.max_texture_size)
         height, width, channels = pixels.shape
         if srgb and (pixels.dtype != np.uint8 or channels < 3):
             raise ValueError(f"srgb=True needs an 8-bit RGB or RGBA image, got {pixels.dtype} with "
@@ -72,6 +73,8 @@ class Pyramid:
         if width > limit or height > limit:
             raise ValueError(f"image of {width}x{height} exceeds this device's maximum texture size "
                              f"{limit}x{limit}; downscale or crop it (tiling is not supported yet)")
+        if self.method is not PyramidMethod.HARDWARE:
+            check_compute_build(context, width, height, self.method.value)
         self.context = context
         self.width, self.height, self.channels = width, height, channels
         self.dtype = pixels.dtype
@@ -233,12 +236,13 @@ class Pyramid:
         self.context.check_open()
 
     def close(self) -> None:
-        """Release the texture now. Safe to call twice."""
+        """Release the texture now. Safe to call twice. From a thread other than its context's it
+        raises `WrongThreadError` and leaves the pyramid open (only that thread can delete it)."""
         if self._closed:
             return
-        self._closed = True
         if not self.context.closed:
             self.context.make_current()
+        self._closed = True
         if self._texture is not None:
             self._texture.release()
             self._texture = None

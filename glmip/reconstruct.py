@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .limits import MAX_OUTPUT_PIXELS, check_pixels
+
 __all__ = ["reconstruct", "covering_tokens"]
 
 EDGE_SNAP = 1e-6  # pixels: how close to a pixel centre a token edge counts as on it
@@ -123,7 +125,13 @@ def reconstruct(tokens: Any, layout: Any, size: tuple[int, int] | None = None) -
         raise ValueError(f"tokens have no channels: shape {tuple(tokens.shape)}")
     if not tokens.is_floating_point():
         raise TypeError(f"tokens must be floating point, got {tokens.dtype}")
+    if tokens.device.type == "meta":
+        raise TypeError("tokens are a meta tensor, which holds no data; pass a CPU or CUDA tensor")
+    if not bool(torch.isfinite(tokens).all()):
+        raise ValueError("tokens hold NaN or infinite values")
     width, height = _output_size(size, (width0, height0))
+    check_pixels((width, height), "the reconstruction size", MAX_OUTPUT_PIXELS,
+                 "ask for a smaller size or raise glmip.limits.MAX_OUTPUT_PIXELS")
     device = tokens.device
     owner = covering_tokens(layout, (width, height), device=device)  # (H, W)
 

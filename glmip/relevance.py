@@ -11,6 +11,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .gl.programs import TRILINEAR, WRAP_MODES, bound_texture, scratch
+from .limits import (
+    MAX_OUTPUT_PIXELS,
+    check_context,
+    check_pixels,
+    check_pyramid,
+    check_storage,
+    finite_float,
+    positive_int,
+    size_pair,
+)
 from .maps import as_relevance, rescale_to_unit
 
 if TYPE_CHECKING:
@@ -23,14 +33,16 @@ __all__ = ["gaze", "RelevancePyramid", "relevance_pyramid", "saliency"]
 def gaze(size: tuple[int, int], point: tuple[float, float], radius: float = 0.12) -> np.ndarray:
     """A foveal relevance map of `size` = (width, height): 1 at the gaze `point` (uv in [0, 1]^2,
     (0, 0) top-left), falling off as a Gaussian of sigma `radius` x the image's larger side."""
-    width, height = size
-    if width <= 0 or height <= 0:
-        raise ValueError(f"size must be positive (width, height), got {size}")
-    x, y = point
-    if not (0.0 <= x <= 1.0 and 0.0 <= y <= 1.0):
-        raise ValueError(f"the gaze point is uv in [0, 1]^2, got {point}")
-    if radius <= 0:
-        raise ValueError(f"radius must be positive, got {radius}")
+    width, height = size_pair(size, "size", MAX_OUTPUT_PIXELS,
+                              "make the map smaller (it is sampled by uv) or raise glmip.limits.MAX_OUTPUT_PIXELS")
+    try:
+        x, y = point
+    except (TypeError, ValueError):
+        raise TypeError(f"the gaze point must be (u, v), two numbers, got {point!r}") from None
+    what = "the gaze point (uv in [0, 1]^2)"
+    x, y = finite_float(x, f"{what} u", 0.0, 1.0), finite_float(y, f"{what} v", 0.0, 1.0)
+    # Under 1e-4 of the larger side the Gaussian is a single pixel or less, whatever the size.
+    radius = finite_float(radius, "radius", 1e-4)
     sigma = radius * max(width, height)
     cols = (np.arange(width) + 0.5) - x * width
     rows = (np.arange(height) + 0.5) - y * height
@@ -68,11 +80,12 @@ def _pyramid_shape(relevance: Any, cell: int, image_size: tuple[int, int] | None
                                                                                              tuple[int, int]]:
     r = as_relevance(relevance)
     width, height = image_size or (r.shape[1], r.shape[0])
-    if not isinstance(cell, (int, np.integer)) or isinstance(cell, bool) or cell < 1:
-        raise ValueError(f"cell must be a positive int (pixels a side), got {cell!r}")
-    if int(width) < 1 or int(height) < 1:
-        raise ValueError(f"image_size must be positive (width, height), got {image_size}")
-    return r, int(cell), (int(width), int(height))
+    cell = positive_int(cell, "cell (pixels a token side)")
+    size = size_pair((width, height), "image_size")
+    grid = (-(-size[0] // cell), -(-size[1] // cell))
+    check_pixels(grid, f"the relevance pyramid's base grid (image_size / cell {cell})", MAX_OUTPUT_PIXELS,
+                 "use a larger cell or raise glmip.limits.MAX_OUTPUT_PIXELS")
+    return r, cell, size
 
 
 def relevance_pyramid(relevance: Any, cell: int, image_size: tuple[int, int] | None = None,
@@ -81,6 +94,8 @@ def relevance_pyramid(relevance: Any, cell: int, image_size: tuple[int, int] | N
     with `cell`-pixel base cells. Built on the GPU when a `context` is given (one dispatch per
     level), else by the numpy reference (`glmip.reference.relevance_pyramid`), which it matches.
     """
+    if context is not None:
+        check_context(context)
     r, cell, size = _pyramid_shape(relevance, cell, image_size)
     if context is None:
         from . import reference
@@ -88,8 +103,10 @@ def relevance_pyramid(relevance: Any, cell: int, image_size: tuple[int, int] | N
         return RelevancePyramid(tuple(reference.relevance_pyramid(r, cell, size)), cell, size)
     import moderngl
 
-    gl = context.gl
     grid = (-(-size[0] // cell), -(-size[1] // cell))
+    how = "use a larger cell or a smaller relevance map"
+    check_storage(context, max(r.nbytes, grid[0] * grid[1] * 16), "this relevance pyramid", how)
+    gl = context.gl
     levels: list[np.ndarray] = []
     with scratch(context) as buffers:
         buffers.append(gl.buffer(r))
@@ -135,18 +152,21 @@ def saliency(pyramid: MipTexture, size: tuple[int, int] | None = None, *, centre
     `size` = (width, height) of the map, default the size of level 2. Returns float32 (h, w),
     rescaled to [0, 1] (a flat image gives zeros) unless `normalise` is False.
     """
+    check_pyramid(pyramid)
     for name, values in (("centres", centres), ("deltas", deltas)):
         values = tuple(values)
         if (not values or any(not isinstance(v, (int, np.integer)) or isinstance(v, bool) for v in values)
                 or list(values) != list(range(values[0], values[0] + len(values)))):
             raise ValueError(f"{name} must be consecutive ints, got {values!r}")
+    if max(centres) + max(deltas) > 64:
+        raise ValueError(f"centre + delta levels must be at most 64, got {centres!r} and {deltas!r}")
     if min(centres) < 0 or min(deltas) < 1:
         raise ValueError(f"need centres >= 0 and deltas >= 1, got {centres!r}, {deltas!r}")
     if size is None:
         size = pyramid.sizes[min(2, pyramid.levels - 1)]
-    width, height = size
-    if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0 for v in (width, height)):
-        raise ValueError(f"size must be two positive ints (width, height), got {size!r}")
+    how = "ask for a smaller map (consumers sample it by uv)"
+    width, height = size_pair(size, "size", MAX_OUTPUT_PIXELS, how + " or raise glmip.limits.MAX_OUTPUT_PIXELS")
+    check_storage(pyramid.context, width * height * 4, f"a {width}x{height} saliency map", how)
     import moderngl
 
     ctx = pyramid.context

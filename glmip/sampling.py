@@ -10,6 +10,7 @@ Convention:
 from __future__ import annotations
 
 import enum
+import numbers
 from typing import TYPE_CHECKING, Any
 
 import moderngl
@@ -27,6 +28,20 @@ from .gl.programs import (
     encode_texels,
     scratch,
     set_if_used,
+)
+from .limits import (
+    MAX_LEVEL,
+    MAX_OUTPUT_PIXELS,
+    MAX_PATCH,
+    MAX_SAMPLE_POINTS,
+    MAX_TOKEN_SAMPLES,
+    check_count,
+    check_pyramid,
+    check_storage,
+    check_texture_side,
+    finite_float,
+    positive_int,
+    size_pair,
 )
 from .maps import as_lod_map, default_max_level
 from .maps import lod_map as relevance_to_lod
@@ -75,7 +90,11 @@ def parse_enum(kind: type[enum.Enum], value: Any, what: str) -> Any:
 def as_float_array(values: Any, what: str, shape_tail: tuple[int, ...]) -> np.ndarray:
     """`values` (numpy, torch or nested lists) as a C-contiguous float32 array of shape (N, *shape_tail)."""
     if hasattr(values, "detach"):
+        if values.device.type == "meta":
+            raise TypeError(f"{what} is a meta tensor, which holds no data; pass a CPU or CUDA tensor")
         values = values.detach().cpu().numpy()
+    if isinstance(values, (str, bytes)):
+        raise TypeError(f"{what} must be numbers, got {type(values).__name__} {values!r}")
     array = np.asarray(values)
     if array.dtype.kind not in "fiu":
         raise TypeError(f"{what} must be a float array, got dtype {array.dtype}")
@@ -100,14 +119,21 @@ def sample(pyramid: MipTexture, uv: Any, lod: Any = None, *, filter: str | Filte
     up to `anisotropy` taps, identical on every GPU) or "anisotropic_hw" (the texture unit's
     own). lod_bias shifts every level; wrap: "clamp", "repeat" or "mirror".
     """
+    check_pyramid(pyramid)
     mode = parse_enum(Filter, filter, "filter")
     wrap_mode = parse_enum(Wrap, wrap, "wrap mode")
     if out not in ("numpy", "torch"):
         raise ValueError(f"out must be 'numpy' or 'torch', got {out!r}")
+    if hasattr(uv, "shape") and len(uv.shape) >= 1:
+        check_count(int(uv.shape[0]), "the number of sample points", MAX_SAMPLE_POINTS,
+                    "split the points into several calls or raise glmip.limits.MAX_SAMPLE_POINTS")
     points = as_float_array(uv, "uv", (2,))
     n = points.shape[0]
-    if not np.isfinite(lod_bias):
-        raise ValueError(f"lod_bias must be finite, got {lod_bias}")
+    check_count(n, "the number of sample points", MAX_SAMPLE_POINTS,
+                "split the points into several calls or raise glmip.limits.MAX_SAMPLE_POINTS")
+    check_storage(pyramid.context, n * 16, f"sampling {n} points", "split the points into several calls")
+    lod_bias = finite_float(lod_bias, "lod_bias", -MAX_LEVEL, MAX_LEVEL)
+    anisotropy = finite_float(anisotropy, "anisotropy")
     if lod is not None and grad is not None:
         raise ValueError("pass either lod (explicit levels) or grad (uv gradients), not both")
     if mode is Filter.BILINEAR and (lod is not None or grad is not None or lod_bias != 0.0):
@@ -124,10 +150,11 @@ def sample(pyramid: MipTexture, uv: Any, lod: Any = None, *, filter: str | Filte
         extra = as_float_array(grad, "grad", (2, 2)).reshape(n, 4)
         defines["SHADER_ANISO" if mode is Filter.ANISOTROPIC else "LOD_SOURCE_GRAD"] = 1
     elif mode is not Filter.BILINEAR:
-        lods = np.asarray(lod if lod is not None else 0.0, dtype=np.float32)
-        if lods.ndim == 0:
-            lods = np.full(n, lods, np.float32)
-        extra = as_float_array(lods, "lod", ())
+        if lod is None or getattr(lod, "ndim", 1) == 0 or isinstance(lod, (numbers.Number, str, bytes)):
+            scalar = 0.0 if lod is None else lod.item() if hasattr(lod, "item") else lod
+            extra = np.full(n, finite_float(scalar, "lod", -MAX_LEVEL, MAX_LEVEL), np.float32)
+        else:
+            extra = as_float_array(lod, "lod", ())
         if extra.shape[0] != n:
             raise ValueError(f"lod must be a scalar or have one value per point ({n}), got {extra.shape[0]}")
         defines["LOD_SOURCE_LOD"] = 1
@@ -182,8 +209,9 @@ def tokens(pyramid: MipTexture, layout: Any, patch: int | None = None, filter: s
 def _token_table(layout: Any, image_size: tuple[int, int], index: int) -> np.ndarray:
     table = np.ascontiguousarray(np.stack([np.asarray(layout.cx), np.asarray(layout.cy), np.asarray(layout.size),
                                            np.asarray(layout.level)], axis=1), dtype=np.float32)
-    if not np.isfinite(table).all() or (table[:, 2] <= 0).any():
-        raise ValueError(f"layout {index}: token centres, sizes and levels must be finite and sizes positive")
+    if not np.isfinite(table).all() or (table[:, 2] <= 0).any() or (np.abs(table[:, 3]) > MAX_LEVEL).any():
+        raise ValueError(f"layout {index}: token centres, sizes and levels must be finite, sizes positive and "
+                         f"levels within ±{MAX_LEVEL}")
     made_for = getattr(layout, "image_size", None)
     if made_for is not None and tuple(int(v) for v in made_for) != tuple(image_size):
         raise ValueError(f"layout {index} was made for an image of {made_for[0]}x{made_for[1]}, but its image is "
@@ -220,29 +248,39 @@ def tokens_batch(pyramids: list[MipTexture], layouts: list[Any], patch: int | No
     mode = parse_enum(Filter, filter, "filter")
     if mode not in (Filter.TRILINEAR, Filter.ANISOTROPIC):
         raise ValueError(f"tokens are sampled with 'trilinear' or 'anisotropic', got {mode.value!r}")
+    if not isinstance(pyramids, (list, tuple)) or not isinstance(layouts, (list, tuple)):
+        raise TypeError(f"tokens_batch takes a list of pyramids and a list of layouts, got "
+                        f"{type(pyramids).__name__} and {type(layouts).__name__}")
     if len(pyramids) != len(layouts):
         raise ValueError(f"need one layout per image, got {len(pyramids)} images and {len(layouts)} layouts")
     if not pyramids:
         raise ValueError("an empty batch: pass at least one image and its layout")
-    patch = getattr(layouts[0], "patch", 0) if patch is None else patch
-    if not isinstance(patch, (int, np.integer)) or isinstance(patch, bool) or patch < 1:
-        raise ValueError(f"patch must be a positive int, got {patch!r}")
-    patch = int(patch)
-    if not np.isfinite(lod_bias):
-        raise ValueError(f"lod_bias must be finite, got {lod_bias}")
+    for index, pyramid in enumerate(pyramids):
+        check_pyramid(pyramid)
+        if not all(hasattr(layouts[index], name) for name in ("cx", "cy", "size", "level")):
+            raise TypeError(f"layout {index} must be a glmip.TokenLayout (cx, cy, size, level arrays), got "
+                            f"{type(layouts[index]).__name__}")
+    patch = positive_int(getattr(layouts[0], "patch", None) if patch is None else patch, "patch")
+    if patch > MAX_PATCH:
+        raise ValueError(f"patch {patch} is over the limit of {MAX_PATCH} samples a side; "
+                         "raise glmip.limits.MAX_PATCH to go past it")
+    lod_bias = finite_float(lod_bias, "lod_bias", -MAX_LEVEL, MAX_LEVEL)
     ctx, channels = pyramids[0].context, pyramids[0].channels
     group_size = images_per_dispatch_for(ctx) if images_per_dispatch is None else images_per_dispatch
     if not isinstance(group_size, int) or not 1 <= group_size <= BATCH_TEXTURES:
         raise ValueError(f"images_per_dispatch must be an int in 1..{BATCH_TEXTURES}, got {images_per_dispatch!r}")
     for index, pyramid in enumerate(pyramids):
-        pyramid._check_open()
         if pyramid.context is not ctx or pyramid.channels != channels:
             raise ValueError(f"image {index} has {pyramid.channels} channel(s) in context {pyramid.context!r}; "
                              f"a batch needs one context and one channel count ({channels}, as image 0)")
+    counts = [len(np.asarray(layout.cx)) for layout in layouts]
+    total = sum(counts)
+    check_count(total * patch * patch, f"tokens x patch^2 ({total} x {patch}^2)", MAX_TOKEN_SAMPLES,
+                "sample fewer or smaller tokens per call, or raise glmip.limits.MAX_TOKEN_SAMPLES")
+    check_storage(ctx, total * channels * patch * patch * 4, f"{total} tokens of {patch}^2",
+                  "sample fewer or smaller tokens per call")
     tables = [_token_table(layout, (p.width, p.height), i) for i, (p, layout) in
               enumerate(zip(pyramids, layouts, strict=True))]
-    counts = [t.shape[0] for t in tables]
-    total = sum(counts)
     shape = (total, channels, patch, patch)
     if total == 0:
         return torch.empty(shape, dtype=torch.float32) if out is None else out
@@ -298,21 +336,25 @@ def render(pyramid: MipTexture, lod_map: Any = None, *, relevance: Any = None, s
     renders only what it shows. Returns HxWxC in the image's dtype, and with `return_lod` also the
     level each output pixel used (h, w) float32.
     """
+    check_pyramid(pyramid)
     if (lod_map is None) == (relevance is None):
         raise ValueError("pass exactly one of lod_map or relevance")
+    how = "render a smaller size, or a region of the image in tiles (region=)"
+    width, height = size_pair((pyramid.width, pyramid.height) if size is None else size, "size",
+                              MAX_OUTPUT_PIXELS, how + ", or raise glmip.limits.MAX_OUTPUT_PIXELS")
+    check_storage(pyramid.context, width * height * 16, f"rendering {width}x{height}", how)
+    lod_bias = finite_float(lod_bias, "lod_bias", -MAX_LEVEL, MAX_LEVEL)
     if relevance is not None:
         lod_map = relevance_to_lod(relevance, gamma=gamma,
                                    max_level=default_max_level(pyramid.levels) if max_level is None else max_level)
     lods = as_lod_map(lod_map)
-    width, height = size or (pyramid.width, pyramid.height)
-    if not (isinstance(width, (int, np.integer)) and isinstance(height, (int, np.integer)) and width > 0
-            and height > 0):
-        raise ValueError(f"size must be two positive ints (width, height), got {size!r}")
-    region = tuple(float(v) for v in region)
+    check_texture_side(pyramid.context, (lods.shape[1], lods.shape[0]), "the LOD map")
+    try:
+        region = tuple(float(v) for v in region)
+    except (TypeError, ValueError):
+        raise TypeError(f"region must be four numbers (u0, v0, u1, v1), got {region!r}") from None
     if len(region) != 4 or not all(np.isfinite(region)) or not (region[0] < region[2] and region[1] < region[3]):
         raise ValueError(f"region must be (u0, v0, u1, v1) with u0 < u1 and v0 < v1, got {region!r}")
-    if not np.isfinite(lod_bias):
-        raise ValueError(f"lod_bias must be finite, got {lod_bias}")
     ctx = pyramid.context
     gl = ctx.gl
     channels, dtype = pyramid.channels, pyramid.dtype

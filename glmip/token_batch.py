@@ -246,8 +246,12 @@ def _check_image(index: int, tokens: Any, layout: Any, shape: tuple[int, int] | 
     if not isinstance(tokens, torch.Tensor) or not tokens.is_floating_point():
         raise TypeError(f"{where}tokens must be a float torch tensor (N, C, P, P) as Pyramid.tokens returns, "
                         f"got {type(tokens).__name__} {getattr(tokens, 'dtype', '')}")
+    if tokens.device.type == "meta":
+        raise TypeError(f"{where}tokens are a meta tensor (no data); pass tokens with values, e.g. Pyramid.tokens")
     if tokens.ndim != 4 or tokens.shape[2] != tokens.shape[3]:
         raise ValueError(f"{where}tokens must have shape (N, C, P, P), got {tuple(tokens.shape)}")
+    if not bool(torch.isfinite(tokens).all()):
+        raise ValueError(f"{where}tokens hold NaN or infinite values")
     missing = [name for name in (*_LAYOUT_ARRAYS, "patch", "image_size") if not hasattr(layout, name)]
     if missing:
         raise TypeError(f"{where}layout must be a glmip.TokenLayout, got {type(layout).__name__} without "

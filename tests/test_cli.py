@@ -23,7 +23,7 @@ def test_info_json():
 
 def test_build_writes_a_contact_sheet(tmp_path):
     out = tmp_path / "sheet.png"
-    result = run("build", "--method", "box", "-o", str(out))
+    result = run("build", "--method", "box", "-v", "-o", str(out))
     assert result.returncode == 0, result.stderr
     assert "renderer" in result.stdout and "10 levels" in result.stdout
     sheet = np.asarray(Image.open(out))

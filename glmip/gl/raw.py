@@ -15,6 +15,8 @@ from .formats import PIXEL_FORMATS, texel_format
 __all__ = ["GL", "egl_devices", "current_egl_context"]
 
 GL_TEXTURE_2D = 0x0DE1
+GL_MAX_TEXTURE_SIZE = 0x0D33
+GL_MAX_SHADER_STORAGE_BLOCK_SIZE = 0x90DE
 
 GL_PIXEL_PACK_BUFFER = 0x88EB
 GL_PIXEL_UNPACK_BUFFER = 0x88EC
@@ -83,6 +85,7 @@ class GL:
             "glDeleteTextures", None, ctypes.c_int, ctypes.POINTER(ctypes.c_uint)
         )
         self.glGetError = _proc("glGetError", ctypes.c_uint)
+        self.glGetInteger64v = _proc("glGetInteger64v", None, ctypes.c_uint, ctypes.POINTER(ctypes.c_int64))
         self.glBindBuffer = _proc("glBindBuffer", None, ctypes.c_uint, ctypes.c_uint)
         self.glPixelStorei = _proc("glPixelStorei", None, ctypes.c_uint, ctypes.c_int)
         self.glTextureSubImage2D = _proc(
@@ -116,6 +119,13 @@ class GL:
 
     def delete_sampler(self, name: int) -> None:
         self.glDeleteSamplers(1, ctypes.byref(ctypes.c_uint(name)))
+
+    def get_integer(self, name: int) -> int:
+        """glGetInteger64v of one value (a limit such as GL_MAX_TEXTURE_SIZE), without moderngl's
+        info dictionary (building it costs a few KiB per context that are never given back)."""
+        value = ctypes.c_int64(0)
+        self.glGetInteger64v(name, ctypes.byref(value))
+        return int(value.value)
 
     def _check(self, what: str) -> None:
         error = self.glGetError()
