@@ -245,7 +245,9 @@ def warp(pyramid: Pyramid | Sequence[Pyramid], matrix: Any, size: tuple[int, int
     hw_aniso = float(anisotropy) if mode is Filter.ANISOTROPIC_HW else 1.0
     sampler = ctx.sampler(*SAMPLER_FILTERS[mode], _BORDER_WRAP[border_mode], hw_aniso)
     gl = ctx.gl
-    previous = gl.fbo if gl.fbo is not None else gl.detect_framebuffer(0)  # rebound before ours is released
+    # rebound before ours is released; a framebuffer someone else released while bound is not rebound
+    current = gl.fbo
+    previous = current if current is not None and hasattr(current, "use") else gl.detect_framebuffer(0)
     host = torch.empty((height, width, 4), dtype=torch.float32)
     resources: list[Any] = []
     try:

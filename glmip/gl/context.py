@@ -149,6 +149,7 @@ class GLContext:
         for name in self._samplers.values():
             self._raw.delete_sampler(name)
         self._samplers.clear()
+        process.forget_context(self._egl_context)
         self._mgl.release()
         self._closed = True
 

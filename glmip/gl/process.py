@@ -38,8 +38,8 @@ from ..errors import ForkedContextError
 from . import raw as _gl
 
 # (Python package, path of the library inside it) for libraries that carry their own LLVM.
-__all__ = ["prepare_process", "check_same_process", "create_gl_context", "preload_llvm_libraries", "SurfacelessContext",
-           "LLVM_LIBRARIES"]
+__all__ = ["prepare_process", "check_same_process", "forget_context", "create_gl_context", "preload_llvm_libraries",
+           "SurfacelessContext", "LLVM_LIBRARIES"]
 
 LLVM_LIBRARIES: tuple[tuple[str, str], ...] = (("triton", "_C/libtriton.so"),)
 
@@ -114,6 +114,11 @@ def _finish_before_fork() -> None:
         _gl._proc("glFinish", None)()
 
 
+def forget_context(handle: int) -> None:
+    """Drop EGL context `handle` from this process's table (its Context is closing)."""
+    _contexts.pop(handle, None)
+
+
 def check_same_process(owner_pid: int) -> None:
     """Raise ForkedContextError unless this is process `owner_pid` (the one that created the Context)."""
     if os.getpid() != owner_pid:
@@ -140,7 +145,8 @@ def create_gl_context(device: int, require: int) -> moderngl.Context:
     if not inherited(EGL_PLATFORM_DEVICE_EXT, device):
         gl = moderngl.create_context(standalone=True, backend="egl", require=require, device_index=device)
         _displays.setdefault((EGL_PLATFORM_DEVICE_EXT, device), os.getpid())
-        _renderers.setdefault(device, gl.info["GL_RENDERER"])
+        if device not in _renderers:  # asked once: moderngl keeps every `info` dict it builds
+            _renderers[device] = gl.info["GL_RENDERER"]
         _contexts[_gl.current_egl_context()] = os.getpid()
         return gl
     if inherited(EGL_PLATFORM_SURFACELESS_MESA, 0):
