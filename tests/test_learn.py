@@ -1,0 +1,123 @@
+"""bench/learn.py: the seeded code scenes, what glmip is told about them, the training bookkeeping, and the whole
+pipeline for a few steps (`--quick`)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bench.learn import (
+    RELEVANCE_CELL,
+    Cache,
+    Fonts,
+    Input,
+    coarse_relevance,
+    final_slope,
+    learning_rate,
+    make_code_scene,
+    parse_args,
+    tokenise,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+ALPHABET = "0123456789"
+
+
+@pytest.fixture(scope="module")
+def fonts() -> Fonts:
+    return Fonts.available()
+
+
+def test_scene_is_a_function_of_its_seed(fonts):
+    a, b = make_code_scene(7, 256, fonts, ALPHABET, 4), make_code_scene(7, 256, fonts, ALPHABET, 4)
+    other = make_code_scene(8, 256, fonts, ALPHABET, 4)
+    assert np.array_equal(a.image, b.image) and a.code == b.code and a.box == b.box
+    assert np.array_equal(a.relevance, b.relevance)
+    assert not np.array_equal(a.image, other.image)
+    assert a.image.shape == (256, 256, 3) and a.image.dtype == np.uint8
+    assert len(a.code) == 4 and set(a.code) <= set(ALPHABET)
+
+
+def test_panel_holds_dark_ink_on_light_ground(fonts):
+    """The code is drawn inside the panel box, which lies whole inside the image."""
+    for seed in range(5):
+        scene = make_code_scene(seed, 192, fonts, ALPHABET, 4)
+        x0, y0, x1, y1 = scene.box
+        assert 0 <= x0 < x1 <= 192 and 0 <= y0 < y1 <= 192
+        panel = scene.image[y0:y1, x0:x1].astype(int).sum(2)
+        assert np.median(panel) > 3 * 200, "the panel is light"
+        assert panel.min() < 3 * 80, "and carries dark glyphs"
+
+
+def test_relevance_is_coarse_and_covers_the_panel(fonts):
+    """glmip sees 8-px cells of a blurred, grown box: every cell the panel touches is relevant, and the map has no
+    structure finer than a cell (it cannot point at glyphs)."""
+    rng = np.random.default_rng(0)
+    box = (100, 60, 150, 80)
+    relevance = coarse_relevance(rng, box, 256)
+    assert relevance.shape == (256 // RELEVANCE_CELL,) * 2 and relevance.dtype == np.float32
+    assert relevance.min() >= 0 and relevance.max() == pytest.approx(1.0)
+    x0, y0, x1, y1 = (v // RELEVANCE_CELL for v in box)
+    assert (relevance[y0:y1 + 1, x0:x1 + 1] > 0.3).all()
+    assert relevance[0, 0] < 1e-3 and relevance[-1, -1] < 1e-3
+
+
+def test_learning_rate_warms_up_then_decays():
+    rates = [learning_rate(step, 100, 1e-3) for step in range(100)]
+    assert rates[0] == pytest.approx(1e-4) and rates[9] == pytest.approx(1e-3)
+    assert all(a >= b for a, b in zip(rates[9:], rates[10:], strict=False)) and rates[-1] < 1e-5
+
+
+def test_final_slope_is_the_change_over_the_last_fifth():
+    losses = [2.0] * 80 + [1.0 - 0.01 * i for i in range(20)]
+    assert final_slope(losses) == pytest.approx(-0.19)
+    assert final_slope([0.5] * 50) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_cached_tokens_round_trip_through_a_token_batch(ctx, fonts):
+    """8-bit cached tokens come back as the float tokens, each image's rows with its own layout."""
+    scenes = [make_code_scene(seed, 128, fonts, ALPHABET, 2) for seed in range(3)]
+    for item in (Input("glmip-16", "glmip", 16), Input("dense", "dense", None)):
+        cache = tokenise(ctx, item, scenes, ALPHABET, chunk=2)
+        assert isinstance(cache, Cache) and len(cache) == 3 and cache.tokens.dtype == torch.uint8
+        batch = cache.batch([2, 0])
+        assert batch.lengths == (len(cache.layouts[2]), len(cache.layouts[0]))
+        assert batch.tokens.min() >= 0 and batch.tokens.max() <= 1
+        assert cache.codes[1].tolist() == [ALPHABET.index(c) for c in scenes[1].code]
+    assert cache.counts.tolist() == [64, 64, 64], "dense: every 16-px patch of 128²"
+
+
+def test_arguments_are_checked():
+    with pytest.raises(SystemExit):
+        parse_args(["--size", "100"])
+    with pytest.raises(SystemExit):
+        parse_args(["--budgets", "1000", "--size", "256"])
+    with pytest.raises(SystemExit):
+        parse_args(["--alphabet", "aa"])
+
+
+def test_quick_pipeline(tmp_path):
+    """`python -m bench.learn --quick`: every input tokenised, trained and measured, JSON and plot written."""
+    out, plot = tmp_path / "learn.json", tmp_path / "learn.png"
+    result = subprocess.run([sys.executable, "-m", "bench.learn", "--quick", "--out", str(out), "--plot", str(plot)],
+                            capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert plot.stat().st_size > 0
+    rows = {r["input"]: r for r in report["results"]}
+    assert set(rows) == {"glmip-16", "glmip-32", "uniform-16", "uniform-32", "dense"}
+    assert rows["dense"]["tokens_mean"] == 64 and rows["uniform-16"]["tokens_mean"] == 16
+    for row in rows.values():
+        assert len(row["losses"]) == report["config"]["steps"] and np.isfinite(row["losses"]).all()
+        assert 0 <= row["exact_acc"] <= row["char_acc"] <= 1
+        assert row["gflops"] > 0 and row["train_s"] > 0 and row["vit_ms"] > 0 and row["tokenise_ms"] > 0
+        assert row["budget"] is None or row["tokens_max"] <= row["budget"]
+    assert rows["dense"]["gflops"] > rows["glmip-32"]["gflops"] > rows["glmip-16"]["gflops"]
+    assert set(report["goal"]) == {"glmip-16", "glmip-32"}
+    assert "| dense |" in result.stdout
