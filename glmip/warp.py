@@ -247,7 +247,10 @@ def warp(pyramid: Pyramid | Sequence[Pyramid], matrix: Any, size: tuple[int, int
     gl = ctx.gl
     # rebound before ours is released; a framebuffer someone else released while bound is not rebound
     current = gl.fbo
-    previous = current if current is not None and hasattr(current, "use") else gl.detect_framebuffer(0)
+    released = current is None or type(getattr(current, "mglo", None)).__name__ == "InvalidObject"
+    previous = gl.detect_framebuffer(0) if released else current
+    if released:  # moderngl would rebind the deleted name while making ours (GL_INVALID_OPERATION)
+        previous.use()
     host = torch.empty((height, width, 4), dtype=torch.float32)
     resources: list[Any] = []
     try:
