@@ -105,14 +105,16 @@ def allocate_batch(relevances: Sequence[Any], budget: int = 256, patch: int = 16
             raise ValueError(f"an image size must be two positive ints (width, height) or None, got {size!r}")
     cell = patch << min_level
     pyramids = []
+    validated = []
     for relevance, size in zip(relevances, image_sizes, strict=True):
         if isinstance(relevance, RelevancePyramid):
             if relevance.cell != cell or (size is not None and tuple(size) != relevance.image_size):
                 raise ValueError(f"a relevance pyramid has cell {relevance.cell} over {relevance.image_size}; this "
                                  f"allocation needs cell {cell} (patch << min_level) over {size or 'its image'}")
+            validated.append(relevance)
         else:
-            as_relevance(relevance)  # every map validated before any pyramid is built
-    for relevance, size in zip(relevances, image_sizes, strict=True):
+            validated.append(as_relevance(relevance))  # every map validated before any pyramid is built
+    for relevance, size in zip(validated, image_sizes, strict=True):
         pyramids.append(relevance if isinstance(relevance, RelevancePyramid)
                         else relevance_pyramid(relevance, cell, None if size is None else tuple(size), context))
     if not pyramids:

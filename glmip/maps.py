@@ -45,7 +45,7 @@ def as_relevance(relevance: Any) -> np.ndarray:
         raise ValueError(f"a relevance map must be a non-empty (h, w) array, got shape {relevance.shape}")
     if array.dtype.kind not in "fiub":
         raise TypeError(f"a relevance map must hold numbers, got dtype {array.dtype}")
-    array = array.astype(np.float32)
+    array = array.astype(np.float32, copy=False)
     if not np.isfinite(array).all():
         raise ValueError("the relevance map holds NaN or infinite values")
     if float(array.min()) < 0.0 or float(array.max()) > 1.0:
