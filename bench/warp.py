@@ -64,7 +64,7 @@ QUALITY_SIZE = 512
 # -- inputs -------------------------------------------------------------------------------
 def pattern(size: int) -> np.ndarray:
     """RGB8 pattern that aliases under minification: zone plate (rising to 0.5 cycles/px at radius size/2),
-    1-px lines every 16 px, 3.1-px oblique stripes (as tests/test_warp.py)."""
+    1-px lines every 16 px, 3.1-px oblique stripes (tests/test_warp.py uses it too)."""
     y, x = np.mgrid[0:size, 0:size].astype(np.float64) + 0.5
     c = size / 2
     zone = 0.5 + 0.5 * np.cos(math.pi * ((x - c) ** 2 + (y - c) ** 2) / size)

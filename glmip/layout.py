@@ -36,6 +36,18 @@ class TokenLayout:
     def __len__(self) -> int:
         return int(self.level.shape[0])
 
+    @classmethod
+    def grid(cls, image_size: tuple[int, int], patch: int = 16, level: int = 0) -> TokenLayout:
+        """Every whole (patch * 2^level)-pixel block of an image of `image_size` = (width, height), row-major
+        as a ViT flattens its patch grid (a partial block at the right or bottom edge is left out)."""
+        width, height = image_size
+        side = patch << level
+        rows, cols = np.mgrid[0:height // side, 0:width // side]
+        n = rows.size
+        return cls(cx=cols.ravel() * side + side / 2.0, cy=rows.ravel() * side + side / 2.0,
+                   size=np.full(n, float(side)), level=np.full(n, level, np.int64), patch=patch,
+                   image_size=(int(width), int(height)))
+
     @property
     def uv_centres(self) -> np.ndarray:
         """(N, 2) token centres in uv ((0, 0) top-left, (1, 1) bottom-right)."""

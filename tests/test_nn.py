@@ -44,13 +44,7 @@ EMBED_ATOL = 1e-4
 
 
 def uniform_layout(width: int, height: int, patch: int = 16, level: int = 0) -> glmip.TokenLayout:
-    """Every (patch * 2^level)-pixel block of the image, row-major as a ViT flattens its grid."""
-    side = patch << level
-    rows, cols = np.mgrid[0:height // side, 0:width // side]
-    n = rows.size
-    return glmip.TokenLayout(cx=cols.ravel() * side + side / 2.0, cy=rows.ravel() * side + side / 2.0,
-                             size=np.full(n, float(side)), level=np.full(n, level, np.int64), patch=patch,
-                             image_size=(width, height))
+    return glmip.TokenLayout.grid((width, height), patch, level)
 
 
 def pixel_patches(pixels: torch.Tensor, patch: int) -> torch.Tensor:

@@ -7,7 +7,6 @@ crashes in some environments). Skipped where timm cannot be imported.
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
@@ -37,12 +36,7 @@ MODELS = {  # name: create_model overrides that keep it small (depth 1, a small 
 
 
 def uniform_layout(width: int, height: int, patch: int, level: int = 0) -> glmip.TokenLayout:
-    side = patch << level
-    rows, cols = np.mgrid[0:height // side, 0:width // side]
-    n = rows.size
-    return glmip.TokenLayout(cx=cols.ravel() * side + side / 2.0, cy=rows.ravel() * side + side / 2.0,
-                             size=np.full(n, float(side)), level=np.full(n, level, np.int64), patch=patch,
-                             image_size=(width, height))
+    return glmip.TokenLayout.grid((width, height), patch, level)
 
 
 def pixel_patches(pixels: torch.Tensor, patch: int) -> torch.Tensor:

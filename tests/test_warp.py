@@ -17,8 +17,6 @@ reproduces the fragment path: trilinear within 1 LSB, anisotropic within 4 LSB a
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import torch
@@ -27,31 +25,12 @@ from conftest import FLOAT_TOLERANCE, random_image
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bench.warp import affine, pattern
 from glmip import reference
 from glmip import warp as warp_module
 from glmip.warp import grid_sample_grid, kornia_matrix, tilt_homography, warp, warp_coordinates
 
 SIZE = 512
-
-
-def pattern(size: int) -> np.ndarray:
-    """RGB8 test pattern that aliases under minification: a zone plate (frequency rising to 0.5 cycles/px
-    at radius size/2), 1-px lines every 16 px, and 3.1-px oblique stripes."""
-    y, x = np.mgrid[0:size, 0:size].astype(np.float64) + 0.5
-    c = size / 2
-    zone = 0.5 + 0.5 * np.cos(math.pi * ((x - c) ** 2 + (y - c) ** 2) / size)
-    lines = ((np.floor(x) % 16 == 0) | (np.floor(y) % 16 == 0)).astype(np.float64)
-    stripes = 0.5 + 0.5 * np.sign(np.sin(2 * math.pi * (x * 0.8 + y * 0.6) / 3.1))
-    return np.round(np.stack([zone, lines, stripes], -1) * 255).astype(np.uint8)
-
-
-def affine(size_in: int, size_out: int, scale: float, angle: float = 0.0, shear: float = 0.0) -> np.ndarray:
-    """Output -> input: about the centres, scale then shear then rotate by `angle` degrees."""
-    a = math.radians(angle)
-    t_in = np.array([[1, 0, size_in / 2], [0, 1, size_in / 2], [0, 0, 1.0]])
-    t_out = np.array([[1, 0, -size_out / 2], [0, 1, -size_out / 2], [0, 0, 1.0]])
-    rotation = np.array([[math.cos(a), -math.sin(a), 0], [math.sin(a), math.cos(a), 0], [0, 0, 1]])
-    return t_in @ rotation @ np.array([[1, shear, 0], [0, 1, 0], [0, 0, 1.0]]) @ np.diag([scale, scale, 1.0]) @ t_out
 
 
 CASES = {  # name: (H, output size, margin in dB by which glmip anisotropic beats grid_sample and kornia)
