@@ -23,7 +23,7 @@ from .warp import Border, tilt_homography
 
 __version__ = "0.1.0"
 
-DEFAULT_IMAGE = Path(__file__).resolve().parent / "data" / "coffee.png"
+DEFAULT_IMAGE = Path(__file__).resolve().parent / "assets" / "coffee.png"
 
 
 def __getattr__(name: str):
