@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import glmip
@@ -85,7 +85,9 @@ def test_tiled_equals_untiled_at_tile_borders(ctx):
 @settings(max_examples=3, deadline=None)
 @given(seed=st.integers(0, 2**16), columns=st.integers(3, 9), rows=st.integers(3, 9), tile=st.sampled_from([64, 192]))
 def test_tiled_equals_untiled_random_sizes(session_context, seed, columns, rows, tile):
-    """Sizes a multiple of 64 (the convention: levels are exact 2^L blocks there), random tiles and content."""
+    """Sizes a multiple of 64 (the convention: levels are exact 2^L blocks there), random tiles and content;
+    each image at least two tiles wide and high, so there are tile borders to cross."""
+    assume(columns * 64 > tile and rows * 64 > tile)
     image = textured(np.random.default_rng(seed), rows * 64, columns * 64)
     check_tiled_equals_untiled(session_context, image, tile=tile, seed=seed)
     assert session_context.gl.error == "GL_NO_ERROR"
