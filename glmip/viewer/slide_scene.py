@@ -43,15 +43,17 @@ REGION_PICTURES = 4  # rendered regions kept, so panning back across a grid line
 ZOOM_PAST_ONE = 64  # max zoom = long side / this: 1:1 and 4x beyond it in a 256-px area
 
 
-def open_slide(context: glmip.Context, source: Any, *, cache_bytes: int = HOST_CACHE_BYTES,
-               gl_cache_bytes: int = GL_CACHE_BYTES) -> glmip.Slide | None:
+def open_slide(context: glmip.Context, source: Any, *, cache_bytes: int | None = None,
+               gl_cache_bytes: int | None = None) -> glmip.Slide | None:
     """`source` opened as a `glmip.Slide` if it is one for the viewer (see the module's rule), else None.
-    A TIFF the slide reader refuses (strips, planar channels) is None too: the image path then reads it."""
+    A TIFF the slide reader refuses (strips, planar channels) is None too: the image path then reads it.
+    The caches default to `HOST_CACHE_BYTES` and `GL_CACHE_BYTES` (read at call time)."""
     if not isinstance(source, (str, Path)) or Path(source).suffix.lower() not in SLIDE_SUFFIXES:
         return None
     try:
-        slide = glmip.Slide(context, str(source), cache_bytes=cache_bytes, gl_cache_bytes=gl_cache_bytes)
-    except ValueError:
+        slide = glmip.Slide(context, str(source), cache_bytes=HOST_CACHE_BYTES if cache_bytes is None else cache_bytes,
+                            gl_cache_bytes=GL_CACHE_BYTES if gl_cache_bytes is None else gl_cache_bytes)
+    except (ValueError, ImportError):  # not a slide the reader takes, or no `slide` extra: an ordinary image
         return None
     if len(slide.stored_levels) > 1 or max(slide.width, slide.height) > context.max_texture_size:
         return slide
