@@ -12,7 +12,7 @@ an ordinary image (`Scene`).
 
 Convention: the picture for a view at display scale s (screen pixels per level-0 pixel) is rendered at
 `render_scale(s)` (s rounded up to a half octave, at most 1), i.e. at level lambda = -log2 of it; its region
-is the visible uv box plus a margin, snapped to a 256-output-pixel grid (`render_region`), so pans inside a
+is the visible uv box plus a margin, snapped to a 256-output-pixel grid (`slide_region`), so pans inside a
 grid cell and zoom steps within a half octave reuse the picture. Pictures are keyed by (scale, region).
 """
 
@@ -29,10 +29,10 @@ import numpy as np
 import glmip
 from glmip import pictures
 
-from .scene import HEAT_ALPHA, Frame, Picture, display_rgb, render_region, render_scale
+from .scene import HEAT_ALPHA, REGION_MARGIN, REGION_TILE, Frame, Picture, display_rgb, render_scale
 from .state import MAX_ZOOM, Mode, ViewState
 
-__all__ = ["SLIDE_SUFFIXES", "SLIDE_MODES", "open_slide", "SlideScene"]
+__all__ = ["SLIDE_SUFFIXES", "SLIDE_MODES", "open_slide", "slide_region", "SlideScene"]
 
 SLIDE_SUFFIXES = (".tif", ".tiff", ".svs", ".btf")
 SLIDE_MODES = (Mode.ORIGINAL, Mode.HEAT)
@@ -59,6 +59,21 @@ def open_slide(context: glmip.Context, source: Any, *, cache_bytes: int | None =
         return slide
     slide.close()
     return None
+
+
+def slide_region(visible: tuple[float, float, float, float], full: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The output pixels (x0, y0, x1, y1) of a `full`-sized render of the slide worth computing: the visible uv
+    box plus `REGION_MARGIN`, snapped outward to the `REGION_TILE` grid, clipped to the slide. Unlike the
+    image viewer's `render_region` it never widens to the whole slide: that can be millions of pixels."""
+    u0, v0, u1, v1 = visible
+
+    def span(a: float, b: float, n: int) -> tuple[int, int]:
+        lo = max(0, math.floor((a * n - REGION_MARGIN) / REGION_TILE) * REGION_TILE)
+        hi = min(n, math.ceil((b * n + REGION_MARGIN) / REGION_TILE) * REGION_TILE)
+        return lo, max(hi, lo + 1)
+
+    (x0, x1), (y0, y1) = span(u0, u1, full[0]), span(v0, v1, full[1])
+    return x0, y0, x1, y1
 
 
 class SlideScene:
@@ -125,7 +140,7 @@ class SlideScene:
             return self._keep(key, lambda: Picture(key, display_rgb(self.slide.read(stored)))), shown
         w, h = self.image_size
         full = (max(1, math.ceil(w * scale)), max(1, math.ceil(h * scale)))
-        x0, y0, x1, y1 = render_region(visible, full)
+        x0, y0, x1, y1 = slide_region(visible, full)
         key = ("region", scale, (x0, y0, x1, y1))
         uv = (x0 / full[0], y0 / full[1], x1 / full[0], y1 / full[1])
 
