@@ -139,6 +139,15 @@ class Scene:
     def image_size(self) -> tuple[int, int]:
         return self.pyramid.width, self.pyramid.height
 
+    @property
+    def levels(self) -> int:
+        return self.pyramid.levels
+
+    @property
+    def nbytes(self) -> int:
+        """GPU bytes of the pyramid."""
+        return self.pyramid.nbytes
+
     def close(self) -> None:
         self._cache.clear()
         if self._pyramid is not None:

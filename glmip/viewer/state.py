@@ -78,6 +78,7 @@ class ViewState:
     gaze_radius: float = 0.12
     relevance_source: str = "gaze"  # gaze, saliency or query
     zoom: float = 1.0
+    max_zoom: float = MAX_ZOOM  # slides raise it, so 1:1 is reachable on a 100k-pixel image
     pan: tuple[float, float] = (0.0, 0.0)  # screen pixels, from the centred position
     tilt: float = 0.0  # degrees; > 0 shows the trilinear / anisotropic comparison
     anisotropy: int = 16
@@ -154,7 +155,7 @@ class ViewState:
 
     def zoom_at(self, x: float, y: float, steps: float) -> None:
         """Zoom by 2^(steps/4) keeping the image point under (x, y) fixed."""
-        zoom = min(MAX_ZOOM, max(MIN_ZOOM, self.zoom * 2.0 ** (steps / 4)))
+        zoom = min(self.max_zoom, max(MIN_ZOOM, self.zoom * 2.0 ** (steps / 4)))
         if self.tilt > 0:  # the tilted plane zooms about its own centre
             self.zoom = zoom
             return

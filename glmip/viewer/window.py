@@ -25,7 +25,8 @@ from glmip import pictures
 from .controls import Controls
 from .present import Presenter
 from .scene import Scene
-from .state import ViewState
+from .slide_scene import SLIDE_MODES, SlideScene, open_slide
+from .state import Mode, ViewState
 from .ui import Figures, build
 
 __all__ = ["display_available", "WindowSurface", "HeadlessSurface", "Viewer"]
@@ -158,7 +159,10 @@ class HeadlessSurface:
 
 class Viewer:
     """The LOD viewer on `image` (default glmip's bundled picture); `step()` handles input and draws
-    when something changed, `render()` draws now, `screenshot()` reads the last frame back."""
+    when something changed, `render()` draws now, `screenshot()` reads the last frame back.
+
+    A path to a whole-slide image (see `slide_scene.open_slide`) opens a `SlideScene` instead: original and
+    tissue-heat modes only (others fall back to original), zoom up to past 1:1 on any slide size."""
 
     def __init__(self, image: Any = None, *, size: tuple[int, int] = (1280, 800), window: bool | None = None,
                  visible: bool = True, device: int | None = None, srgb: bool = False, clip_model: str | None = None,
@@ -171,14 +175,22 @@ class Viewer:
         self.context = glmip.Context(device=device)
         self.surface: WindowSurface | HeadlessSurface | None = None
         self.presenter: Presenter | None = None
-        self.scene: Scene | None = None
+        self.scene: Scene | SlideScene | None = None
         imgui.create_context()
         imgui.get_io().set_ini_filename(None)  # no imgui.ini in the user's folder
         try:
-            self.scene = Scene(self.context, glmip.DEFAULT_IMAGE if image is None else image,
-                               method=state.get("method", "hardware"), srgb=srgb, clip_model=clip_model)
+            slide = open_slide(self.context, image)
+            if slide is not None:
+                self.scene = SlideScene(slide)
+            else:
+                self.scene = Scene(self.context, glmip.DEFAULT_IMAGE if image is None else image,
+                                   method=state.get("method", "hardware"), srgb=srgb, clip_model=clip_model)
             self.state = ViewState(image_size=self.scene.image_size, frame_size=tuple(size), **state)
-            self.controls = Controls(self.state, self.scene.pyramid.levels)
+            if isinstance(self.scene, SlideScene):
+                self.state.max_zoom, self.state.show_marker = self.scene.max_zoom, False
+                if self.state.mode not in SLIDE_MODES:
+                    self.state.mode = Mode.ORIGINAL
+            self.controls = Controls(self.state, self.scene.levels)
             self.surface = WindowSurface(size, "glmip view", visible) if window else HeadlessSurface(self.context, size)
             self.presenter = Presenter(self.surface.gl)
             if isinstance(self.surface, WindowSurface):
@@ -256,10 +268,9 @@ class Viewer:
         self.surface.make_current()
         self.surface.new_frame()
         imgui.new_frame()
-        pyramid = self.scene.pyramid
-        self.figures.pyramid_bytes, self.figures.levels = pyramid.nbytes, pyramid.levels
+        self.figures.pyramid_bytes, self.figures.levels = self.scene.nbytes, self.scene.levels
         uploads = self.presenter.uploads
-        self.controls.levels = pyramid.levels
+        self.controls.levels = self.scene.levels
         if build(state, frame, self.figures, self.scene.query_available):
             self.invalidate()
         imgui.render()
