@@ -25,9 +25,6 @@ import argparse
 import datetime
 import json
 import platform
-import statistics
-import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -35,24 +32,18 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
-
-import glmip  # noqa: E402
-from glmip import reference  # noqa: E402
-from glmip.relevance import relevance_pyramid  # noqa: E402
+import glmip
+from bench.harness import measure
+from glmip import reference
+from glmip.relevance import relevance_pyramid
 
 PATCH = 16
 RADIUS = 0.12
 
 
 def median_ms(fn: Callable[[], Any], repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+    """Median milliseconds of `fn` over `repeats` runs after one warm-up (bench.harness.measure)."""
+    return measure(fn, repeats).median * 1e3
 
 
 def run(sizes: list[int], batches: list[int], budget: int, repeats: int) -> list[dict[str, Any]]:

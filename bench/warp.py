@@ -38,7 +38,6 @@ import datetime
 import math
 import platform
 import statistics
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -48,12 +47,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
-
-import glmip  # noqa: E402
-from bench.pyramid import measure, random_image, torch_device_label, write_report  # noqa: E402
-from glmip import reference  # noqa: E402
-from glmip.warp import kornia_matrix, tilt_homography, warp, warp_coordinates  # noqa: E402
+import glmip
+from bench.harness import measure, torch_device_label, write_report
+from bench.pyramid import random_image
+from glmip import reference
+from glmip.warp import kornia_matrix, tilt_homography, warp, warp_coordinates
 
 SPEED_CASES = ((1024, 512, 1), (1024, 512, 32), (4096, 1024, 1), (4096, 1024, 32))
 METHODS = ("glmip-fragment-anisotropic", "glmip-fragment-trilinear", "glmip-compute-anisotropic",
@@ -161,7 +159,8 @@ def run_speed(ctx: glmip.Context, repeats: int, budget_s: float) -> list[dict[st
             matrices = batch_matrices(size_in, size_out, batch)
             for method in METHODS:
                 case = speed_case(method, pyramid, source, matrices, (size_out, size_out))
-                times, warmup = measure(case, repeats, budget_s)
+                timing = measure(case, repeats, budget_s)
+                times, warmup = timing.times, timing.warmup
                 median = statistics.median(times)
                 results.append({"size_in": size_in, "size_out": size_out, "batch": batch, "method": method,
                                 "repeats": len(times), "median_s": median, "min_s": min(times), "warmup_s": warmup,
