@@ -69,6 +69,7 @@ import functools
 import math
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -240,8 +241,9 @@ class Cache:
 
 
 def inputs_for(budgets: list[int]) -> list[Input]:
-    return ([Input(f"glmip-{b}", "glmip", b) for b in budgets] + [Input(f"uniform-{b}", "uniform", b) for b in budgets]
-            + [Input("dense", "dense", None)])
+    """Dense first (the reference), then glmip and uniform at each budget, smallest budget first."""
+    return [Input("dense", "dense", None)] + [item for b in sorted(budgets) for item in (
+        Input(f"glmip-{b}", "glmip", b), Input(f"uniform-{b}", "uniform", b))]
 
 
 def _to_uint8(tokens: torch.Tensor) -> torch.Tensor:
@@ -398,7 +400,9 @@ def flops_at_size(args: argparse.Namespace, size: int, counts: tuple[int, ...]) 
 
 
 # -- running --------------------------------------------------------------------------------
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(args: argparse.Namespace, on_input: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Every chosen input tokenised, trained and measured in turn; `on_input` gets the report so far after each one
+    (so a run stopped early keeps the inputs it finished)."""
     fonts = Fonts.available()
     scenes = {split: make_split(split, count, args, fonts)
               for split, count in (("train", args.train), ("val", args.val), ("test", args.test))}
@@ -425,7 +429,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 **trained,
             })
             del caches, model
+            if on_input is not None:
+                on_input(assemble(args, renderer, fonts, results, complete=len(results) == len(chosen)))
+    return assemble(args, renderer, fonts, results, complete=True)
+
+
+def assemble(args: argparse.Namespace, renderer: str, fonts: Fonts, results: list[dict[str, Any]],
+             complete: bool) -> dict[str, Any]:
+    """The report of the inputs in `results`: configuration, notes, goal verdicts, FLOPs at the issue's size."""
     report: dict[str, Any] = {
+        "complete": complete,
         "device": renderer,
         "torch_device": torch_device_label(),
         **environment(numpy=np.__version__, pillow=Image.__version__),
@@ -509,12 +522,14 @@ def plot(report: dict[str, Any], path: Path) -> Path:
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, loc="center right")
     ax = axes[1]
+    budgets = sorted(report["config"]["budgets"])
     for r in report["results"]:
         losses = np.asarray(r["losses"])
         window = max(1, len(losses) // 50)
         smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
+        rank = 1.0 if r["budget"] is None else budgets.index(r["budget"]) / max(1, len(budgets) - 1)
         ax.plot(np.arange(len(smooth)) + window, smooth, color=colours[r["kind"]],
-                alpha={64: 0.45, 100: 0.7}.get(r["budget"], 1.0), label=r["input"])
+                alpha=1.0 if r["budget"] is None else 0.45 + 0.3 * rank, label=r["input"])
     ax.set(xlabel="step", ylabel=f"training loss (mean of {window})", title="Training curves (same steps, same init)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
@@ -531,7 +546,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--test", type=int, default=300, help="test scenes")
     parser.add_argument("--alphabet", default="0123456789")
     parser.add_argument("--code-length", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=2500, help="optimiser steps, the same for every input")
+    parser.add_argument("--steps", type=int, default=1500, help="optimiser steps, the same for every input")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--dim", type=int, default=64)
@@ -563,10 +578,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     start = time.perf_counter()
-    report = run(args)
-    report["runtime_s"] = time.perf_counter() - start
-    out = write_report(report, "learn", args.out)
-    plot(report, args.plot)
+
+    def save(report: dict[str, Any]) -> Path:
+        report["runtime_s"] = time.perf_counter() - start
+        plot(report, args.plot)
+        return write_report(report, "learn", args.out)
+
+    report = run(args, on_input=save)
+    out = save(report)
     print(f"\ndevice: {report['device']}   torch: {report['torch_device']}   runtime {report['runtime_s']:.0f} s\n")
     print(table(report))
     for name, verdict in report["goal"].items():
