@@ -523,7 +523,7 @@ def plot(report: dict[str, Any], path: Path) -> Path:
     ax.set(xscale="log", xlabel="ViT GFLOPs per image (counted, batch-1 forward)", ylabel="test accuracy",
            ylim=(-0.02, 1.02), title=f"Reading a {report['config']['code_length']}-character code, {size}² scenes")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7, loc="center right")
+    ax.legend(fontsize=7, loc="upper left", ncol=3)
     ax = axes[1]
     budgets = sorted(report["config"]["budgets"])
     for r in report["results"]:
