@@ -120,4 +120,8 @@ def test_quick_pipeline(tmp_path):
         assert row["budget"] is None or row["tokens_max"] <= row["budget"]
     assert rows["dense"]["gflops"] > rows["glmip-32"]["gflops"] > rows["glmip-16"]["gflops"]
     assert set(report["goal"]) == {"glmip-16", "glmip-32"}
+    issue = report["issue_size_flops"]
+    assert set(issue["gflops_by_tokens"]) == {"64", "100", "256", "1024"}, "the issue's budgets and dense at 512²"
+    assert issue["fewer_than_dense"]["1024"] == pytest.approx(1.0)
+    assert issue["fewer_than_dense"]["64"] > issue["fewer_than_dense"]["100"] > issue["fewer_than_dense"]["256"] > 1
     assert "| dense |" in result.stdout
