@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 MAX_ALLOCATION_LEVEL = 30  # patch << level must stay a plain int: 16 << 30 pixels is past any image
 
-__all__ = ["TokenLayout", "ClassBudgets", "allocate", "allocate_batch", "spread_rank", "root_level"]
+__all__ = ["TokenLayout", "ClassBudgets", "allocate", "allocate_batch", "spread_rank", "root_level", "FLOOR_SHARE"]
 
 
 def allocate(relevance: Any, budget: int = 256, patch: int = 16, min_level: int = 0, max_level: int | None = None,
@@ -57,8 +57,9 @@ def allocate_batch(relevances: Sequence[Any], budget: int = 256, patch: int = 16
     Convention (score and order):
         score = in-image area x max(mean - floor, 0), mean the cell's relevance-pyramid mean and floor
         the median of the finest level's means: the relevance mass standing out above the image's
-        typical relevance (a map that is zero over half the image or more has floor 0, and the score
-        is its plain relevance mass). Subtracting the floor is what lets a map spread over a broad
+        typical relevance. A median under `FLOOR_SHARE` (a tenth) of the largest mean counts as no
+        background at all (floor 0: a gaze's tail, a 0/1 mask), and the score is the plain relevance
+        mass. Subtracting the floor is what lets a map spread over a broad
         range (saliency) concentrate tokens: plain mass puts a coarse cell ahead of any cell of a
         quarter its area unless the latter is 4x as relevant, which ends in the uniform grid.
         A cell's effective score is the smallest score along its ancestry (a cell is never taken
@@ -122,6 +123,16 @@ def allocate_batch(relevances: Sequence[Any], budget: int = 256, patch: int = 16
     trees = [_Tree.build(p, budget, patch, min_level, max_level, classes) for p in pyramids]
     split = _greedy_splits(trees, budget, classes)
     return [tree.layout(s, patch, min_level, classes) for tree, s in zip(trees, split, strict=True)]
+
+
+FLOOR_SHARE = 0.1  # a typical relevance below this share of the peak counts as no background at all
+
+
+def _floor(means: np.ndarray) -> float:
+    """The relevance the score subtracts: the median of the finest cells' means, or 0 where that
+    median is under `FLOOR_SHARE` of the largest mean (a near-zero background, as a gaze's tail)."""
+    floor = float(np.median(means))
+    return floor if floor >= FLOOR_SHARE * float(means.max()) else 0.0
 
 
 def spread_rank(x: np.ndarray, y: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
@@ -237,7 +248,7 @@ class _Tree:
         levels = pyramid.levels
         shapes = tuple(level.shape[:2] for level in levels[:root + 1])
         static = _static_tree(shapes)
-        floor = float(np.median(levels[0][..., 0]))
+        floor = _floor(levels[0][..., 0])
         threshold = classes.threshold if classes is not None else np.inf
         relevant = [level[..., 1].astype(np.float64) >= threshold for level in levels[:root + 1]]
         effective_parts, mass_parts, delta_parts = [], [], []

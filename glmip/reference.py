@@ -395,7 +395,9 @@ def allocate_greedy(pyramid, budget: int, patch: int, min_level: int = 0, max_le
 
     width, height = pyramid.image_size
     cell = patch << min_level
-    floor = float(np.median(pyramid.levels[0][..., 0])) if contrast else 0.0
+    means = pyramid.levels[0][..., 0]
+    floor = float(np.median(means)) if contrast else 0.0
+    floor = floor if floor >= 0.1 * float(means.max()) else 0.0  # as glmip.allocate.FLOOR_SHARE
 
     def texel(x: int, y: int, level: int) -> tuple[float, float, float]:
         k = level - min_level
