@@ -18,6 +18,7 @@ from .errors import GlmipError
 from .gl.formats import unorm_scale
 from .image import as_image_array
 from .maps import as_relevance
+from .options import parse_pair, parse_range, parse_size
 from .pictures import contact_sheet, heat_colours, level_colours, level_legend, overlay, save_png
 from .relevance import gaze, saliency
 from .slides.cli import add_parser as add_slide_parser
@@ -89,29 +90,6 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def parse_pair(text: str, what: str) -> tuple[float, float]:
-    try:
-        a, b = (float(v) for v in text.replace("x", ",").split(","))
-    except ValueError:
-        raise ValueError(f"{what} must be two numbers like 0.4,0.3, got {text!r}") from None
-    return a, b
-
-
-class _ArgumentValueError(ValueError, argparse.ArgumentTypeError):
-    """A bad option value: argparse prints its message; elsewhere it is a ValueError."""
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """--size WIDTHxHEIGHT as two positive ints (no rounding of 1.5x2)."""
-    try:
-        width, height = (int(v) for v in text.lower().replace("x", ",").split(","))
-    except ValueError:
-        raise _ArgumentValueError(f"--size must be two positive ints like 640x480, got {text!r}") from None
-    if width < 1 or height < 1:
-        raise _ArgumentValueError(f"--size must be two positive ints like 640x480, got {text!r}")
-    return width, height
-
-
 def load_relevance(path: str) -> np.ndarray:
     """A relevance map from a .npy file or a grayscale image (scaled to [0, 1])."""
     if path.endswith(".npy"):
@@ -155,14 +133,6 @@ def add_relevance_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--saliency", action="store_true", help="relevance from the built-in saliency (no weights)")
     parser.add_argument("--query", help="relevance of image regions to this text (needs --clip-model)")
     parser.add_argument("--clip-model", help="local directory of a transformers CLIP model (never downloaded)")
-
-
-def parse_range(text: str, what: str) -> tuple[int, int]:
-    try:
-        lo, hi = (int(v) for v in text.split("-"))
-    except ValueError:
-        raise ValueError(f"{what} must be MIN-MAX token counts like 64-400, got {text!r}") from None
-    return lo, hi
 
 
 def cmd_tokens(args: argparse.Namespace) -> int:
@@ -233,7 +203,7 @@ def cmd_warp(args: argparse.Namespace) -> int:
                              f"got {args.matrix!r}") from None
     with Context(device=args.device) as ctx, ctx.pyramid(args.image or DEFAULT_IMAGE, method=args.method,
                                                          srgb=args.srgb) as pyramid:
-        size = (int(args.size[0]), int(args.size[1])) if args.size else (pyramid.width, pyramid.height)
+        size = args.size or (pyramid.width, pyramid.height)
         if matrix is None:
             matrix = tilt_homography((pyramid.width, pyramid.height), size, args.tilt, zoom=args.zoom)
         border = args.border or ("zero" if args.tilt is not None else "clamp")
@@ -342,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     geometry.add_argument("--matrix", help="a,b,c,d,e,f,g,h,i: the 3x3 homography, row-major, mapping output pixel "
                                            "positions to input ones (origin top-left corner, centres at i + 0.5)")
     warp.add_argument("--zoom", type=float, default=1.0, help="with --tilt: zoom into the plane")
-    warp.add_argument("--size", type=lambda t: parse_pair(t, "--size"),
+    warp.add_argument("--size", type=parse_size,
                       help="output WIDTHxHEIGHT (default the image's)")
     warp.add_argument("--filter", choices=["anisotropic", "anisotropic_hw", "trilinear", "bilinear", "nearest"],
                       default="anisotropic")

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..allocate import ClassBudgets
+from ..options import parse_pair, parse_range
 from .tokenizer import Gaze, Query, Tokenizer
 
 __all__ = ["add_parser", "input_files", "tokenizer_from_args"]
@@ -34,14 +35,6 @@ def input_files(input_dir: str, out_dir: str | None = None) -> list[Path]:
     return files
 
 
-def _range(text: str, what: str) -> tuple[int, int]:
-    try:
-        low, high = (int(v) for v in text.split("-"))
-    except ValueError:
-        raise ValueError(f"{what} must be MIN-MAX token counts like 64-400, got {text!r}") from None
-    return low, high
-
-
 def tokenizer_from_args(args: argparse.Namespace) -> Tokenizer:
     """The Tokenizer the options describe (one relevance source at most; uniform by default)."""
     given = [name for name in ("gaze", "query") if getattr(args, name)]
@@ -50,11 +43,7 @@ def tokenizer_from_args(args: argparse.Namespace) -> Tokenizer:
         raise ValueError(f"pass one relevance source, got {', '.join('--' + g for g in given)}")
     relevance: Any = "uniform"
     if args.gaze:
-        try:
-            x, y = (float(v) for v in args.gaze.split(","))
-        except ValueError:
-            raise ValueError(f"--gaze must be X,Y fractions of width and height like 0.4,0.3, got {args.gaze!r}") \
-                from None
+        x, y = parse_pair(args.gaze, "--gaze")
         relevance = Gaze(x, y, args.radius)
     elif args.saliency:
         relevance = "saliency"
@@ -67,8 +56,8 @@ def tokenizer_from_args(args: argparse.Namespace) -> Tokenizer:
         raise ValueError("--clip-model is used only with --query TEXT")
     classes = None
     if args.relevant or args.background:
-        classes = ClassBudgets(relevant=_range(args.relevant or f"0-{args.budget}", "--relevant"),
-                               background=_range(args.background or f"0-{args.budget}", "--background"),
+        classes = ClassBudgets(relevant=parse_range(args.relevant or f"0-{args.budget}", "--relevant"),
+                               background=parse_range(args.background or f"0-{args.budget}", "--background"),
                                threshold=args.threshold)
     return Tokenizer(args.budget, args.patch, relevance, channels=args.channels, classes=classes,
                      method=args.method, device=args.device)

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..context import Context
+from ..options import parse_pair, parse_size
 from ..pictures import LEVEL_PALETTE, save_png
 from .regions import region_ids
 
@@ -20,19 +21,10 @@ __all__ = ["add_parser"]
 
 def _relevance(args: argparse.Namespace, slide: Any) -> np.ndarray:
     if args.gaze:
-        x, y = (float(v) for v in args.gaze.split(","))
-        return slide.gaze((x, y))
+        return slide.gaze(parse_pair(args.gaze, "--gaze"))
     if args.saliency:
         return slide.saliency()
     return slide.tissue()
-
-
-def _pair(text: str) -> tuple[int, int]:
-    try:
-        a, b = (int(v) for v in text.replace("x", ",").split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected two ints like 1024x768, got {text!r}") from None
-    return a, b
 
 
 def _box(text: str) -> tuple[float, float, float, float]:
@@ -126,7 +118,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
     render = commands.add_parser("render", parents=[common], help="render a region of the slide")
     render.add_argument("--region", type=_box, help="X0,Y0,X1,Y1 in level-0 pixels (default: the whole slide)")
-    render.add_argument("--size", type=_pair, default=(1024, 1024), help="output WIDTHxHEIGHT")
+    render.add_argument("--size", type=parse_size, default=(1024, 1024), help="output WIDTHxHEIGHT")
     render.add_argument("-o", "--output", default="glmip-slide.png")
     render.set_defaults(run=cmd_render)
     return slide

@@ -1,0 +1,42 @@
+"""Command-line option values every `glmip` subcommand parses the same way: number pairs, sizes and
+token ranges. Each bad value is a ValueError naming the option and an example of what is accepted
+(argparse prints it as its own error when the parser is a `type=`)."""
+
+from __future__ import annotations
+
+import argparse
+
+__all__ = ["parse_pair", "parse_size", "parse_range"]
+
+
+class _ArgumentValueError(ValueError, argparse.ArgumentTypeError):
+    """A bad option value: argparse prints its message; elsewhere it is a ValueError."""
+
+
+def parse_pair(text: str, what: str) -> tuple[float, float]:
+    """`what` given as two numbers, "0.4,0.3" or "0.4x0.3"."""
+    try:
+        a, b = (float(v) for v in text.replace("x", ",").split(","))
+    except ValueError:
+        raise _ArgumentValueError(f"{what} must be two numbers like 0.4,0.3, got {text!r}") from None
+    return a, b
+
+
+def parse_size(text: str, what: str = "--size") -> tuple[int, int]:
+    """`what` given as WIDTHxHEIGHT, two positive ints (1.5x2 is refused, not rounded)."""
+    try:
+        width, height = (int(v) for v in text.lower().replace("x", ",").split(","))
+    except ValueError:
+        raise _ArgumentValueError(f"{what} must be two positive ints like 640x480, got {text!r}") from None
+    if width < 1 or height < 1:
+        raise _ArgumentValueError(f"{what} must be two positive ints like 640x480, got {text!r}")
+    return width, height
+
+
+def parse_range(text: str, what: str) -> tuple[int, int]:
+    """`what` given as MIN-MAX token counts, "64-400"."""
+    try:
+        lo, hi = (int(v) for v in text.split("-"))
+    except ValueError:
+        raise _ArgumentValueError(f"{what} must be MIN-MAX token counts like 64-400, got {text!r}") from None
+    return lo, hi
