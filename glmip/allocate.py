@@ -11,8 +11,7 @@ import numpy as np
 
 from .layout import ClassBudgets, TokenLayout
 from .limits import MAX_PATCH, check_context
-from .maps import as_relevance
-from .relevance import RelevancePyramid, relevance_pyramid
+from .relevance import RelevancePyramid, build_relevance_pyramid, prepare_relevance
 
 if TYPE_CHECKING:
     from .gl.context import GLContext
@@ -113,11 +112,11 @@ def allocate_batch(relevances: Sequence[Any], budget: int = 256, patch: int = 16
                 raise ValueError(f"a relevance pyramid has cell {relevance.cell} over {relevance.image_size}; this "
                                  f"allocation needs cell {cell} (patch << min_level) over {size or 'its image'}")
             validated.append(relevance)
-        else:
-            validated.append(as_relevance(relevance))  # every map validated before any pyramid is built
-    for relevance, size in zip(validated, image_sizes, strict=True):
-        pyramids.append(relevance if isinstance(relevance, RelevancePyramid)
-                        else relevance_pyramid(relevance, cell, None if size is None else tuple(size), context))
+        else:  # every map checked before any pyramid is built, and only once
+            validated.append(prepare_relevance(relevance, cell, None if size is None else tuple(size)))
+    for prepared in validated:
+        pyramids.append(prepared if isinstance(prepared, RelevancePyramid)
+                        else build_relevance_pyramid(*prepared, context))
     if not pyramids:
         return []
     trees = [_Tree.build(p, budget, patch, min_level, max_level, classes) for p in pyramids]

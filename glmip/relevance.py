@@ -27,7 +27,8 @@ if TYPE_CHECKING:
     from .gl.context import GLContext
     from .gl.texture import MipTexture
 
-__all__ = ["gaze", "RelevancePyramid", "relevance_pyramid", "saliency"]
+__all__ = ["gaze", "RelevancePyramid", "relevance_pyramid", "prepare_relevance", "build_relevance_pyramid",
+           "saliency"]
 
 
 def gaze(size: tuple[int, int], point: tuple[float, float], radius: float = 0.12) -> np.ndarray:
@@ -76,8 +77,10 @@ class RelevancePyramid:
         return float(mean), float(peak), float(area)
 
 
-def _pyramid_shape(relevance: Any, cell: int, image_size: tuple[int, int] | None) -> tuple[np.ndarray, int,
-                                                                                             tuple[int, int]]:
+def prepare_relevance(relevance: Any, cell: int, image_size: tuple[int, int] | None
+                      ) -> tuple[np.ndarray, int, tuple[int, int]]:
+    """`relevance_pyramid`'s checks alone: the validated map, the cell and the image size (width,
+    height), with the base grid under its limit. What `build_relevance_pyramid` takes."""
     r = as_relevance(relevance)
     width, height = image_size or (r.shape[1], r.shape[0])
     cell = positive_int(cell, "cell (pixels a token side)")
@@ -96,7 +99,13 @@ def relevance_pyramid(relevance: Any, cell: int, image_size: tuple[int, int] | N
     """
     if context is not None:
         check_context(context)
-    r, cell, size = _pyramid_shape(relevance, cell, image_size)
+    return build_relevance_pyramid(*prepare_relevance(relevance, cell, image_size), context)
+
+
+def build_relevance_pyramid(r: np.ndarray, cell: int, size: tuple[int, int],
+                            context: GLContext | None = None) -> RelevancePyramid:
+    """The pyramid of a map `prepare_relevance` returned (so a batch checks every map before it builds
+    any, and no map twice); see `relevance_pyramid`."""
     if context is None:
         from . import reference
 
