@@ -7,8 +7,9 @@ of hanging, running out of memory or leaving a GL error behind.
 Two kinds of limit:
     host bounds (`MAX_*` below): stated by glmip to keep one call's memory and time bounded;
         raise them by assigning the module attribute (e.g. `glmip.limits.MAX_OUTPUT_PIXELS = 2**28`).
-    device limits: the GL implementation's own (GL_MAX_TEXTURE_SIZE, GL_MAX_SHADER_STORAGE_BLOCK_SIZE,
-        read from the context); they cannot be raised, only worked around (crop, tile, a smaller size).
+    device limits: the GL implementation's own (GL_MAX_TEXTURE_SIZE, read from the context) and the
+        scratch-buffer bound measured on it (`max_storage_bytes`); they cannot be raised, only worked
+        around (crop, tile, a smaller size).
 
 Convention:
     sizes are (width, height) pairs of positive Python or numpy ints; bools, floats (even 2.0),

@@ -76,7 +76,6 @@ class GLContext:
         self._pid = os.getpid()
         self._raw = raw.GL()
         self._max_texture_size = self._raw.get_integer(raw.GL_MAX_TEXTURE_SIZE)
-        self._max_storage_block = self._raw.get_integer(raw.GL_MAX_SHADER_STORAGE_BLOCK_SIZE)
         self._programs: dict[tuple[str, tuple[tuple[str, object], ...]], moderngl.ComputeShader] = {}
         self._raster_programs: dict[tuple[str, tuple[tuple[str, object], ...]], moderngl.Program] = {}
         self._samplers: dict[tuple[int, int, int, float], int] = {}
@@ -202,11 +201,6 @@ class GLContext:
     def max_texture_size(self) -> int:
         """GL_MAX_TEXTURE_SIZE of this device, read once at creation."""
         return self._max_texture_size
-
-    @property
-    def max_storage_block_size(self) -> int:
-        """GL_MAX_SHADER_STORAGE_BLOCK_SIZE of this device (bytes), read once at creation."""
-        return self._max_storage_block
 
     def gl_cuda_devices(self) -> tuple[list[int] | None, str]:
         """The CUDA devices (torch's numbering) that run this GL context, as CUDA itself reports them
