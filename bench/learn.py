@@ -85,8 +85,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 import glmip
-from bench.harness import environment, figure, markdown_table, save_figure, torch_device_label, write_report
-from bench.tokens import INK, PANEL, _texture, dense_tokens, font, grid_layout, uniform_side
+from bench.harness import environment, figure, markdown_table, save_figure, sync, torch_device_label, write_report
+from bench.tokens import INK, PANEL, _texture, font, grid_layout, uniform_side
+from glmip.allocate import allocate_batch
 from glmip.layout import TokenLayout
 from glmip.models import TokenClassifier
 from glmip.sampling import tokens_batch
@@ -222,10 +223,12 @@ class Input:
 
 @dataclass
 class Cache:
-    """One split's tokens for one input: 8-bit packed tokens, their layouts, the answers."""
+    """One split's tokens for one input: 8-bit packed tokens, their layouts, the answers.
+
+    Convention: image b's tokens are rows offsets[b]:offsets[b+1] of `tokens`, on the training device."""
 
     tokens: torch.Tensor  # (ΣN, C, P, P) uint8
-    offsets: np.ndarray  # (B + 1,) int64, image b = rows offsets[b]:offsets[b+1]
+    offsets: np.ndarray  # (B + 1,) int64
     layouts: list[TokenLayout]
     codes: torch.Tensor  # (B, length) int64 character indices
     seconds: float  # wall time of the tokenisation (not the 8-bit packing)
@@ -234,13 +237,27 @@ class Cache:
         return len(self.layouts)
 
     def batch(self, index: np.ndarray | list[int]) -> TokenBatch:
-        rows = [self.tokens[self.offsets[i]:self.offsets[i + 1]] for i in index]
-        packed = torch.cat(rows).float().div_(255)
-        return TokenBatch.from_packed(packed, [self.layouts[i] for i in index])
+        rows = np.concatenate([np.arange(self.offsets[i], self.offsets[i + 1]) for i in index])
+        picked = self.tokens.index_select(0, torch.from_numpy(rows).to(self.tokens.device))
+        return TokenBatch.from_packed(picked.float().div_(255), [self.layouts[i] for i in index])
 
     @property
     def counts(self) -> np.ndarray:
         return np.diff(self.offsets)
+
+
+@dataclass
+class DenseCache(Cache):
+    """Dense patches cut on demand from the scenes themselves: `tokens` holds (B, C, H, W) uint8 images,
+    every image has the same level-0 grid layout (`bench.tokens.dense_tokens`'s, zero-padded at the edges)."""
+
+    def batch(self, index: np.ndarray | list[int]) -> TokenBatch:
+        images = self.tokens.index_select(0, torch.as_tensor(np.asarray(index), device=self.tokens.device))
+        x = images.float().div_(255)
+        x = F.pad(x, (0, -x.shape[3] % PATCH, 0, -x.shape[2] % PATCH))
+        channels = x.shape[1]
+        patches = F.unfold(x, PATCH, stride=PATCH).transpose(1, 2).reshape(-1, channels, PATCH, PATCH)
+        return TokenBatch.from_packed(patches, [self.layouts[i] for i in index])
 
 
 def inputs_for(budgets: list[int]) -> list[Input]:
@@ -253,52 +270,131 @@ def _to_uint8(tokens: torch.Tensor) -> torch.Tensor:
     return tokens.clamp(0, 1).mul(255).round_().to(torch.uint8)
 
 
-def tokenise_chunk(ctx: glmip.Context, item: Input, scenes: list[CodeScene]) -> tuple[torch.Tensor, list[TokenLayout]]:
-    """The tokens (ΣN, 3, P, P) float32 and layouts of `scenes` for `item`."""
+@dataclass
+class Tokenised:
+    """What one chunk of scenes gives every chosen input: 8-bit tokens (dense: the images), layouts and the
+    seconds each input's tokenisation took (its share of the pyramid builds included)."""
+
+    tokens: dict[str, torch.Tensor]
+    layouts: dict[str, list[TokenLayout]]
+    seconds: dict[str, float]
+    codes: list[str]
+
+
+def tokenise_chunk(ctx: glmip.Context, items: list[Input], scenes: list[CodeScene]) -> Tokenised:
+    """Every input in `items` for `scenes`: the pyramids are built once and sampled by every GL input.
+
+    glmip-B is `glmip.tokenize` taken apart (pyramids, `allocate_batch` on the relevance maps, one
+    `tokens_batch`; tests hold the two equal) so that the pyramids serve every budget; uniform-B samples the
+    same pyramids on one grid; dense cuts the images (kept whole here, patches are cut when batched)."""
     images = [s.image for s in scenes]
-    if item.kind == "glmip":
-        batch = glmip.tokenize(images, [s.relevance for s in scenes], item.budget, PATCH, context=ctx,
-                               method=PYRAMID_METHOD)
-        return batch.tokens, list(batch.layouts)
-    if item.kind == "uniform":
-        height, width = images[0].shape[:2]
-        layout = grid_layout(width, height, uniform_side(width, height, item.budget, integer=False))
-        pyramids = []
-        try:
-            for image in images:
-                pyramids.append(ctx.pyramid(image, method=PYRAMID_METHOD))
-            return tokens_batch(pyramids, [layout] * len(images), PATCH), [layout] * len(images)
-        finally:
-            for pyramid in pyramids:
-                pyramid.close()
-    parts = [dense_tokens(image) for image in images]
-    return torch.cat([p[0] for p in parts]), [p[1] for p in parts]
-
-
-def tokenise(ctx: glmip.Context, item: Input, scenes: list[CodeScene], alphabet: str, chunk: int) -> Cache:
-    tokens, layouts, seconds = [], [], 0.0
-    for start in range(0, len(scenes), chunk):
+    height, width = images[0].shape[:2]
+    out = Tokenised({}, {}, {}, [s.code for s in scenes])
+    gl_items = [item for item in items if item.kind != "dense"]
+    pyramids = []
+    try:
         begin = time.perf_counter()
-        part, part_layouts = tokenise_chunk(ctx, item, scenes[start:start + chunk])
-        seconds += time.perf_counter() - begin
-        tokens.append(_to_uint8(part))
-        layouts += part_layouts
-    offsets = np.concatenate([[0], np.cumsum([len(layout) for layout in layouts])]).astype(np.int64)
-    codes = torch.tensor([[alphabet.index(c) for c in s.code] for s in scenes], dtype=torch.int64)
-    return Cache(torch.cat(tokens), offsets, layouts, codes, seconds)
+        for image in images:
+            pyramids.append(ctx.pyramid(image, method=PYRAMID_METHOD))
+        build_s = time.perf_counter() - begin
+        for item in gl_items:
+            begin = time.perf_counter()
+            if item.kind == "glmip":
+                layouts = allocate_batch([s.relevance for s in scenes], item.budget, PATCH,
+                                         image_sizes=[(width, height)] * len(scenes), context=ctx)
+            else:
+                layouts = [grid_layout(width, height, uniform_side(width, height, item.budget, integer=False))] * len(
+                    scenes)
+            tokens = tokens_batch(pyramids, layouts, PATCH)
+            out.seconds[item.name] = build_s + time.perf_counter() - begin
+            out.tokens[item.name], out.layouts[item.name] = _to_uint8(tokens), list(layouts)
+    finally:
+        for pyramid in pyramids:
+            pyramid.close()
+    for item in items:
+        if item.kind == "dense":
+            begin = time.perf_counter()
+            stacked = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
+            out.seconds[item.name] = time.perf_counter() - begin
+            out.tokens[item.name] = stacked
+            out.layouts[item.name] = [grid_layout(width, height, PATCH)] * len(scenes)
+    return out
+
+
+def build_caches(parts: list[Tokenised], items: list[Input], alphabet: str, device: torch.device) -> dict[str, Cache]:
+    """One `Cache` per input from the chunks of one split, in scene order, moved to `device`."""
+    caches = {}
+    codes = torch.tensor([[alphabet.index(c) for c in code] for part in parts for code in part.codes],
+                         dtype=torch.int64, device=device)
+    for item in items:
+        layouts = [layout for p in parts for layout in p.layouts[item.name]]
+        tokens = torch.cat([p.tokens[item.name].to(device) for p in parts])
+        seconds = sum(p.seconds[item.name] for p in parts)
+        if item.kind == "dense":
+            offsets = np.arange(len(layouts) + 1, dtype=np.int64) * len(layouts[0])
+            caches[item.name] = DenseCache(tokens, offsets, layouts, codes, seconds)
+        else:
+            offsets = np.concatenate([[0], np.cumsum([len(layout) for layout in layouts])]).astype(np.int64)
+            caches[item.name] = Cache(tokens, offsets, layouts, codes, seconds)
+    return caches
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _worker_start(args: argparse.Namespace, items: list[Input]) -> None:
+    """A spawned tokenising process: one thread for torch, its own glmip.Context, the fonts loaded once."""
+    torch.set_num_threads(1)
+    _WORKER.update(args=args, items=items, fonts=Fonts.available(), ctx=glmip.Context())
+
+
+def _worker_chunk(task: tuple[str, int, int]) -> Tokenised:
+    split, start, count = task
+    args = _WORKER["args"]
+    base = args.seed * 1_000_000 + SPLIT_OFFSETS[split]
+    scenes = [make_code_scene(base + i, args.size, _WORKER["fonts"], args.alphabet, args.code_length)
+              for i in range(start, start + count)]
+    return tokenise_chunk(_WORKER["ctx"], _WORKER["items"], scenes)
+
+
+def tokenise_split(split: str, count: int, args: argparse.Namespace, items: list[Input], fonts: Fonts,
+                   ctx: glmip.Context, pool: Any = None) -> dict[str, Cache]:
+    """Scenes `split`[0:count] drawn and tokenised for every input, in chunks of `args.chunk`: in `pool`'s
+    worker processes when given (each with its own Context), else here with `ctx`."""
+    tasks = [(split, start, min(args.chunk, count - start)) for start in range(0, count, args.chunk)]
+    progress = dict(desc=f"scenes + tokens {split}", unit="chunk", leave=False)
+    device = torch.device(args.device)
+    if pool is not None:
+        parts = []
+        for part in tqdm(pool.imap(_worker_chunk, tasks), total=len(tasks), **progress):
+            # a worker's tensors arrive in shared memory, one open file each: copy them out as they come
+            part.tokens = {name: tokens.to(device, copy=True) for name, tokens in part.tokens.items()}
+            parts.append(part)
+    else:
+        base = args.seed * 1_000_000 + SPLIT_OFFSETS[split]
+        parts = [tokenise_chunk(ctx, items, [make_code_scene(base + i, args.size, fonts, args.alphabet,
+                                                             args.code_length) for i in range(start, start + n)])
+                 for _, start, n in tqdm(tasks, **progress)]
+    return build_caches(parts, items, args.alphabet, device)
 
 
 # -- model, training, evaluation ---------------------------------------------------------------
 def make_model(args: argparse.Namespace) -> TokenClassifier:
     torch.manual_seed(args.seed)
     return TokenClassifier(PATCH, 3, dim=args.dim, depth=args.depth, heads=args.heads,
-                           classes=args.code_length * len(args.alphabet))
+                           classes=args.code_length * len(args.alphabet)).to(args.device)
+
+
+def precision(args: argparse.Namespace) -> Any:
+    """The forward's autocast: bfloat16 matrix products and attention with `--precision bf16`, else float32."""
+    device = torch.device(args.device)
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
 
 
 def logits_of(model: TokenClassifier, batch: TokenBatch, length: int) -> torch.Tensor:
     """(B, length, alphabet) per-character logits: the head's outputs split into one head per character."""
     logits, _ = model(batch, None)
-    return logits.view(len(batch), length, -1)
+    return logits.float().view(len(batch), length, -1)
 
 
 def learning_rate(step: int, steps: int, peak: float) -> float:
@@ -309,12 +405,13 @@ def learning_rate(step: int, steps: int, peak: float) -> float:
 
 
 @torch.inference_mode()
-def evaluate(model: TokenClassifier, cache: Cache, length: int, batch: int) -> dict[str, float]:
+def evaluate(model: TokenClassifier, cache: Cache, args: argparse.Namespace) -> dict[str, float]:
     model.eval()
     right = []
-    for start in range(0, len(cache), batch):
-        index = list(range(start, min(start + batch, len(cache))))
-        predicted = logits_of(model, cache.batch(index), length).argmax(-1)
+    for start in range(0, len(cache), args.batch):
+        index = list(range(start, min(start + args.batch, len(cache))))
+        with precision(args):
+            predicted = logits_of(model, cache.batch(index), args.code_length).argmax(-1)
         right.append(predicted == cache.codes[index])
     model.train()
     hits = torch.cat(right)
@@ -328,37 +425,64 @@ def final_slope(losses: list[float]) -> float:
     return float(slope * (len(tail) - 1))
 
 
+def train_step(model: TokenClassifier, optimiser: torch.optim.Optimizer, cache: Cache, index: list[int],
+               args: argparse.Namespace) -> torch.Tensor:
+    """One AdamW step on the scenes `index` of `cache`; the loss, left on the device (reading it waits for it)."""
+    with precision(args):
+        logits = logits_of(model, cache.batch(index), args.code_length)
+    loss = F.cross_entropy(logits.flatten(0, 1), cache.codes[index].flatten())
+    optimiser.zero_grad(set_to_none=True)
+    loss.backward()
+    optimiser.step()
+    return loss.detach()
+
+
 def train(model: TokenClassifier, train_cache: Cache, val_cache: Cache, args: argparse.Namespace,
           name: str) -> dict[str, Any]:
     """`args.steps` AdamW steps in a batch order fixed by the seed; per-step losses, validation curve, wall time."""
     optimiser = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05)
     order = np.random.default_rng(args.seed)
     queue: list[int] = []
-    losses, curve = [], []
+    losses: list[torch.Tensor] = []
+    curve = []
     checkpoints = {max(1, round(args.steps * q / 4)) for q in (1, 2, 3, 4)}
     seconds = 0.0
     model.train()
     progress = tqdm(range(args.steps), desc=f"train {name}", unit="step", leave=False)
+    begin = time.perf_counter()
     for step in progress:
-        begin = time.perf_counter()
         if len(queue) < args.batch:
             queue += order.permutation(len(train_cache)).tolist()
         index, queue = queue[:args.batch], queue[args.batch:]
         for group in optimiser.param_groups:
             group["lr"] = learning_rate(step, args.steps, args.lr)
-        logits = logits_of(model, train_cache.batch(index), args.code_length)
-        loss = F.cross_entropy(logits.flatten(0, 1), train_cache.codes[index].flatten())
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-        losses.append(float(loss))
-        seconds += time.perf_counter() - begin
+        losses.append(train_step(model, optimiser, train_cache, index, args))
         if step % 50 == 49:
-            progress.set_postfix(loss=f"{statistics.fmean(losses[-50:]):.3f}")
+            progress.set_postfix(loss=f"{float(torch.stack(losses[-50:]).mean()):.3f}")
         if step + 1 in checkpoints:
-            curve.append({"step": step + 1, **evaluate(model, val_cache, args.code_length, args.batch)})
-    return {"train_s": seconds, "losses": losses, "val_curve": curve, "final_loss": statistics.fmean(
-        losses[-max(1, len(losses) // 20):]), "final_slope": final_slope(losses)}
+            sync(args.device)
+            seconds += time.perf_counter() - begin
+            curve.append({"step": step + 1, **evaluate(model, val_cache, args)})
+            begin = time.perf_counter()
+    sync(args.device)
+    seconds += time.perf_counter() - begin
+    values = torch.stack(losses).float().cpu().tolist()
+    return {"train_s": seconds, "steps": args.steps, "losses": values, "val_curve": curve,
+            "final_loss": statistics.fmean(values[-max(1, len(values) // 20):]), "final_slope": final_slope(values)}
+
+
+def step_seconds(train_cache: Cache, args: argparse.Namespace, warm: int = 3, timed: int = 8) -> float:
+    """Seconds per training step for `train_cache`'s input, timed on a throwaway model (`warm` steps first)."""
+    model = make_model(args)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05)
+    index = list(range(min(args.batch, len(train_cache))))
+    for step in range(warm + timed):
+        if step == warm:
+            sync(args.device)
+            begin = time.perf_counter()
+        train_step(model, optimiser, train_cache, index, args)
+    sync(args.device)
+    return (time.perf_counter() - begin) / timed
 
 
 def count_flops(model: TokenClassifier, cache: Cache, length: int) -> float:
@@ -372,18 +496,32 @@ def count_flops(model: TokenClassifier, cache: Cache, length: int) -> float:
     return float(statistics.fmean(flops))
 
 
-def vit_seconds(model: TokenClassifier, cache: Cache, length: int, batch: int) -> float:
+def vit_seconds(model: TokenClassifier, cache: Cache, args: argparse.Namespace) -> float:
     """Seconds per image of an inference forward over one batch of `cache` (median of 3 after a warm-up)."""
-    tokens = cache.batch(list(range(min(batch, len(cache)))))
+    tokens = cache.batch(list(range(min(args.batch, len(cache)))))
     times = []
     model.eval()
-    with torch.inference_mode():
+    with torch.inference_mode(), precision(args):
         for _ in range(4):
+            sync(args.device)
             begin = time.perf_counter()
-            logits_of(model, tokens, length)
+            logits_of(model, tokens, args.code_length)
+            sync(args.device)
             times.append(time.perf_counter() - begin)
     model.train()
     return statistics.median(times[1:]) / len(tokens)
+
+
+def tokenise_ms(ctx: glmip.Context, items: list[Input], scenes: list[CodeScene], chunk: int) -> dict[str, float]:
+    """Milliseconds per image of each input's tokenisation of `scenes` in this process, in chunks of `chunk`
+    (the second of two passes; each input is charged the whole pyramid build, as if tokenised alone)."""
+    for _ in range(2):
+        seconds = dict.fromkeys((item.name for item in items), 0.0)
+        for start in range(0, len(scenes), chunk):
+            part = tokenise_chunk(ctx, items, scenes[start:start + chunk])
+            for name, value in part.seconds.items():
+                seconds[name] += value
+    return {name: value / len(scenes) * 1e3 for name, value in seconds.items()}
 
 
 def flops_at_size(args: argparse.Namespace, size: int, counts: tuple[int, ...]) -> dict[str, float]:
@@ -395,7 +533,7 @@ def flops_at_size(args: argparse.Namespace, size: int, counts: tuple[int, ...]) 
     with torch.inference_mode():
         for count in (*counts, (size // PATCH) ** 2):
             layout = grid_layout(size, size, uniform_side(size, size, count, integer=False))
-            batch = TokenBatch.from_packed(torch.rand(len(layout), 3, PATCH, PATCH), [layout])
+            batch = TokenBatch.from_packed(torch.rand(len(layout), 3, PATCH, PATCH, device=args.device), [layout])
             with FlopCounterMode(display=False) as counter:
                 logits_of(model, batch, args.code_length)
             out[str(len(layout))] = counter.get_total_flops() / 1e9
@@ -407,45 +545,68 @@ def run(args: argparse.Namespace, on_input: Callable[[dict[str, Any]], None] | N
     """Every chosen input tokenised, trained and measured in turn; `on_input` gets the report so far after each one
     (so a run stopped early keeps the inputs it finished)."""
     fonts = Fonts.available()
-    scenes = {split: make_split(split, count, args, fonts)
-              for split, count in (("train", args.train), ("val", args.val), ("test", args.test))}
-    results = []
+    chosen = [item for item in inputs_for(args.budgets) if not args.inputs or item.name in args.inputs]
+    results: list[dict[str, Any]] = []
     with glmip.Context() as ctx:
         renderer = str(ctx.info()["renderer"])
-        chosen = [item for item in inputs_for(args.budgets) if not args.inputs or item.name in args.inputs]
-        for item in tqdm(chosen, desc="inputs", unit="input"):
-            caches = {split: tokenise(ctx, item, split_scenes, args.alphabet, args.chunk)
-                      for split, split_scenes in scenes.items()}
-            model = make_model(args)
-            trained = train(model, caches["train"], caches["val"], args, item.name)
-            test = evaluate(model, caches["test"], args.code_length, args.batch)
-            counts = caches["test"].counts
-            results.append({
-                "input": item.name, "kind": item.kind, "budget": item.budget,
-                "tokens_mean": float(counts.mean()), "tokens_min": int(counts.min()), "tokens_max": int(counts.max()),
-                "levels": sorted({round(float(v), 3) for v in np.concatenate(
-                    [layout.level for layout in caches["test"].layouts[:FLOP_SCENES]])}),
-                "exact_acc": test["exact"], "char_acc": test["char"],
-                "gflops": count_flops(model, caches["test"], args.code_length) / 1e9,
-                "tokenise_ms": caches["test"].seconds / len(caches["test"]) * 1e3,
-                "vit_ms": vit_seconds(model, caches["test"], args.code_length, args.batch) * 1e3,
-                **trained,
-            })
-            del caches, model
-            if on_input is not None:
-                on_input(assemble(args, renderer, fonts, results, complete=len(results) == len(chosen)))
-    return assemble(args, renderer, fonts, results, complete=True)
+        pool = None
+        if args.workers:
+            pool = torch.multiprocessing.get_context("spawn").Pool(args.workers, _worker_start, (args, chosen))
+        try:
+            begin = time.perf_counter()
+            caches = {split: tokenise_split(split, count, args, chosen, fonts, ctx, pool)
+                      for split, count in (("train", args.train), ("val", args.val), ("test", args.test))}
+            data_s = time.perf_counter() - begin
+        finally:
+            if pool is not None:
+                pool.terminate()
+        timing_scenes = make_split("test", min(args.timing_scenes, args.test), args, fonts)
+        tokenise_times = tokenise_ms(ctx, chosen, timing_scenes, args.chunk)
+    calibration = None
+    if args.train_budget_s:
+        per_step = {item.name: step_seconds(caches["train"][item.name], args) for item in chosen}
+        budget = args.train_budget_s
+        if args.deadline_s:  # what is left of the run's wall-clock limit, less a reserve for measuring each input
+            budget = min(budget, args.deadline_s - (time.perf_counter() - args.started) - 15 - 4 * len(chosen))
+        args.steps = max(1, min(args.steps, int(budget / sum(per_step.values()))))
+        calibration = {"step_s": per_step, "steps": args.steps, "train_budget_s": args.train_budget_s,
+                       "budget_used_s": budget}
+    extra = {"data_s": data_s, "calibration": calibration}
+    for item in tqdm(chosen, desc="inputs", unit="input"):
+        split = {name: caches[name][item.name] for name in caches}
+        model = make_model(args)
+        trained = train(model, split["train"], split["val"], args, item.name)
+        test = evaluate(model, split["test"], args)
+        counts = split["test"].counts
+        results.append({
+            "input": item.name, "kind": item.kind, "budget": item.budget,
+            "tokens_mean": float(counts.mean()), "tokens_min": int(counts.min()), "tokens_max": int(counts.max()),
+            "levels": sorted({round(float(v), 3) for v in np.concatenate(
+                [layout.level for layout in split["test"].layouts[:FLOP_SCENES]])}),
+            "exact_acc": test["exact"], "char_acc": test["char"],
+            "gflops": count_flops(model, split["test"], args.code_length) / 1e9,
+            "tokenise_ms": tokenise_times[item.name],
+            "vit_ms": vit_seconds(model, split["test"], args) * 1e3,
+            **trained,
+        })
+        del model
+        if on_input is not None:
+            on_input(assemble(args, renderer, fonts, results, complete=len(results) == len(chosen), **extra))
+    return assemble(args, renderer, fonts, results, complete=True, **extra)
 
 
 def assemble(args: argparse.Namespace, renderer: str, fonts: Fonts, results: list[dict[str, Any]],
-             complete: bool) -> dict[str, Any]:
+             complete: bool, data_s: float | None = None, calibration: dict[str, Any] | None = None) -> dict[str, Any]:
     """The report of the inputs in `results`: configuration, notes, goal verdicts, FLOPs at the issue's size."""
     report: dict[str, Any] = {
         "complete": complete,
         "device": renderer,
-        "torch_device": torch_device_label(),
+        "torch_device": torch_device_label() if torch.device(args.device).type == "cuda" else "cpu",
+        "precision": args.precision,
+        "data_s": data_s,
+        "calibration": calibration,
         **environment(numpy=np.__version__, pillow=Image.__version__),
-        "config": {key: value for key, value in vars(args).items() if key not in ("out", "plot")},
+        "config": {key: value for key, value in vars(args).items() if key not in ("out", "plot", "started")},
         "fonts": list(fonts.names), "font_sizes": list(FONT_SIZES),
         "vit": {"dim": args.dim, "depth": args.depth, "heads": args.heads, "patch": PATCH,
                 "embed": "glmip.nn.LodPatchEmbed(position='sincos', prefix_tokens=1), level embedding on",
@@ -455,8 +616,12 @@ def assemble(args: argparse.Namespace, renderer: str, fonts: Fonts, results: lis
             "cell; never glyph positions",
             "FLOPs: torch.utils.flop_counter.FlopCounterMode, one batch-1 forward (embedding + encoder + head), "
             f"mean of the first {FLOP_SCENES} test scenes; matmuls and attention only",
-            "tokenise_ms: wall time of tokenising the test split in chunks, per image; vit_ms: inference forward "
-            "over one batch, per image, median of 3; CPU torch and llvmpipe share 2 busy cores",
+            f"tokenise_ms: wall time per image of tokenising the first {args.timing_scenes} test scenes in one "
+            f"process in chunks of {args.chunk} (second of two passes), each input charged the whole pyramid build "
+            "(upload, mipmaps), allocation, sampling and read-back into torch; vit_ms: inference forward over one "
+            "batch, per image, median of 3",
+            "data_s: drawing and tokenising every split for every input"
+            + (f" in {args.workers} worker processes, each with its own glmip.Context" if args.workers else ""),
             "final_slope: loss change over the last 20% of steps (least-squares line)",
             "tokens cached as 8-bit values for all inputs",
         ],
@@ -558,21 +723,43 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--inputs", nargs="+", default=None, metavar="NAME",
                         help="run only these inputs (e.g. glmip-64 dense); default all")
     parser.add_argument("--chunk", type=int, default=32, help="scenes per tokenisation call")
+    parser.add_argument("--device", default="cpu", help="torch device the ViTs train on (cpu, cuda, cuda:1)")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                        help="the forward in float32, or under bfloat16 autocast")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="processes that draw and tokenise the scenes, each with its own Context (0: this one)")
+    parser.add_argument("--train-budget-s", type=float, default=None,
+                        help="choose the step count (at most --steps, the same for every input) so that all "
+                             "trainings together take about this many seconds, from each input's timed steps")
+    parser.add_argument("--deadline-s", type=float, default=None,
+                        help="with --train-budget-s: the whole run's wall-clock limit; the training budget shrinks "
+                             "to what the scenes and tokens left of it")
+    parser.add_argument("--timing-scenes", type=int, default=64, help="test scenes the tokenisation is timed on")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run of the whole pipeline: 128² scenes, budgets 16 and 32, 24/8/8 scenes, "
                              "4 steps of batch 8 through a 1-block dim-32 ViT")
     parser.add_argument("--out", type=Path, default=None, help="JSON (default bench/results/learn-<device>.json)")
     parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "learn-accuracy-flops.png")
     args = parser.parse_args(argv)
+    args.started = time.perf_counter()
     if args.quick:
         args.size, args.budgets, args.train, args.val, args.test = 128, [16, 32], 24, 8, 8
         args.steps, args.batch, args.dim, args.depth, args.heads = 4, 8, 32, 1, 2
+        args.chunk, args.timing_scenes = 8, 8
     if args.size % PATCH or args.size < 128:
         parser.error(f"--size must be a multiple of {PATCH}, at least 128, got {args.size}")
     if min(args.budgets) < 4 or max(args.budgets) > (args.size // PATCH) ** 2:
         parser.error(f"--budgets must lie in 4..{(args.size // PATCH) ** 2} (the dense count), got {args.budgets}")
-    if min(args.train, args.val, args.test, args.steps, args.batch, args.chunk, args.code_length) < 1:
-        parser.error("--train, --val, --test, --steps, --batch, --chunk and --code-length must be positive")
+    if min(args.train, args.val, args.test, args.steps, args.batch, args.chunk, args.code_length,
+           args.timing_scenes) < 1 or args.workers < 0:
+        parser.error("--train, --val, --test, --steps, --batch, --chunk, --code-length and --timing-scenes must be "
+                     "positive, --workers at least 0")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as error:
+        parser.error(f"--device {args.device!r}: {error}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: torch has no CUDA device here")
     if len(set(args.alphabet)) != len(args.alphabet) or len(args.alphabet) < 2:
         parser.error(f"--alphabet needs at least 2 distinct characters, got {args.alphabet!r}")
     return args

@@ -1,57 +1,81 @@
 #!/usr/bin/env bash
-# What runs on the lent NVIDIA GPU machine for issue 6 (see ../shared/device/README.md): the
-# CUDA-GL interop tests and the GPU benchmarks, everything written under $OUT (8 files at most).
+# The one command for a lent NVIDIA GPU machine (see ../shared/device/README.md and DEVELOPERS.md): the
+# learning study at the issue's size (issue 14), `glmip info`, the CUDA-GL interop tests, the crash check and
+# the GPU benchmarks (issue 16). Every stage has its own time limit, so the whole run stays under ~8.5 minutes,
+# and writes under $OUT (8 files at most) even when a stage fails.
 #
 # Once, here (not on the GPU machine):
-#   mkdir -p .git/info   # prepare.sh appends to .git/info/exclude and stops when the folder is missing
-#   ../shared/device/prepare.sh pytest pluggy iniconfig hypothesis attrs sortedcontainers tqdm pillow \
-#       kornia kornia-rs matplotlib contourpy cycler fonttools kiwisolver pyparsing python-dateutil six packaging
-# Then, with the `run` tool, carry [".gl", ".whl"] and the command (one machine start serves both;
-# each stays under the 10-minute limit of one command):
-#   bash scripts/gpu-run.sh tests     # ~2 min: pytest tests/test_interop.py tests/test_bridge.py tests/test_context.py
-#   bash scripts/gpu-run.sh bench     # ~8 min: bridge, pyramid (1024..8192), sampling, end_to_end
-# Results come back under files_at: copy the JSON/PNG into bench/results/ (names carry the device).
+#   mkdir -p .git/info && ../shared/device/prepare.sh pypng    # .gl/ (GL/EGL loaders) and .whl/ (moderngl, glcontext,
+#                                                              # glfw, pypng for Python 3.12); the image has the rest
+# Then with the `run` tool: carry [".gl", ".whl"], command `bash scripts/gpu-run.sh`, timeout_s 590; give_back after.
+# Results come back under files_at: copy the JSON/PNG into bench/results/ and docs/ (names carry the device).
 set -uo pipefail
-stage=${1:-all}
 OUT=${OUT:-/tmp/gpu-out}
 mkdir -p "$OUT"
+exec > >(tee -a "$OUT/run.log") 2>&1
+begin=$(date +%s)
+stage() { echo; echo "=== $1 ($(( $(date +%s) - begin )) s in)"; }
 
 # The preamble of ../shared/device/README.md: GL loaders, NVIDIA's EGL vendor, the carried wheels.
+stage preamble
 for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig
 export __EGL_VENDOR_LIBRARY_FILENAMES=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
   && export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 || exit 1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 
-python3 - <<'EOF' | tee "$OUT/info.json"
+stage info
+timeout 60 python3 - <<'PY' > "$OUT/info.json"
 import importlib.util, json
-missing = [m for m in ("torch", "numpy", "moderngl", "glcontext", "PIL", "pytest", "hypothesis", "tqdm", "kornia",
-                       "matplotlib", "cuda.bindings") if importlib.util.find_spec(m.split(".")[0]) is None]
-import torch, glmip
-from glmip import _gl
+missing = [m for m in ("torch", "numpy", "moderngl", "glcontext", "PIL", "png", "pytest", "hypothesis", "tqdm",
+                       "matplotlib", "timm", "cuda.bindings", "cuda.core")
+           if importlib.util.find_spec(m.split(".")[0]) is None]
+import torch
+import glmip
+from glmip.gl import raw
 report = {"missing_modules": missing, "torch": torch.__version__, "cuda": torch.version.cuda,
           "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
           "torch_uuids": [str(getattr(torch.cuda.get_device_properties(i), "uuid", None))
-                          for i in range(torch.cuda.device_count())],
-          "egl_devices": _gl.egl_devices()}
+                          for i in range(torch.cuda.device_count())]}
 try:
+    report["egl_devices"] = raw.egl_devices()
     with glmip.Context(cuda_device=0) as ctx:
         report["context_info"] = ctx.info()
-except Exception as error:  # reported, the tests below say more
+except Exception as error:  # reported; the tests below say more
     report["context_error"] = f"{type(error).__name__}: {error}"
 print(json.dumps(report, indent=1, default=str))
-EOF
+PY
+cat "$OUT/info.json" | head -60
 
-status=0
-if [ "$stage" = tests ] || [ "$stage" = all ]; then
-  python3 -m pytest -p no:cacheprovider -ra -v tests/test_interop.py tests/test_bridge.py tests/test_context.py \
-    2>&1 | tee "$OUT/tests.log"
-  status=${PIPESTATUS[0]}
-fi
-if [ "$stage" = bench ] || [ "$stage" = all ]; then
-  python3 -m bench.bridge --sizes-mib 4 16 64 256 --repeats 7 --out "$OUT/bridge.json" --plot "$OUT/bridge.png"
-  python3 -m bench.pyramid --sizes 1024 2048 4096 8192 --repeats 5 --budget-s 8 --out "$OUT/pyramid.json" \
-    --plot "$OUT/pyramid.png"
-  python3 -m bench.sampling --sizes 1024 4096 --repeats 3 --budget-s 10 --out "$OUT/sampling.json"
-  python3 -m bench.end_to_end --size 1024 --budget 256 --batch 64 --repeats 5 --out "$OUT/end_to_end.json"
-fi
-exit "$status"
+stage "learning study (issue 14)"
+TQDM_DISABLE=1 timeout 310 python3 -m bench.learn --device cuda --precision bf16 --workers 14 --size 512 --budgets 64 100 256 \
+  --code-length 4 --train 20000 --val 500 --test 1000 --batch 64 --lr 1e-3 --dim 192 --depth 6 --heads 6 \
+  --steps 8000 --train-budget-s 190 --deadline-s 285 --out "$OUT/learn.json" --plot "$OUT/learn.png" 2>&1 \
+  | tail -40
+
+stage "interop tests"
+timeout 75 python3 -m pytest -p no:cacheprovider -q -ra -x --timeout 40 tests/test_interop.py tests/test_bridge.py \
+  tests/test_context.py > "$OUT/tests.log" 2>&1
+echo "pytest exit $?"; tail -30 "$OUT/tests.log"
+
+stage "crash check: Context, then timm and torch.compile"
+timeout 50 python3 - <<'PY' 2>&1 | tail -5
+import torch, glmip
+ctx = glmip.Context()
+import timm
+model = timm.create_model("vit_tiny_patch16_224", pretrained=False).cuda().eval()
+compiled = torch.compile(model)
+with torch.no_grad():
+    out = compiled(torch.randn(2, 3, 224, 224, device="cuda"))
+print("crash check: ok", tuple(out.shape), ctx.info()["renderer"])
+ctx.close()
+PY
+
+stage benchmarks
+timeout 40 python3 -m bench.bridge --sizes-mib 4 64 256 --repeats 5 --out "$OUT/bridge.json" 2>&1 | tail -12
+timeout 40 python3 -m bench.end_to_end --size 1024 --budget 256 --batch 64 --repeats 3 --out "$OUT/end_to_end.json" \
+  2>&1 | tail -12
+timeout 25 python3 -m bench.pyramid --sizes 1024 4096 8192 --repeats 3 --budget-s 5 --out "$OUT/pyramid.json" 2>&1 \
+  | tail -12
+stage done
+ls -la "$OUT"

@@ -12,18 +12,23 @@ import numpy as np
 import pytest
 import torch
 
+import glmip
 from bench.learn import (
     RELEVANCE_CELL,
     Cache,
     Fonts,
     Input,
+    _worker_start,
+    build_caches,
     coarse_relevance,
     final_slope,
     learning_rate,
     make_code_scene,
     parse_args,
-    tokenise,
+    tokenise_chunk,
+    tokenise_split,
 )
+from bench.tokens import dense_tokens
 
 ROOT = Path(__file__).resolve().parent.parent
 ALPHABET = "0123456789"
@@ -81,16 +86,48 @@ def test_final_slope_is_the_change_over_the_last_fifth():
 
 
 def test_cached_tokens_round_trip_through_a_token_batch(ctx, fonts):
-    """8-bit cached tokens come back as the float tokens, each image's rows with its own layout."""
+    """8-bit cached tokens come back as the float tokens, each image's rows with its own layout; dense patches cut
+    from the cached images are `dense_tokens`' patches."""
     scenes = [make_code_scene(seed, 128, fonts, ALPHABET, 2) for seed in range(3)]
-    for item in (Input("glmip-16", "glmip", 16), Input("dense", "dense", None)):
-        cache = tokenise(ctx, item, scenes, ALPHABET, chunk=2)
+    items = [Input("glmip-16", "glmip", 16), Input("uniform-16", "uniform", 16), Input("dense", "dense", None)]
+    parts = [tokenise_chunk(ctx, items, scenes[:2]), tokenise_chunk(ctx, items, scenes[2:])]
+    caches = build_caches(parts, items, ALPHABET, torch.device("cpu"))
+    for item in items:
+        cache = caches[item.name]
         assert isinstance(cache, Cache) and len(cache) == 3 and cache.tokens.dtype == torch.uint8
         batch = cache.batch([2, 0])
         assert batch.lengths == (len(cache.layouts[2]), len(cache.layouts[0]))
         assert batch.tokens.min() >= 0 and batch.tokens.max() <= 1
         assert cache.codes[1].tolist() == [ALPHABET.index(c) for c in scenes[1].code]
-    assert cache.counts.tolist() == [64, 64, 64], "dense: every 16-px patch of 128²"
+    assert caches["dense"].counts.tolist() == [64, 64, 64], "dense: every 16-px patch of 128²"
+    patches, _ = dense_tokens(scenes[2].image)
+    assert torch.equal(caches["dense"].batch([2]).tokens, patches)
+
+
+def test_glmip_input_is_glmip_tokenize(ctx, fonts):
+    """The study's glmip-B, taken apart so the pyramids serve every input, equals `glmip.tokenize` within the
+    8-bit rounding of the cache."""
+    scenes = [make_code_scene(seed, 128, fonts, ALPHABET, 2) for seed in range(3)]
+    part = tokenise_chunk(ctx, [Input("glmip-16", "glmip", 16)], scenes)
+    batch = glmip.tokenize([s.image for s in scenes], [s.relevance for s in scenes], 16, 16, context=ctx)
+    assert [len(layout) for layout in part.layouts["glmip-16"]] == list(batch.lengths)
+    assert (part.tokens["glmip-16"].float() - batch.tokens * 255).abs().max() <= 0.5 + 1e-3
+
+
+def test_worker_processes_give_the_same_caches(ctx, fonts):
+    """Scenes drawn and tokenised in a spawned worker (its own Context) are the ones drawn here."""
+    args = parse_args(["--quick"])
+    items = [Input("glmip-16", "glmip", 16), Input("dense", "dense", None)]
+    here = tokenise_split("val", 5, args, items, fonts, ctx)
+    pool = torch.multiprocessing.get_context("spawn").Pool(1, _worker_start, (args, items))
+    try:
+        there = tokenise_split("val", 5, args, items, fonts, ctx, pool)
+    finally:
+        pool.terminate()
+    for item in items:
+        assert torch.equal(here[item.name].tokens, there[item.name].tokens)
+        assert np.array_equal(here[item.name].offsets, there[item.name].offsets)
+        assert torch.equal(here[item.name].codes, there[item.name].codes)
 
 
 def test_arguments_are_checked():
@@ -100,12 +137,18 @@ def test_arguments_are_checked():
         parse_args(["--budgets", "1000", "--size", "256"])
     with pytest.raises(SystemExit):
         parse_args(["--alphabet", "aa"])
+    with pytest.raises(SystemExit):
+        parse_args(["--workers", "-1"])
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit):
+            parse_args(["--device", "cuda"])
 
 
 def test_quick_pipeline(tmp_path):
     """`python -m bench.learn --quick`: every input tokenised, trained and measured, JSON and plot written."""
     out, plot = tmp_path / "learn.json", tmp_path / "learn.png"
-    result = subprocess.run([sys.executable, "-m", "bench.learn", "--quick", "--out", str(out), "--plot", str(plot)],
+    result = subprocess.run([sys.executable, "-m", "bench.learn", "--quick", "--train-budget-s", "1000",
+                             "--out", str(out), "--plot", str(plot)],
                             capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(out.read_text())
@@ -125,3 +168,6 @@ def test_quick_pipeline(tmp_path):
     assert issue["fewer_than_dense"]["1024"] == pytest.approx(1.0)
     assert issue["fewer_than_dense"]["64"] > issue["fewer_than_dense"]["100"] > issue["fewer_than_dense"]["256"] > 1
     assert "| dense |" in result.stdout
+    calibration = report["calibration"]
+    assert set(calibration["step_s"]) == set(rows) and min(calibration["step_s"].values()) > 0
+    assert calibration["steps"] == report["config"]["steps"] == 4, "the budget allows more, --steps caps it"
