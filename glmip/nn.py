@@ -276,7 +276,7 @@ class LodPatchEmbed(nn.Module):
                 self.patch, self.patch):
             raise ValueError(f"tokens must have shape (N, {self.in_channels}, {self.patch}, {self.patch}) (channels, "
                              f"patch, patch of this embedding), got {tuple(batch.tokens.shape)}")
-        low, high = batch.levels.min().item(), batch.levels.max().item()
+        low, high = torch.stack([batch.levels.min(), batch.levels.max()]).tolist()  # one device sync
         if low < 0 or high > self.levels - 1:
             raise ValueError(f"levels must lie within 0..{self.levels - 1} (levels={self.levels}), "
                              f"got {low:g}..{high:g}")

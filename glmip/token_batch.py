@@ -70,8 +70,9 @@ class TokenBatch:
         shape = None
         for index, (tokens, layout) in enumerate(zip(tokens_per_image, layouts, strict=True)):
             shape = _check_image(index, tokens, layout, shape)
-        return cls._pack(torch.cat([t.to(device=tokens_per_image[0].device, dtype=torch.float32)
-                                    for t in tokens_per_image]), layouts)
+        packed = torch.cat([t.to(device=tokens_per_image[0].device, dtype=torch.float32) for t in tokens_per_image])
+        _check_finite(packed, [len(layout) for layout in layouts])
+        return cls._pack(packed, layouts)
 
     @classmethod
     def from_packed(cls, tokens: torch.Tensor, layouts: Sequence[TokenLayout]) -> TokenBatch:
@@ -88,6 +89,7 @@ class TokenBatch:
         shape = None
         for index, (part, layout) in enumerate(zip(torch.split(tokens, counts), layouts, strict=True)):
             shape = _check_image(index, part, layout, shape)
+        _check_finite(tokens, counts)
         return cls._pack(tokens if tokens.dtype == torch.float32 else tokens.float(), layouts)
 
     @classmethod
@@ -240,8 +242,21 @@ class TokenBatch:
         return int(pad_to)
 
 
+def _check_finite(packed: torch.Tensor, counts: list[int]) -> None:
+    """Raise ValueError naming the first image whose tokens hold NaN or infinite values.
+
+    One reduction over the packed tensor (one device sync on a GPU, not one per image); the images are
+    searched only when it fails."""
+    if bool(torch.isfinite(packed).all()):
+        return
+    for index, part in enumerate(torch.split(packed, counts)):
+        if not bool(torch.isfinite(part).all()):
+            raise ValueError(f"image {index}: tokens hold NaN or infinite values")
+
+
 def _check_image(index: int, tokens: Any, layout: Any, shape: tuple[int, int] | None) -> tuple[int, int]:
-    """Validate image `index`'s tokens and layout; return its (C, P), which must equal `shape` if given."""
+    """Validate image `index`'s tokens (type, shape) and layout; return its (C, P), which must equal `shape` if
+    given. Values are checked once for the whole batch (`_check_finite`)."""
     where = f"image {index}: "
     if not isinstance(tokens, torch.Tensor) or not tokens.is_floating_point():
         raise TypeError(f"{where}tokens must be a float torch tensor (N, C, P, P) as Pyramid.tokens returns, "
@@ -250,8 +265,6 @@ def _check_image(index: int, tokens: Any, layout: Any, shape: tuple[int, int] | 
         raise TypeError(f"{where}tokens are a meta tensor (no data); pass tokens with values, e.g. Pyramid.tokens")
     if tokens.ndim != 4 or tokens.shape[2] != tokens.shape[3]:
         raise ValueError(f"{where}tokens must have shape (N, C, P, P), got {tuple(tokens.shape)}")
-    if not bool(torch.isfinite(tokens).all()):
-        raise ValueError(f"{where}tokens hold NaN or infinite values")
     missing = [name for name in (*_LAYOUT_ARRAYS, "patch", "image_size") if not hasattr(layout, name)]
     if missing:
         raise TypeError(f"{where}layout must be a glmip.TokenLayout, got {type(layout).__name__} without "

@@ -7,9 +7,11 @@
 # Once, here (not on the GPU machine):
 #   mkdir -p .git/info && ../shared/device/prepare.sh pypng    # .gl/ (GL/EGL loaders) and .whl/ (moderngl, glcontext,
 #                                                              # glfw, pypng for Python 3.12); the image has the rest
-# Then with the `run` tool: carry [".gl", ".whl"], command `bash scripts/gpu-run.sh`, timeout_s 590; give_back after.
+# Then with the `run` tool: carry [".gl", ".whl"], command `bash scripts/gpu-run.sh [learn]`, timeout_s 590 (learn:
+# 400); give_back after.
 # Results come back under files_at: copy the JSON/PNG into bench/results/ and docs/ (names carry the device).
 set -uo pipefail
+only=${1:-all}  # "learn": the preamble and the learning study alone (~6.5 minutes)
 OUT=${OUT:-/tmp/gpu-out}
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/run.log") 2>&1
@@ -25,7 +27,7 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 
 stage info
-timeout 60 python3 - <<'PY' > "$OUT/info.json"
+[ "$only" = learn ] || timeout 60 python3 - <<'PY' > "$OUT/info.json"
 import importlib.util, json
 missing = [m for m in ("torch", "numpy", "moderngl", "glcontext", "PIL", "png", "pytest", "hypothesis", "tqdm",
                        "matplotlib", "timm", "cuda.bindings", "cuda.core")
@@ -45,13 +47,16 @@ except Exception as error:  # reported; the tests below say more
     report["context_error"] = f"{type(error).__name__}: {error}"
 print(json.dumps(report, indent=1, default=str))
 PY
-cat "$OUT/info.json" | head -60
+[ "$only" = learn ] || head -60 "$OUT/info.json"
 
 stage "learning study (issue 14)"
-TQDM_DISABLE=1 timeout 310 python3 -m bench.learn --device cuda --precision bf16 --workers 14 --size 512 --budgets 64 100 256 \
-  --code-length 4 --train 20000 --val 500 --test 1000 --batch 64 --lr 1e-3 --dim 192 --depth 6 --heads 6 \
-  --steps 8000 --train-budget-s 190 --deadline-s 285 --out "$OUT/learn.json" --plot "$OUT/learn.png" 2>&1 \
-  | tail -40
+# one step count for every input, chosen from their timed steps so the study ends within its limit
+learn_s=$([ "$only" = learn ] && echo 375 || echo 310)
+TQDM_DISABLE=1 timeout $learn_s python3 -m bench.learn --device cuda --precision bf16 --workers 15 --size 512 \
+  --budgets 64 100 256 --code-length 4 --train 20000 --val 500 --test 1000 --batch 64 --lr 2e-3 \
+  --dim 128 --depth 4 --heads 4 --steps 20000 --train-budget-s 1000 --deadline-s $((learn_s - 25)) \
+  --out "$OUT/learn.json" --plot "$OUT/learn.png" 2>&1 | tail -40
+[ "$only" = learn ] && exit 0
 
 stage "interop tests"
 timeout 75 python3 -m pytest -p no:cacheprovider -q -ra -x --timeout 40 tests/test_interop.py tests/test_bridge.py \
