@@ -80,6 +80,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from matplotlib.ticker import NullFormatter
 from PIL import Image, ImageDraw, ImageFont
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
@@ -688,6 +689,7 @@ def plot(report: dict[str, Any], path: Path) -> Path:
     size = report["config"]["size"]
     ax.set(xscale="log", xlabel="ViT GFLOPs per image (counted, batch-1 forward)", ylabel="test accuracy",
            ylim=(-0.02, 1.02), title=f"Reading a {report['config']['code_length']}-character code, {size}² scenes")
+    ax.xaxis.set_minor_formatter(NullFormatter())  # a log axis over less than a decade labels its minor ticks
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, loc="upper left", ncol=3)
     ax = axes[1]

@@ -68,13 +68,19 @@ def test_bad_requests(ctx):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="pinned read-back into CUDA needs a CUDA device")
 def test_pinned_readback_to_cuda(ctx):
+    """prefer='readback' goes through pinned host memory; 'auto' takes CUDA-GL interop where the context runs on
+    the CUDA device (on the H100 it did: this test failed there when it expected read-back from 'auto')."""
     buffer = ctx.gl.buffer(np.arange(8, dtype=np.float32))
     try:
-        transfer = buffer_to_tensor(buffer, (8,), device="cuda")
+        transfer = buffer_to_tensor(buffer, (8,), device="cuda", prefer="readback")
+        automatic = buffer_to_tensor(buffer, (8,), device="cuda")
     finally:
         buffer.release()
     assert transfer.path is BridgePath.PINNED_READBACK and transfer.tensor.is_cuda
     assert torch.equal(transfer.tensor.cpu(), torch.arange(8, dtype=torch.float32))
+    interop = bool(ctx.info().get("gl_cuda_devices"))
+    assert automatic.path is (BridgePath.CUDA_GL if interop else BridgePath.PINNED_READBACK)
+    assert torch.equal(automatic.tensor.cpu(), torch.arange(8, dtype=torch.float32))
 
 
 def test_out_tensor_is_filled_in_place(ctx):
