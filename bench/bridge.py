@@ -13,7 +13,8 @@ new tensor registering the buffer per call (`buffer_to_tensor(prefer="interop")`
 existing tensor through a buffer registered once (`GLBufferResource.copy_to`), with a device
 `copy_` between two CUDA tensors as the yardstick; `interop_vs_readback` = pinned read-back into
 an existing tensor / interop registered once, same run. Without interop those rows are left out
-and the report says why. The interop rows are NOT YET RUN ON A GPU.
+and the report says why. The interop rows ran once, on an H100
+(bench/results/bridge-h100.json).
 
 Usage: python -m bench.bridge [--sizes-mib 4 16 64 256] [--repeats 7] [--plot PNG] [--out PATH]
 """

@@ -12,7 +12,8 @@ batch; dense: one stacked batch). Every stage of a timing ends with a device syn
 run: `dense_vs_glmip` = dense median / glmip median (> 1: glmip faster). Runs on CUDA when torch has
 it, else on the CPU (GL on llvmpipe there). JSON under bench/results/end_to_end-<device>.json.
 
-The CUDA rows are NOT YET RUN ON A GPU.
+The CUDA rows ran once, on an H100 (bench/results/end_to_end-h100.json, the README's "On NVIDIA"); the batch
+case there loops over images for pyramids, allocation and sampling (it predates `glmip.tokenize`).
 
 Usage: python -m bench.end_to_end [--size 1024] [--budget 256] [--patch 16] [--batch 64] [--repeats 5]
                                    [--dim 384] [--depth 6] [--heads 6] [--out PATH]

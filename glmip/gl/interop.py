@@ -1,11 +1,10 @@
 """CUDA-GL interop: GL buffers and textures registered with CUDA once, mapped per use on torch's
 current stream, and copied device to device into (or from) torch CUDA tensors; no host round trip.
 
-NOT YET RUN ON A GPU. This module is written against cuda-python's runtime bindings
-(`cuda.bindings.runtime`, 12.x/13.x; `cuda.cudart` for older releases), whose signatures were read
-from its source and checked here only for argument marshalling (cuda-bindings 13.5 on a machine
-without a driver). tests/test_interop.py holds the GPU tests, skipped without an NVIDIA GL
-context and CUDA; scripts/gpu-run.sh runs them on the lent GPU machine.
+Written against cuda-python's runtime bindings (`cuda.bindings.runtime`, 12.x/13.x; `cuda.cudart`
+for older releases). It has run on one GPU: an H100 (driver 580.159.04, cuda-bindings from that
+machine's image), where tests/test_interop.py passed (the README's "On NVIDIA"). Those tests are
+skipped without an NVIDIA GL context and CUDA; scripts/gpu-run.sh runs them on a lent GPU machine.
 
 What CUDA can map (see DESIGN.md): a GL *buffer* maps as a device pointer, so buffer -> tensor is
 one `cudaMemcpyAsync`; a GL *texture* maps only as an opaque cudaArray per mip level, so level ->
