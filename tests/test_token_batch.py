@@ -72,6 +72,21 @@ def test_from_parts_packs_every_per_token_field():
     assert torch.equal(batch[-1][0], batch[2][0])
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_tokens_are_refused_naming_their_image(bad):
+    """Values are checked once over the whole batch (one device sync), yet the error names the image that holds
+    them, for both constructors."""
+    rng = np.random.default_rng(0)
+    counts = [3, 4, 2]
+    parts = [torch.rand(n, 3, 16, 16) for n in counts]
+    parts[1][2, 0, 5, 7] = bad
+    layouts = [random_layout(rng, n) for n in counts]
+    with pytest.raises(ValueError, match="^image 1: tokens hold NaN or infinite values"):
+        TokenBatch.from_parts(parts, layouts)
+    with pytest.raises(ValueError, match="^image 1: tokens hold NaN or infinite values"):
+        TokenBatch.from_packed(torch.cat(parts), layouts)
+
+
 def test_padded_and_valid_put_each_image_in_its_row():
     batch = make_batch([3, 1, 4])
     padded, valid = batch.padded()
