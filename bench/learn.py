@@ -23,42 +23,46 @@ position, level embedding on, one class token):
 * ``dense``: every 16x16 patch of the full-resolution scene (`bench.tokens.dense_tokens`, an
   ``unfold``: (W/16)² tokens, a uniform level-0 layout).
 
-Every input is tokenised once, up front, for all its train / validation / test scenes (one
-`glmip.Context` for the whole run) and cached in memory as 8-bit values (the texture's own
-precision; trilinear blends between texels are rounded to the nearest 1/255). Scene seeds:
-train ``seed * 10^6 + i``, validation ``seed * 10^6 + 500000 + i``, test ``seed * 10^6 + 700000 + i``.
+Every input is tokenised once, up front, for all its train / validation / test scenes and cached as
+8-bit values (the texture's own precision; trilinear blends between texels are rounded to the nearest
+1/255) on ``--device``; dense keeps the scenes themselves and cuts their patches per batch. Each
+scene's pyramid is built once and sampled by every GL input. With ``--workers N`` the scenes are drawn
+and tokenised in N spawned processes, each with its own `glmip.Context` (the GPU run: 15 of the
+machine's 16 cores). Scene seeds: train ``seed * 10^6 + i``, validation ``seed * 10^6 + 500000 + i``,
+test ``seed * 10^6 + 700000 + i``.
 
-Training, identical for every input: the same initial weights (``torch.manual_seed(seed)``), the
-same batch order, ``--steps`` AdamW steps (lr ``--lr``, weight decay 0.05, batch ``--batch``,
-linear warm-up over the first 10% then cosine to zero), no augmentation (no scene repeats across
-splits). The loss is the mean cross-entropy of the per-character heads. The final slope of each
-training curve is the least-squares slope of the per-step loss over the last 20% of steps, given
-as the loss change over that stretch. The validation split is read four times during training
-(curve only; the test figures are of the last weights, nothing is selected on validation).
+Training, identical for every input: the same initial weights (``torch.manual_seed(seed)``), the same
+batch order, ``--steps`` AdamW steps (lr ``--lr``, weight decay 0.05, batch ``--batch``, linear warm-up
+over the first 10% then cosine to zero; ``--precision bf16`` runs the forward under bfloat16 autocast),
+no augmentation (no scene repeats across splits). With ``--train-budget-s`` the step count, still one for
+every input, is chosen from each input's timed steps so that all trainings fit the budget (and
+``--deadline-s``, the whole run's limit). The loss is the mean cross-entropy of the per-character heads.
+The final slope of each training curve is the least-squares slope of the per-step loss over the last 20%
+of steps, given as the loss change over that stretch. The validation split is read four times during
+training (curve only; the test figures are of the last weights, nothing is selected on validation).
 
-Measures, on the test scenes: exact-code accuracy (all characters right) and per-character
-accuracy; tokens per image (mean); ViT FLOPs per image counted by
-``torch.utils.flop_counter.FlopCounterMode`` over one forward (embedding + encoder + head, batch 1)
-on each of the first 8 test scenes, averaged (it counts matrix products and attention, not
-norms or activations); tokenisation ms per image (wall time of the tokenisation of the test
-split in chunks of ``--chunk``: pyramid upload and build, allocation, sampling, read-back into
-torch; the relevance maps are given, not timed); ViT ms per image (a forward in
-``inference_mode`` over a batch of ``--batch`` test scenes, median of 3, divided by the batch);
-training wall time. CPU torch and llvmpipe share a 2-core machine with other work: timings carry
-tens of percent noise.
+Measures, on the test scenes: exact-code accuracy (all characters right) and per-character accuracy;
+tokens per image (mean); ViT FLOPs per image counted by ``torch.utils.flop_counter.FlopCounterMode`` over
+one forward (embedding + encoder + head, batch 1) on each of the first 8 test scenes, averaged (it counts
+matrix products and attention, not norms or activations); tokenisation ms per image (wall time of
+tokenising the first ``--timing-scenes`` test scenes in this process in chunks of ``--chunk``, the second
+of two passes: pyramid upload and build, allocation, sampling, read-back into torch, each input charged
+the whole pyramid build; dense: stacking and cutting patches; the relevance maps are given, not timed);
+ViT ms per image (a forward in ``inference_mode`` over a batch of ``--batch`` test scenes, median of 3,
+divided by the batch); training wall time. CPU torch and llvmpipe share a 2-core machine with other work:
+timings carry tens of percent noise.
 
-Size. The issue asks for 512² scenes, 4-6 characters and budgets 64, 100 and 256. This study runs on a
-2-core CPU shared with other work, about 25 minutes for all five trainings. There a step of this ViT
-takes 2.6 s at 256 tokens (256², batch 64), and 250 steps at 256² learned nothing (the first round:
-every input at chance); at 128² a batch-32 step takes about 45 ms for dense (64 tokens) and 18 ms
-for glmip-16 on a quiet machine, several times that under load, and a model's loss first leaves
-ln 10 after some 700-900 steps. So every input shrinks alike: 128² scenes (64 dense patches), a
-2-character code, glyphs about one level-0 token high, 16000 training scenes, 6000 steps of 32,
-budgets 16 and 25 (a quarter and 0.39 of dense, as 64 and 100 are of dense at 256²). At this size
-the issue's 10x FLOP ratio cannot be reached by construction, so the report also counts the same
-ViT's FLOPs at 512² for 64, 100 and 256 tokens against dense's 1024 (``issue_size_flops``). Dense
-runs first and the report is rewritten after each input, so a run cut short keeps what it finished
-(``complete`` says whether every input did).
+Size. The issue asks for 512² scenes, 4-6 characters and budgets 64, 100 and 256. On the 2-core CPU a
+step of this ViT takes 2.6 s at 256 tokens (256², batch 64), and 250 steps at 256² learned nothing
+(every input at chance); at 128² a batch-32 step takes about 57 ms for dense (64 tokens) and 20 ms for
+glmip-16, and a model's loss first leaves ln 10 after some 1000-2000 steps. So on the CPU every input
+shrinks alike: 128² scenes (64 dense patches), a 2-character code, glyphs about one level-0 token high,
+32000 training scenes, 24000 steps of 32 (12000 gave the README's first table; every loss was still
+falling), budgets 16 and 25 (a quarter and 0.39 of dense, as 64 and 100 are of dense at 256²). At this
+size the issue's 10x FLOP ratio cannot be reached by construction, so the report also counts the same
+ViT's FLOPs at 512² for 64, 100 and 256 tokens against dense's 1024 (``issue_size_flops``). The issue's
+size runs on a GPU: scripts/gpu-run.sh has the command. Dense runs first and the report is rewritten
+after each input, so a run cut short keeps what it finished (``complete`` says whether every input did).
 
 Usage::
 
