@@ -57,7 +57,7 @@ step of this ViT takes 2.6 s at 256 tokens (256², batch 64), and 250 steps at 2
 (every input at chance); at 128² a batch-32 step takes about 57 ms for dense (64 tokens) and 20 ms for
 glmip-16, and a model's loss first leaves ln 10 after some 1000-2000 steps. So on the CPU every input
 shrinks alike: 128² scenes (64 dense patches), a 2-character code, glyphs about one level-0 token high,
-32000 training scenes, 24000 steps of 32 (12000 gave the README's first table; every loss was still
+32000 training scenes, 24000 steps of 32 (at 12000 every loss was still
 falling), budgets 16 and 25 (a quarter and 0.39 of dense, as 64 and 100 are of dense at 256²). At this
 size the issue's 10x FLOP ratio cannot be reached by construction, so the report also counts the same
 ViT's FLOPs at 512² for 64, 100 and 256 tokens against dense's 1024 (``issue_size_flops``). The issue's
@@ -700,7 +700,7 @@ def plot(report: dict[str, Any], path: Path) -> Path:
            ylim=(-0.02, 1.02), title=f"Reading a {report['config']['code_length']}-character code, {size}² scenes")
     ax.xaxis.set_minor_formatter(NullFormatter())  # a log axis over less than a decade labels its minor ticks
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7, loc="upper left", ncol=3)
+    ax.legend(fontsize=7, loc="best", ncol=3)
     ax = axes[1]
     budgets = sorted(report["config"]["budgets"])
     for r in report["results"]:
