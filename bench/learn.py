@@ -91,7 +91,7 @@ from tqdm import tqdm
 
 import glmip
 from bench.harness import environment, figure, markdown_table, save_figure, sync, torch_device_label, write_report
-from bench.tokens import INK, PANEL, _texture, font, grid_layout, uniform_side
+from bench.tokens import INK, PANEL, _texture, dense_patches, font, grid_layout, uniform_side
 from glmip.allocate import allocate_batch
 from glmip.layout import TokenLayout
 from glmip.models import TokenClassifier
@@ -212,10 +212,11 @@ def make_code_scene(seed: int, size: int, fonts: Fonts, alphabet: str, length: i
     return CodeScene(np.asarray(canvas).copy(), code, box, coarse_relevance(rng, box, size), fonts.names[face])
 
 
-def make_split(split: str, count: int, args: argparse.Namespace, fonts: Fonts) -> list[CodeScene]:
+def draw_scenes(split: str, start: int, count: int, args: argparse.Namespace, fonts: Fonts) -> list[CodeScene]:
+    """Scenes `start` .. `start + count - 1` of `split` (seeds ``seed * 10^6 + SPLIT_OFFSETS[split] + i``)."""
     base = args.seed * 1_000_000 + SPLIT_OFFSETS[split]
     return [make_code_scene(base + i, args.size, fonts, args.alphabet, args.code_length)
-            for i in tqdm(range(count), desc=f"scenes {split}", unit="scene", leave=False)]
+            for i in range(start, start + count)]
 
 
 # -- inputs and their token caches ------------------------------------------------------------
@@ -236,7 +237,6 @@ class Cache:
     offsets: np.ndarray  # (B + 1,) int64
     layouts: list[TokenLayout]
     codes: torch.Tensor  # (B, length) int64 character indices
-    seconds: float  # wall time of the tokenisation (not the 8-bit packing)
 
     def __len__(self) -> int:
         return len(self.layouts)
@@ -254,19 +254,11 @@ class Cache:
 @dataclass
 class DenseCache(Cache):
     """Dense patches cut on demand from the scenes themselves: `tokens` holds (B, C, H, W) uint8 images,
-    every image has the same level-0 grid layout (`bench.tokens.dense_tokens`'s, zero-padded at the edges)."""
+    every image has the same level-0 grid layout (`bench.tokens.dense_patches`, zero-padded at the edges)."""
 
     def batch(self, index: np.ndarray | list[int]) -> TokenBatch:
         images = self.tokens.index_select(0, torch.as_tensor(np.asarray(index), device=self.tokens.device))
         return TokenBatch.from_packed(dense_patches(images), [self.layouts[i] for i in index])
-
-
-def dense_patches(images: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) uint8 images -> (B * ceil(H / 16) * ceil(W / 16), C, 16, 16) float patches in [0, 1], each
-    image's row-major, zero-padded at the right and bottom edges (as `bench.tokens.dense_tokens`)."""
-    x = images.float().div_(255)
-    x = F.pad(x, (0, -x.shape[3] % PATCH, 0, -x.shape[2] % PATCH))
-    return F.unfold(x, PATCH, stride=PATCH).transpose(1, 2).reshape(-1, x.shape[1], PATCH, PATCH)
 
 
 def inputs_for(budgets: list[int]) -> list[Input]:
@@ -323,10 +315,8 @@ def tokenise_chunk(ctx: glmip.Context, items: list[Input], scenes: list[CodeScen
     for item in items:
         if item.kind == "dense":
             begin = time.perf_counter()
-            stacked = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
-            dense_patches(stacked)  # timed as its tokenisation; the cache cuts them again per batch
+            out.tokens[item.name] = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
             out.seconds[item.name] = time.perf_counter() - begin
-            out.tokens[item.name] = stacked
             out.layouts[item.name] = [grid_layout(width, height, PATCH)] * len(scenes)
     return out
 
@@ -339,13 +329,8 @@ def build_caches(parts: list[Tokenised], items: list[Input], alphabet: str, devi
     for item in items:
         layouts = [layout for p in parts for layout in p.layouts[item.name]]
         tokens = torch.cat([p.tokens[item.name].to(device) for p in parts])
-        seconds = sum(p.seconds[item.name] for p in parts)
-        if item.kind == "dense":
-            offsets = np.arange(len(layouts) + 1, dtype=np.int64) * len(layouts[0])
-            caches[item.name] = DenseCache(tokens, offsets, layouts, codes, seconds)
-        else:
-            offsets = np.concatenate([[0], np.cumsum([len(layout) for layout in layouts])]).astype(np.int64)
-            caches[item.name] = Cache(tokens, offsets, layouts, codes, seconds)
+        offsets = np.concatenate([[0], np.cumsum([len(layout) for layout in layouts])]).astype(np.int64)
+        caches[item.name] = (DenseCache if item.kind == "dense" else Cache)(tokens, offsets, layouts, codes)
     return caches
 
 
@@ -360,10 +345,7 @@ def _worker_start(args: argparse.Namespace, items: list[Input]) -> None:
 
 def _worker_chunk(task: tuple[str, int, int]) -> Tokenised:
     split, start, count = task
-    args = _WORKER["args"]
-    base = args.seed * 1_000_000 + SPLIT_OFFSETS[split]
-    scenes = [make_code_scene(base + i, args.size, _WORKER["fonts"], args.alphabet, args.code_length)
-              for i in range(start, start + count)]
+    scenes = draw_scenes(split, start, count, _WORKER["args"], _WORKER["fonts"])
     return tokenise_chunk(_WORKER["ctx"], _WORKER["items"], scenes)
 
 
@@ -381,9 +363,7 @@ def tokenise_split(split: str, count: int, args: argparse.Namespace, items: list
             part.tokens = {name: tokens.to(device, copy=True) for name, tokens in part.tokens.items()}
             parts.append(part)
     else:
-        base = args.seed * 1_000_000 + SPLIT_OFFSETS[split]
-        parts = [tokenise_chunk(ctx, items, [make_code_scene(base + i, args.size, fonts, args.alphabet,
-                                                             args.code_length) for i in range(start, start + n)])
+        parts = [tokenise_chunk(ctx, items, draw_scenes(split, start, n, args, fonts))
                  for _, start, n in tqdm(tasks, **progress)]
     return build_caches(parts, items, args.alphabet, device)
 
@@ -524,13 +504,18 @@ def vit_seconds(model: TokenClassifier, cache: Cache, args: argparse.Namespace) 
 
 def tokenise_ms(ctx: glmip.Context, items: list[Input], scenes: list[CodeScene], chunk: int) -> dict[str, float]:
     """Milliseconds per image of each input's tokenisation of `scenes` in this process, in chunks of `chunk`
-    (the second of two passes; each input is charged the whole pyramid build, as if tokenised alone)."""
+    (the second of two passes; each input is charged the whole pyramid build, as if tokenised alone; dense is
+    charged the patch cutting its cache does per batch)."""
     for _ in range(2):
         seconds = dict.fromkeys((item.name for item in items), 0.0)
         for start in range(0, len(scenes), chunk):
             part = tokenise_chunk(ctx, items, scenes[start:start + chunk])
-            for name, value in part.seconds.items():
-                seconds[name] += value
+            for item in items:
+                seconds[item.name] += part.seconds[item.name]
+                if item.kind == "dense":
+                    begin = time.perf_counter()
+                    dense_patches(part.tokens[item.name])
+                    seconds[item.name] += time.perf_counter() - begin
     return {name: value / len(scenes) * 1e3 for name, value in seconds.items()}
 
 
@@ -570,7 +555,7 @@ def run(args: argparse.Namespace, on_input: Callable[[dict[str, Any]], None] | N
         finally:
             if pool is not None:
                 pool.terminate()
-        timing_scenes = make_split("test", min(args.timing_scenes, args.test), args, fonts)
+        timing_scenes = draw_scenes("test", 0, min(args.timing_scenes, args.test), args, fonts)
         tokenise_times = tokenise_ms(ctx, chosen, timing_scenes, args.chunk)
     calibration = None
     if args.train_budget_s:

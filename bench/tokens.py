@@ -415,13 +415,19 @@ def summarise(rows: list[dict[str, Any]], budgets: list[int]) -> dict[str, Any]:
 EMBED_NAME = "glmip.nn.LodPatchEmbed(position='sincos', prefix_tokens=1)"  # TokenClassifier's embedding
 
 
+def dense_patches(images: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) uint8 images -> (B * ceil(H / 16) * ceil(W / 16), C, 16, 16) float patches in [0, 1], each
+    image's row-major, zero-padded at the right and bottom edges."""
+    x = images.float().div_(255)
+    x = F.pad(x, (0, -x.shape[3] % PATCH, 0, -x.shape[2] % PATCH))
+    return F.unfold(x, PATCH, stride=PATCH).transpose(1, 2).reshape(-1, x.shape[1], PATCH, PATCH)
+
+
 def dense_tokens(image: np.ndarray) -> tuple[torch.Tensor, TokenLayout]:
-    """Every 16x16 patch of the full-resolution image (zero-padded at the edges): (N, C, 16, 16), level-0 grid."""
+    """Every 16x16 patch of the full-resolution (H, W, C) uint8 image (zero-padded at the edges): (N, C, 16, 16),
+    level-0 grid."""
     height, width = image.shape[:2]
-    x = torch.from_numpy(image).permute(2, 0, 1).float().div_(255)
-    x = F.pad(x, (0, -width % PATCH, 0, -height % PATCH))
-    patches = F.unfold(x[None], PATCH, stride=PATCH)[0].T.reshape(-1, image.shape[2], PATCH, PATCH)
-    return patches, grid_layout(width, height, PATCH)
+    return dense_patches(torch.from_numpy(image).permute(2, 0, 1)[None]), grid_layout(width, height, PATCH)
 
 
 def _times(prefix: str, times: list[float]) -> dict[str, Any]:
