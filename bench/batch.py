@@ -1,12 +1,18 @@
-"""Benchmark: images per second through the batch API against the per-image path and a torch-only peer.
+"""Benchmark: what a batch costs through `glmip.tokenize` — GL calls, blocking reads, images per second —
+against an earlier glmip (a git commit, run from its own tree in the same run) and a torch-only peer.
 
-For 512² and 1024² images (budget 256, gaze and saliency relevance), in one run on one machine:
-- `glmip.tokenize` at batch 1, 8 and 32 (one context, pyramids built and sampled per batch);
-- the per-image path: `ctx.pyramid` + `glmip.allocate` + `Pyramid.tokens`, one image at a time;
-- the torch-only peer: an `avg_pool2d` pyramid, its own allocation (glmip's allocator on the numpy
-  relevance pyramid, no GL) and trilinear `grid_sample` tokens on the same layouts (two levels, blended).
-Each row also gives the share of the time spent in allocation (`glmip.allocate_batch` on the same
-relevance maps, timed alone).
+Three parts, one run, one machine:
+- **GL calls and blocking reads per batch** (with Debian's `apitrace`, where installed): a child process
+  tokenizes B same-size images (B = 1, 16, 64, 256) and a batch of 4 distinct sizes, traced once with
+  one call and once with two; the difference is one call's cost. Blocking reads are the calls that
+  wait for the GPU to hand data to the host (`glMapBufferRange`, `glGetTextureImage`, ...).
+- **Throughput against the earlier glmip**: 64² images at budget 16 (B = 256) and 256² at budget 64
+  (B = 64), uniform and gaze relevance; the same child script times `glmip.tokenize` from this tree
+  and from the `--baseline` commit's tree (checked out with `git worktree` into a temporary folder).
+- **Against the torch peer at 1024², budget 256** (gaze): an `avg_pool2d` pyramid of the batch,
+  glmip's allocator on the numpy relevance pyramid (no GL) and trilinear `grid_sample` tokens on
+  the same layouts, timed at 1 and 2 torch threads with the faster kept (the setting is recorded);
+  and the share of glmip's time spent in allocation.
 
 Run from the repository root: `python -m bench.batch` (`--quick` for a smoke run). JSON in
 bench/results/batch-<device>.json, plot in docs/batch-throughput.png.
@@ -15,7 +21,14 @@ bench/results/batch-<device>.json, plot in docs/batch-throughput.png.
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -29,179 +42,264 @@ from bench import harness
 from bench.sampling import peer_trilinear
 
 ROOT = Path(__file__).resolve().parent.parent
-BUDGET, PATCH = 256, 16
+BASELINE = "8772f6e"  # the last commit whose every stage looped over images
+# Calls that make the host wait for the GPU's data.
+BLOCKING = {"glMapBufferRange", "glMapBuffer", "glMapNamedBufferRange", "glGetBufferSubData",
+            "glGetNamedBufferSubData", "glGetTextureImage", "glGetTexImage", "glGetTextureSubImage", "glReadPixels",
+            "glFinish", "glClientWaitSync"}
+
+# The child: builds seeded images, runs `glmip.tokenize` `calls` times (or times it), prints JSON. It uses
+# only the API both trees share, so one script times both.
+CHILD = r"""
+import json, sys, time
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+import glmip
+spec = json.loads(sys.argv[2])
+rng = np.random.default_rng(0)
+sizes = [tuple(s) for s in spec["sizes"]]
+images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for w, h in sizes]
+def relevance():
+    if spec["relevance"] == "gaze":
+        return [glmip.gaze((w, h), (0.3 + 0.4 * (i % 3) / 2, 0.6)) for i, (w, h) in enumerate(sizes)]
+    return None
+ctx = glmip.Context()
+if spec["mode"] == "trace":
+    for _ in range(spec["calls"]):
+        glmip.tokenize(images, relevance(), spec["budget"], spec["patch"], context=ctx)
+    print(json.dumps({}))
+else:
+    maps = relevance()
+    glmip.tokenize(images, maps, spec["budget"], spec["patch"], context=ctx)
+    times = []
+    for _ in range(spec["repeats"]):
+        start = time.perf_counter()
+        glmip.tokenize(images, maps, spec["budget"], spec["patch"], context=ctx)
+        times.append(time.perf_counter() - start)
+    print(json.dumps({"median_s": float(np.median(times)), "times": times, "glmip": glmip.__file__}))
+ctx.close()
+"""
 
 
-def images(size: int, count: int, seed: int = 0) -> list[np.ndarray]:
-    """Seeded smooth-plus-noise RGB images (uint8), so saliency has structure to find."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:size, 0:size] / size
-    out = []
-    for _ in range(count):
-        fx, fy = rng.uniform(2, 12, 2)
-        base = 0.5 + 0.25 * np.sin(2 * np.pi * (fx * x + rng.random())) * np.cos(2 * np.pi * (fy * y))
-        noise = rng.normal(0, 0.08, (size, size, 3))
-        out.append(np.clip((base[..., None] + noise) * 255, 0, 255).astype(np.uint8))
-    return out
+def child(tree: Path, spec: dict[str, Any], tracer: list[str] | None = None) -> dict[str, Any]:
+    command = [*(tracer or []), sys.executable, "-c", CHILD, str(tree), json.dumps(spec)]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=tree, timeout=1800)
+    if done.returncode != 0:
+        raise RuntimeError(f"the benchmark child failed in {tree}:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def relevance_for(kind: str, size: int, count: int) -> Any:
-    if kind == "gaze":
-        rng = np.random.default_rng(1)
-        return [glmip.gaze((size, size), tuple(rng.uniform(0.2, 0.8, 2))) for _ in range(count)]
-    return glmip.saliency
+# -- GL calls -----------------------------------------------------------------------------
+def traced_calls(tree: Path, spec: dict[str, Any], folder: Path) -> Counter:
+    """GL/EGL calls by name of the child run with `spec` under apitrace."""
+    trace = folder / f"{spec['calls']}.trace"
+    trace.unlink(missing_ok=True)
+    child(tree, spec, ["apitrace", "trace", "--api", "egl", "-o", str(trace)])
+    dump = subprocess.run(["apitrace", "dump", str(trace)], capture_output=True, text=True, check=True).stdout
+    names = Counter()
+    for line in dump.splitlines():
+        parts = line.split(" ", 1)
+        if len(parts) == 2 and parts[0].isdigit() and parts[1][:2] in ("gl", "eg"):
+            names[parts[1].split("(", 1)[0]] += 1
+    return names
 
 
-def per_image(ctx: glmip.Context, batch: list[np.ndarray], relevance: Any) -> int:
-    total = 0
-    for index, image in enumerate(batch):
-        with ctx.pyramid(image) as pyramid:
-            source = relevance[index] if isinstance(relevance, list) else relevance(pyramid)
-            layout = glmip.allocate(source, BUDGET, PATCH, image_size=(pyramid.width, pyramid.height), context=ctx)
-            total += pyramid.tokens(layout).shape[0]
-    return total
+def calls_per_batch(tree: Path, sizes: list[tuple[int, int]], relevance: str, budget: int, patch: int
+                    ) -> dict[str, Any]:
+    """One tokenize call's GL calls and blocking reads: a two-call trace minus a one-call trace."""
+    with tempfile.TemporaryDirectory() as folder:
+        spec = {"mode": "trace", "sizes": sizes, "relevance": relevance, "budget": budget, "patch": patch}
+        once = traced_calls(tree, {**spec, "calls": 1}, Path(folder))
+        twice = traced_calls(tree, {**spec, "calls": 2}, Path(folder))
+    diff = {name: twice[name] - once[name] for name in twice | once if twice[name] != once[name]}
+    return {"gl_calls": sum(diff.values()), "blocking_reads": sum(v for k, v in diff.items() if k in BLOCKING),
+            "by_name": dict(sorted(diff.items(), key=lambda kv: -kv[1]))}
 
 
-def torch_levels(image: np.ndarray) -> list[torch.Tensor]:
-    level = torch.from_numpy(image).permute(2, 0, 1)[None].float().contiguous() / 255.0
-    levels = [level]
+# -- the torch peer ------------------------------------------------------------------------
+def torch_levels(batch: torch.Tensor) -> list[torch.Tensor]:
+    """(B, C, H, W) float levels of a batch, 2x2 average pooling down to 1x1."""
+    levels = [batch]
+    level = batch
     while max(level.shape[-2:]) > 1:
-        level = F.avg_pool2d(level, 2, ceil_mode=False) if min(level.shape[-2:]) > 1 else \
+        level = F.avg_pool2d(level, 2) if min(level.shape[-2:]) > 1 else \
             F.adaptive_avg_pool2d(level, (max(1, level.shape[-2] // 2), max(1, level.shape[-1] // 2)))
         levels.append(level)
     return levels
 
 
-def peer_tokens(levels: list[torch.Tensor], layout: glmip.TokenLayout) -> torch.Tensor:
+def peer_tokens(levels: list[torch.Tensor], layout: glmip.TokenLayout, patch: int) -> torch.Tensor:
     """(N, C, P, P) trilinear samples at each token's patch grid and level, as tokens.comp takes them."""
     width, height = layout.image_size
-    cells = (torch.arange(PATCH, dtype=torch.float32) + 0.5) / PATCH - 0.5
+    cells = (torch.arange(patch, dtype=torch.float32) + 0.5) / patch - 0.5
     cx, cy = torch.from_numpy(layout.cx).float(), torch.from_numpy(layout.cy).float()
     size = torch.from_numpy(layout.size).float()
     x = (cx[:, None, None] + cells[None, None, :] * size[:, None, None]) / width
     y = (cy[:, None, None] + cells[None, :, None] * size[:, None, None]) / height
     uv = torch.stack(torch.broadcast_tensors(x, y), -1).reshape(-1, 2)
-    lod = torch.from_numpy(layout.level).float().repeat_interleave(PATCH * PATCH)
+    lod = torch.from_numpy(layout.level).float().repeat_interleave(patch * patch)
     values = peer_trilinear(levels, uv, lod)
-    return values.reshape(len(layout), PATCH, PATCH, -1).permute(0, 3, 1, 2)
+    return values.reshape(len(layout), patch, patch, -1).permute(0, 3, 1, 2)
 
 
-def peer(batch: list[np.ndarray], relevance: Any) -> int:
-    total = 0
-    for index, image in enumerate(batch):
-        levels = torch_levels(image)
-        if isinstance(relevance, list):
-            source = relevance[index]
-        else:  # the peer's saliency: centre-surround contrast of avg-pooled levels 2 and 4, no GL
-            grey = levels[0].mean(1, keepdim=True)
-            centre = F.interpolate(F.avg_pool2d(grey, 4), size=grey.shape[-2:], mode="bilinear")
-            surround = F.interpolate(F.avg_pool2d(grey, 16), size=grey.shape[-2:], mode="bilinear")
-            source = (centre - surround).abs()[0, 0].numpy()
-        layout = glmip.allocate(source, BUDGET, PATCH, image_size=(image.shape[1], image.shape[0]))
-        total += peer_tokens(levels, layout).shape[0]
-    return total
+def peer(images: torch.Tensor, maps: list[np.ndarray], budget: int, patch: int) -> int:
+    """The torch-only pipeline on a (B, C, H, W) uint8 batch: one batched pyramid, allocation per image on
+    the numpy relevance pyramid, grid_sample tokens per image."""
+    levels = torch_levels(images.float() / 255.0)
+    size = (images.shape[-1], images.shape[-2])
+    layouts = glmip.allocate_batch(maps, budget, patch, image_sizes=[size] * len(maps))
+    return sum(peer_tokens([level[b:b + 1] for level in levels], layout, patch).shape[0]
+               for b, layout in enumerate(layouts))
 
 
-def allocation_seconds(ctx: glmip.Context, batch: list[np.ndarray], relevance: Any) -> float:
-    """Allocation alone, on the relevance maps the run used (saliency maps computed first, untimed)."""
-    if isinstance(relevance, list):
-        maps = relevance
-    else:
-        maps = []
-        for image in batch:
-            with ctx.pyramid(image) as pyramid:
-                maps.append(relevance(pyramid))
-    sizes = [(image.shape[1], image.shape[0]) for image in batch]
-    start = time.perf_counter()
-    glmip.allocate_batch(maps, BUDGET, PATCH, image_sizes=sizes, context=ctx)
-    return time.perf_counter() - start
+def best_threads(case: Any, repeats: int) -> tuple[float, int]:
+    """(median seconds, threads) of `case` at its fastest of 1 and 2 torch threads."""
+    saved = torch.get_num_threads()
+    results = []
+    try:
+        for threads in sorted({1, min(2, os.cpu_count() or 1)}):
+            torch.set_num_threads(threads)
+            results.append((harness.measure(case, repeats).median, threads))
+    finally:
+        torch.set_num_threads(saved)
+    return min(results)
 
 
-def run(sizes: list[int], batches: list[int], repeats: int) -> dict[str, Any]:
-    results: list[dict[str, Any]] = []
+# -- the run -------------------------------------------------------------------------------
+def gaze_maps(size: int, count: int) -> list[np.ndarray]:
+    return [glmip.gaze((size, size), (0.3 + 0.4 * (i % 3) / 2, 0.6)) for i in range(count)]
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    current = ROOT
+    baseline_tree = Path(tempfile.mkdtemp(prefix="glmip-baseline-"))
+    subprocess.run(["git", "worktree", "add", "--detach", "-f", str(baseline_tree), args.baseline], cwd=ROOT,
+                   check=True, capture_output=True)
+    report: dict[str, Any] = {"benchmark": "batch", "baseline": args.baseline, "repeats": args.repeats}
+    try:
+        with glmip.Context() as ctx:
+            report["device"] = ctx.info()["renderer"]
+        tracer = shutil.which("apitrace")
+        counts = []
+        trace_cases = [([(64, 64)] * b, "none") for b in args.trace_batches] + \
+                      [([(64, 64)] * b, "gaze") for b in args.trace_batches[:2]] + \
+                      [([(64 + 8 * (i % 4), 64) for i in range(16)], "none")]
+        throughput_cases = [(64, 16, 256, "none"), (64, 16, 256, "gaze"), (256, 64, 64, "none"),
+                            (256, 64, 64, "gaze")]
+        if args.quick:
+            throughput_cases = [(64, 16, 32, "none"), (256, 64, 8, "gaze")]
+        steps = (len(trace_cases) * 2 if tracer else 0) + 2 * len(throughput_cases) + 3
+        with tqdm(total=steps, unit="case", desc="batch bench") as bar:
+            if tracer:
+                for sizes, relevance in trace_cases:
+                    row = {"images": len(sizes), "distinct_sizes": len(set(sizes)), "relevance": relevance}
+                    for name, tree in (("glmip", current), ("baseline", baseline_tree)):
+                        row[name] = calls_per_batch(tree, sizes, relevance, 16, 16)
+                        bar.update()
+                    counts.append(row)
+            report["gl_calls"] = counts if tracer else "apitrace is not installed (apt-get install apitrace)"
+            rows = []
+            for size, budget, count, relevance in throughput_cases:
+                spec = {"mode": "time", "sizes": [(size, size)] * count, "relevance": relevance, "budget": budget,
+                        "patch": 16, "repeats": args.repeats}
+                now = child(current, spec)
+                bar.update()
+                before = child(baseline_tree, spec)
+                bar.update()
+                rows.append({"size": size, "budget": budget, "images": count, "relevance": relevance,
+                             "glmip_s": now["median_s"], "baseline_s": before["median_s"],
+                             "glmip_images_per_s": count / now["median_s"],
+                             "baseline_images_per_s": count / before["median_s"],
+                             "speedup": before["median_s"] / now["median_s"]})
+            report["throughput"] = rows
+            report["peer"] = peer_run(args, bar)
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(baseline_tree)], cwd=ROOT, capture_output=True)
+    return report
+
+
+def peer_run(args: argparse.Namespace, bar: Any) -> dict[str, Any]:
+    size, budget, count = (256, 64, 4) if args.quick else (1024, 256, args.peer_batch)
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(count)]
+    maps = gaze_maps(size, count)
+    stack = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
     with glmip.Context() as ctx:
-        renderer = ctx.info()["renderer"]
-        cases = [(s, kind) for s in sizes for kind in ("gaze", "saliency")]
-        with tqdm(total=len(cases) * (len(batches) + 2), unit="case", desc="batch bench") as bar:
-            for size, kind in cases:
-                count = max(batches)
-                pool = images(size, count)
-                relevance_all = relevance_for(kind, size, count)
-
-                def pick(n: int, pool: list[np.ndarray] = pool, every: Any = relevance_all
-                         ) -> tuple[list[np.ndarray], Any]:
-                    return pool[:n], every[:n] if isinstance(every, list) else every
-
-                rows: dict[str, dict[str, Any]] = {}
-                for n in batches:
-                    batch, rel = pick(n)
-                    timing = harness.measure(lambda b=batch, r=rel: glmip.tokenize(b, r, BUDGET, PATCH, context=ctx),
-                                             repeats)
-                    alloc = allocation_seconds(ctx, batch, rel)
-                    rows[f"tokenize batch {n}"] = {"images": n, "median_s": timing.median,
-                                                   "allocation_s": alloc}
-                    bar.update()
-                batch, rel = pick(min(8, count))
-                timing = harness.measure(lambda b=batch, r=rel: per_image(ctx, b, r), repeats)
-                rows["per image"] = {"images": len(batch), "median_s": timing.median,
-                                     "allocation_s": allocation_seconds(ctx, batch, rel)}
-                bar.update()
-                timing = harness.measure(lambda b=batch, r=rel: peer(b, r), repeats)
-                rows["torch peer"] = {"images": len(batch), "median_s": timing.median}
-                bar.update()
-                peer_rate = rows["torch peer"]["images"] / rows["torch peer"]["median_s"]
-                for method, row in rows.items():
-                    rate = row["images"] / row["median_s"]
-                    results.append({"size": size, "relevance": kind, "method": method, "images": row["images"],
-                                    "median_s": row["median_s"], "images_per_s": rate,
-                                    "vs_torch_peer": rate / peer_rate,
-                                    "allocation_share": (row["allocation_s"] / row["median_s"]
-                                                         if "allocation_s" in row else None)})
-    return {"benchmark": "batch", "device": renderer, "budget": BUDGET, "patch": PATCH, "repeats": repeats,
-            "torch_threads": torch.get_num_threads(), "environment": harness.environment(), "results": results}
+        timing = harness.measure(lambda: glmip.tokenize(stack, maps, budget, 16, context=ctx), args.repeats)
+        bar.update()
+        start = time.perf_counter()
+        for _ in range(args.repeats):
+            glmip.allocate_batch(maps, budget, 16, image_sizes=[(size, size)] * count, context=ctx)
+        allocation = (time.perf_counter() - start) / args.repeats
+    bar.update()
+    peer_s, threads = best_threads(lambda: peer(stack, maps, budget, 16), args.repeats)
+    bar.update()
+    return {"size": size, "budget": budget, "images": count, "relevance": "gaze", "glmip_s": timing.median,
+            "glmip_images_per_s": count / timing.median, "allocation_s": allocation,
+            "allocation_share": allocation / timing.median, "peer_s": peer_s, "peer_threads": threads,
+            "peer_images_per_s": count / peer_s, "vs_peer": peer_s / timing.median}
 
 
 def table(report: dict[str, Any]) -> str:
-    rows = []
-    for r in report["results"]:
-        share = "" if r["allocation_share"] is None else f"{100 * r['allocation_share']:.0f}%"
-        rows.append([f"{r['size']}²", r["relevance"], r["method"], f"{r['images_per_s']:.1f}",
-                     f"{r['vs_torch_peer']:.2f}×", share])
-    return harness.markdown_table(["size", "relevance", "method", "images/s", "× torch peer", "allocation"],
-                                  rows, left=3)
+    lines = []
+    if isinstance(report.get("gl_calls"), list):
+        rows = [[str(r["images"]), str(r["distinct_sizes"]), r["relevance"],
+                 f"{r['glmip']['gl_calls']} / {r['glmip']['blocking_reads']}",
+                 f"{r['baseline']['gl_calls']} / {r['baseline']['blocking_reads']}"] for r in report["gl_calls"]]
+        lines.append(harness.markdown_table(["images", "sizes", "relevance", "GL calls / blocking reads",
+                                             f"at {report['baseline']}"], rows, left=3))
+    rows = [[f"{r['size']}²", str(r["budget"]), str(r["images"]), r["relevance"], f"{r['glmip_images_per_s']:.0f}",
+             f"{r['baseline_images_per_s']:.0f}", f"{r['speedup']:.1f}×"] for r in report["throughput"]]
+    lines.append(harness.markdown_table(["size", "budget", "batch", "relevance", "images/s", f"at {report['baseline']}",
+                                         "speed-up"], rows, left=4))
+    p = report["peer"]
+    lines.append(harness.markdown_table(
+        ["size", "budget", "batch", "glmip images/s", f"torch peer images/s ({p['peer_threads']} thread(s))",
+         "× peer", "allocation"],
+        [[f"{p['size']}²", str(p["budget"]), str(p["images"]), f"{p['glmip_images_per_s']:.1f}",
+          f"{p['peer_images_per_s']:.1f}", f"{p['vs_peer']:.2f}×", f"{100 * p['allocation_share']:.0f}%"]], left=3))
+    return "\n\n".join(lines)
 
 
 def plot(report: dict[str, Any], path: Path) -> Path:
-    fig, axes = harness.figure(1, 2, figsize=(11, 4), sharey=True)
-    for ax, kind in zip(axes, ("gaze", "saliency"), strict=True):
-        rows = [r for r in report["results"] if r["relevance"] == kind]
-        methods = list(dict.fromkeys(r["method"] for r in rows))
-        sizes = sorted({r["size"] for r in rows})
-        width = 0.8 / len(sizes)
-        for i, size in enumerate(sizes):
-            values = [next(r["images_per_s"] for r in rows if r["method"] == m and r["size"] == size)
-                      for m in methods]
-            ax.bar(np.arange(len(methods)) + i * width, values, width, label=f"{size}²")
-        ax.set_xticks(np.arange(len(methods)) + width * (len(sizes) - 1) / 2, methods, rotation=30, ha="right")
-        ax.set_title(f"{kind} relevance, budget {report['budget']}")
-        ax.set_yscale("log")
-        ax.legend()
+    fig, axes = harness.figure(1, 2, figsize=(11, 4))
+    rows = report["throughput"]
+    labels = [f"{r['size']}² b{r['budget']}\n{r['relevance']}" for r in rows]
+    x = np.arange(len(rows))
+    axes[0].bar(x - 0.2, [r["baseline_images_per_s"] for r in rows], 0.4, label=f"glmip {report['baseline']}")
+    axes[0].bar(x + 0.2, [r["glmip_images_per_s"] for r in rows], 0.4, label="glmip (batch path)")
+    axes[0].set_xticks(x, labels)
+    axes[0].set_yscale("log")
     axes[0].set_ylabel(f"images / s ({report['device']})")
+    axes[0].legend()
+    axes[0].set_title("tokenize throughput")
+    if isinstance(report.get("gl_calls"), list):
+        same = [r for r in report["gl_calls"] if r["distinct_sizes"] == 1 and r["relevance"] == "none"]
+        axes[1].plot([r["images"] for r in same], [r["baseline"]["gl_calls"] for r in same], "o-",
+                     label=f"glmip {report['baseline']}")
+        axes[1].plot([r["images"] for r in same], [r["glmip"]["gl_calls"] for r in same], "o-", label="batch path")
+        axes[1].set_xscale("log")
+        axes[1].set_yscale("log")
+        axes[1].set_xlabel("images per batch (64², uniform relevance)")
+        axes[1].set_ylabel("GL calls per tokenize call")
+        axes[1].legend()
+        axes[1].set_title("GL calls per batch (apitrace)")
     return harness.save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[512, 1024])
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--baseline", default=BASELINE, help="the git commit to compare with (default %(default)s)")
+    parser.add_argument("--trace-batches", type=int, nargs="+", default=[1, 16, 64, 256])
+    parser.add_argument("--peer-batch", type=int, default=8, help="images of 1024² in the peer comparison")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--quick", action="store_true", help="128² and 256², batches 1 and 4, one repeat")
+    parser.add_argument("--quick", action="store_true", help="small cases, batches 1 and 4 traced, one repeat")
     parser.add_argument("--out", help="JSON path (default bench/results/batch-<device>.json)")
     parser.add_argument("--plot", default=str(ROOT / "docs" / "batch-throughput.png"))
     args = parser.parse_args(argv)
     if args.quick:
-        args.sizes, args.batches, args.repeats = [128, 256], [1, 4], 1
-    report = run(args.sizes, args.batches, args.repeats)
+        args.trace_batches, args.repeats = [1, 4], 1
+    report = run(args)
     path = harness.write_report(report, "batch", args.out)
     harness.plot_if_possible(plot, report, Path(args.plot) if args.plot else None)
     print(table(report))

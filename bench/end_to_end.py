@@ -1,22 +1,24 @@
 """End to end: image -> pyramid -> relevance -> tokens -> LodPatchEmbed -> a small ViT, against dense tokens.
 
-glmip, per image: upload + mip chain (`ctx.pyramid`, method box), weight-free GPU saliency as the
-relevance (`glmip.saliency`), `glmip.allocate` (budget tokens, GPU relevance pyramid), `Pyramid.tokens`
-into a tensor on the torch device (CUDA-GL interop where available, else pinned read-back), then
+glmip, per batch: upload + mip chains (`ctx.pyramids`, method box: one array texture, one upload),
+weight-free GPU saliency as the relevance (`glmip.saliency` over the batch), one `glmip.allocate_batch`,
+one token dispatch into a tensor on the torch device (CUDA-GL interop where available, else pinned
+read-back), then
 `glmip.nn.LodPatchEmbed` (sin-cos position + level embedding) and a small pre-norm ViT encoder
 (`glmip.models.TinyViT`, --dim/--depth/--heads) with the padding masked out. The peer, dense
 full-resolution tokenisation: the same image uploaded to the torch device, every patch x patch patch
-embedded by a strided conv, sin-cos position, the same encoder. Per image (median of --repeats) and
-per batch of --batch images (glmip: one pyramid per image, one embedding + encoder call for the padded
-batch; dense: one stacked batch). Every stage of a timing ends with a device sync. Ratios in the same
+embedded by a strided conv, sin-cos position, the same encoder. For one image (median of --repeats) and
+for a batch of --batch images (one embedding + encoder call for the padded batch; dense: one stacked batch).
+Every stage of a timing ends with a device sync. Ratios in the same
 run: `dense_vs_glmip` = dense median / glmip median (> 1: glmip faster). Runs on CUDA when torch has
 it, else on the CPU (GL on llvmpipe there). JSON under bench/results/end_to_end-<device>.json.
 
-The CUDA rows ran once, on an H100 (bench/results/end_to_end-h100.json, the README's "On NVIDIA"); the batch
-case there loops over images for pyramids, allocation and sampling (it predates `glmip.tokenize`).
+The CUDA rows ran once, on an H100 (bench/results/end_to_end-h100.json, the README's "On NVIDIA"), with the
+earlier per-image pipeline; this batch pipeline has not run on a GPU yet. With --source device (the default on
+CUDA) the images start as one uint8 tensor on the GPU and reach the GL texture device to device.
 
 Usage: python -m bench.end_to_end [--size 1024] [--budget 256] [--patch 16] [--batch 64] [--repeats 5]
-                                   [--dim 384] [--depth 6] [--heads 6] [--out PATH]
+                                   [--dim 384] [--depth 6] [--heads 6] [--source auto|host|device] [--out PATH]
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ import glmip
 from bench.harness import Seconds, markdown_table, measure, now, sync, write_report
 from glmip.models import TinyViT
 from glmip.nn import LodPatchEmbed, sincos_position
+from glmip.relevance import batch_relevance_pyramids
+from glmip.token_batch import TokenBatch
 
 
 def images(size: int, count: int) -> list[np.ndarray]:
@@ -44,47 +48,40 @@ def images(size: int, count: int) -> list[np.ndarray]:
 
 
 class Glmip:
-    """The glmip pipeline, timing each stage."""
+    """The glmip batch pipeline, timing each stage: one `PyramidBatch` (upload + box mips for the whole
+    batch), `glmip.saliency` over it (one dispatch per array texture), one `allocate_batch`, one token
+    dispatch into a tensor on the torch device, then the embedding and the encoder on the padded batch."""
 
     def __init__(self, ctx: glmip.Context, embed: LodPatchEmbed, vit: TinyViT, budget: int, patch: int,
                  device: torch.device) -> None:
         self.ctx, self.embed, self.vit, self.budget, self.patch, self.device = ctx, embed, vit, budget, patch, device
 
-    def tokens(self, image: np.ndarray, stages: dict[str, float]) -> tuple[torch.Tensor, Any]:
+    def __call__(self, images: Any) -> tuple[dict[str, float], int]:
+        stages = dict.fromkeys(("pyramid", "relevance", "allocate", "tokens", "embed", "vit"), 0.0)
         start = time.perf_counter()
-        pyramid = self.ctx.pyramid(image, method="box")
-        self.ctx.gl.finish()
-        stages["pyramid"] += time.perf_counter() - start
-        try:
+        with self.ctx.pyramids(images, method="box") as batch:
+            self.ctx.gl.finish()
+            stages["pyramid"] += time.perf_counter() - start
             start = time.perf_counter()
-            relevance = glmip.saliency(pyramid)
+            relevance = batch_relevance_pyramids(glmip.saliency, batch.image_sizes, self.patch, self.ctx, batch=batch)
             stages["relevance"] += time.perf_counter() - start
             start = time.perf_counter()
-            layout = glmip.allocate(relevance, budget=self.budget, patch=self.patch,
-                                    image_size=(pyramid.width, pyramid.height), context=self.ctx)
+            layouts = glmip.allocate_batch(relevance, self.budget, self.patch)
             stages["allocate"] += time.perf_counter() - start
             start = time.perf_counter()
-            shape = (len(layout.cx), pyramid.channels, self.patch, self.patch)
-            tokens = pyramid.tokens(layout, out=torch.empty(shape, device=self.device))
+            tokens = batch.tokens(layouts, device=self.device)
             sync(self.device)
             stages["tokens"] += time.perf_counter() - start
-        finally:
-            pyramid.close()
-        return tokens, layout
-
-    def __call__(self, batch: list[np.ndarray]) -> tuple[dict[str, float], int]:
-        stages = dict.fromkeys(("pyramid", "relevance", "allocate", "tokens", "embed", "vit"), 0.0)
-        pairs = [self.tokens(image, stages) for image in batch]
         with torch.inference_mode():
             start = time.perf_counter()
-            embedded = self.embed([t for t, _ in pairs], [layout for _, layout in pairs])
+            embedded = self.embed(TokenBatch.from_sampled(tokens, layouts))
             sync(self.device)
             stages["embed"] += time.perf_counter() - start
             start = time.perf_counter()
             self.vit(embedded.embeddings, embedded.valid)
             sync(self.device)
             stages["vit"] += time.perf_counter() - start
-        return stages, sum(t.shape[0] for t, _ in pairs)
+        return stages, int(tokens.shape[0])
 
 
 class Dense:
@@ -98,11 +95,13 @@ class Dense:
         self.mean, self.std = embed.mean.to(device), embed.std.to(device)
         self.vit, self.patch, self.dim, self.device = vit, patch, embed.dim, device
 
-    def __call__(self, batch: list[np.ndarray]) -> tuple[dict[str, float], int]:
+    def __call__(self, batch: Any) -> tuple[dict[str, float], int]:
         stages = dict.fromkeys(("upload", "embed", "vit"), 0.0)
         with torch.inference_mode():
             start = time.perf_counter()
-            pixels = torch.from_numpy(np.stack(batch)).to(self.device).permute(0, 3, 1, 2).float() / 255
+            stacked = batch if isinstance(batch, torch.Tensor) else \
+                torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2)
+            pixels = stacked.to(self.device).float() / 255
             sync(self.device)
             stages["upload"] += time.perf_counter() - start
             start = time.perf_counter()
@@ -146,6 +145,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dim", type=int, default=384)
     parser.add_argument("--depth", type=int, default=6)
     parser.add_argument("--heads", type=int, default=6)
+    parser.add_argument("--source", choices=("auto", "host", "device"), default="auto",
+                        help="images as host arrays, or as one uint8 BxCxHxW tensor already on the torch device "
+                             "(auto: device where that is CUDA)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     if min(args.size, args.budget, args.patch, args.batch, args.repeats, args.dim, args.depth, args.heads) < 1:
@@ -154,7 +156,10 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(0)
     embed = LodPatchEmbed(args.patch, 3, args.dim, position="sincos").to(device).eval()
     vit = TinyViT(args.dim, args.depth, args.heads).to(device).eval()
-    batch = images(args.size, args.batch)
+    batch: Any = images(args.size, args.batch)
+    source = ("device" if device.type == "cuda" else "host") if args.source == "auto" else args.source
+    if source == "device":
+        batch = torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2).contiguous().to(device)
     context = glmip.Context(cuda_device=torch.cuda.current_device()) if device.type == "cuda" else glmip.Context()
     with context as ctx:
         info = ctx.info()
@@ -174,12 +179,12 @@ def main(argv: list[str] | None = None) -> None:
         "torch_device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "date": now(),
         "settings": {k: getattr(args, k) for k in ("size", "budget", "patch", "batch", "repeats", "dim", "depth",
-                                                   "heads")},
-        "tokens_path": path, "tokens_path_why": why,
+                                                   "heads", "source")},
+        "tokens_path": path, "tokens_path_why": why, "source": source,
         "notes": ["times are wall clock with a device sync after every stage; warm-up run excluded",
                   "dense_vs_glmip = dense median / glmip median, same run (> 1: glmip faster)",
-                  "glmip per image: pyramid (upload + box mips), saliency, allocate, tokens, embed, vit; dense: "
-                  "upload + float conversion, conv patch embed + sin-cos position, vit"],
+                  "glmip per batch: pyramid (upload + box mips of every image), saliency, allocate, tokens, "
+                  "embed, vit; dense: upload + float conversion, conv patch embed + sin-cos position, vit"],
         "results": results,
     }
     print(f"device: {report['device']}   torch: {report['torch_device']}   tokens via {path}")

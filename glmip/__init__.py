@@ -14,7 +14,7 @@ from .context import Context
 from .errors import ClosedError, ForkedContextError, GLError, GlmipError, WrongThreadError
 from .levels import level_sizes
 from .maps import as_relevance, lod_map
-from .pyramid import Pyramid, PyramidMethod
+from .pyramid import Pyramid, PyramidBatch, PyramidMethod
 from .query import ClipScorer, query_relevance
 from .relevance import RelevancePyramid, gaze, relevance_pyramid, saliency
 from .sampling import Filter, Wrap
@@ -45,8 +45,8 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "Context", "Pyramid", "PyramidMethod", "Filter", "Wrap", "TokenLayout", "allocate", "allocate_batch",
-    "level_sizes", "lod_map",
+    "Context", "Pyramid", "PyramidBatch", "PyramidMethod", "Filter", "Wrap", "TokenLayout", "allocate",
+    "allocate_batch", "level_sizes", "lod_map",
     "as_relevance", "gaze", "saliency", "relevance_pyramid", "RelevancePyramid", "ClassBudgets", "query_relevance",
     "ClipScorer", "LodPatchEmbed", "TokenBatch", "Slide", "DEFAULT_IMAGE", "__version__", "Border",
     "tilt_homography", "tokenize", "GlmipError", "ClosedError", "WrongThreadError", "ForkedContextError", "GLError",

@@ -16,6 +16,7 @@ from .relevance import RelevancePyramid, build_relevance_pyramid, prepare_releva
 if TYPE_CHECKING:
     from .gl.context import GLContext
 
+MAX_BUDGET = 1 << 31  # tokens an image: past any texture (32768² / 1² cells is 2^30)
 MAX_ALLOCATION_LEVEL = 30  # patch << level must stay a plain int: 16 << 30 pixels is past any image
 
 __all__ = ["TokenLayout", "ClassBudgets", "allocate", "allocate_batch", "spread_rank", "root_level", "FLOOR_SHARE"]
@@ -76,6 +77,8 @@ def allocate_batch(relevances: Sequence[Any], budget: int = 256, patch: int = 16
             raise TypeError(f"{name} must be an int, got {value!r}")
     if patch < 1 or budget < 1 or min_level < 0:
         raise ValueError(f"need budget >= 1, patch >= 1, min_level >= 0; got {budget}, {patch}, {min_level}")
+    if budget > MAX_BUDGET:
+        raise ValueError(f"budget {budget} is over the limit of {MAX_BUDGET} tokens an image")
     budget, patch, min_level = int(budget), int(patch), int(min_level)
     if patch > MAX_PATCH:
         raise ValueError(f"patch {patch} is over the limit of {MAX_PATCH} samples a side; "
@@ -119,19 +122,35 @@ def allocate_batch(relevances: Sequence[Any], budget: int = 256, patch: int = 16
                         else build_relevance_pyramid(*prepared, context))
     if not pyramids:
         return []
-    trees = [_Tree.build(p, budget, patch, min_level, max_level, classes) for p in pyramids]
+    # Images sharing one pyramid object (uniform relevance, one map for all) get one allocation.
+    first_of = {id(p): i for i, p in reversed(list(enumerate(pyramids)))}
+    distinct = sorted(set(first_of.values()))
+    floors = _floors([pyramids[i].levels[0][..., 0] for i in distinct])
+    trees = [_Tree.build(pyramids[i], budget, patch, min_level, max_level, classes, floor)
+             for i, floor in zip(distinct, floors, strict=True)]
     split = _greedy_splits(trees, budget, classes)
-    return [tree.layout(s, patch, min_level, classes) for tree, s in zip(trees, split, strict=True)]
+    layouts = {distinct[k]: tree.layout(s, patch, min_level, classes)
+               for k, (tree, s) in enumerate(zip(trees, split, strict=True))}
+    return [layouts[first_of[id(p)]] for p in pyramids]
 
 
 FLOOR_SHARE = 0.1  # a typical relevance below this share of the peak counts as no background at all
 
 
-def _floor(means: np.ndarray) -> float:
-    """The relevance the score subtracts: the median of the finest cells' means, or 0 where that
-    median is under `FLOOR_SHARE` of the largest mean (a near-zero background, as a gaze's tail)."""
-    floor = float(np.median(means))
-    return floor if floor >= FLOOR_SHARE * float(means.max()) else 0.0
+def _floors(means: list[np.ndarray]) -> list[float]:
+    """The relevance each score subtracts: the median of an image's finest cells' means, or 0 where that
+    median is under `FLOOR_SHARE` of the largest mean (a near-zero background, as a gaze's tail).
+    Computed for all images of one grid shape in one pass."""
+    floors = [0.0] * len(means)
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for index, grid in enumerate(means):
+        by_shape.setdefault(grid.shape, []).append(index)
+    for members in by_shape.values():
+        stack = np.stack([means[i] for i in members]).reshape(len(members), -1)
+        medians, peaks = np.median(stack, axis=1), stack.max(axis=1)
+        for i, median, peak in zip(members, medians, peaks, strict=True):
+            floors[i] = float(median) if median >= FLOOR_SHARE * float(peak) else 0.0
+    return floors
 
 
 def spread_rank(x: np.ndarray, y: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
@@ -242,12 +261,11 @@ class _Tree:
 
     @staticmethod
     def build(pyramid: RelevancePyramid, budget: int, patch: int, min_level: int, max_level: int | None,
-              classes: ClassBudgets | None) -> _Tree:
+              classes: ClassBudgets | None, floor: float) -> _Tree:
         root = root_level(pyramid, budget, patch, min_level, max_level, classes) - min_level
         levels = pyramid.levels
         shapes = tuple(level.shape[:2] for level in levels[:root + 1])
         static = _static_tree(shapes)
-        floor = _floor(levels[0][..., 0])
         threshold = classes.threshold if classes is not None else np.inf
         relevant = [level[..., 1].astype(np.float64) >= threshold for level in levels[:root + 1]]
         effective_parts, mass_parts, delta_parts = [], [], []

@@ -36,7 +36,8 @@ if TYPE_CHECKING:
     from .gl.texture import MipTexture
 
 __all__ = ["BridgePath", "Prefer", "Transfer", "buffer_to_tensor", "level_to_tensor", "texture_to_tensor",
-           "tensor_to_texture", "writable_view"]
+           "tensor_to_texture", "writable_view", "persistent_buffer_to_tensor",
+           "check_destination"]
 
 
 @dataclass(frozen=True)
@@ -165,6 +166,43 @@ def buffer_to_tensor(buffer: moderngl.Buffer, shape: tuple[int, ...], dtype: Any
     host = _destination(out, shape, dtype, target)
     if nbytes:
         buffer.read_into(writable_view(host), size=nbytes, offset=offset)
+    return _deliver(host, target, out)
+
+
+def check_destination(out: torch.Tensor | None, shape: tuple[int, ...], device: Any) -> None:
+    """Raise TypeError/ValueError for a bad float32 `out` tensor of `shape` or a bad `device` (not 'cpu'
+    or an available CUDA device), before any GL work that would deliver there."""
+    import torch
+
+    if out is None and (isinstance(device, bool) or not isinstance(device, (str, int, torch.device))):
+        raise TypeError(f"device must be 'cpu', 'cuda', 'cuda:N' or a torch.device, got {device!r}")
+    try:
+        _resolve(out, shape, torch.float32, device)
+    except RuntimeError as error:  # torch.device's own parse error
+        raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' or a torch.device, got {device!r}: {error}") \
+            from None
+
+
+def persistent_buffer_to_tensor(context: GLContext, role: str, shape: tuple[int, ...], device: Any = "cpu",
+                                out: torch.Tensor | None = None, prefer: str | Prefer = "auto") -> Transfer:
+    """The first bytes of the context's persistent buffer `role` (`GLContext.persistent_buffer`) as a
+    float32 tensor of `shape` on `device` (or in `out`). A CUDA destination with interop available
+    copies device to device through the buffer's CUDA registration, made once per buffer growth and
+    kept by the context (one map, one copy, one unmap per call); else one read-back (pinned when the
+    destination is CUDA)."""
+    import torch
+
+    dtype = torch.float32
+    nbytes = math.prod(shape) * dtype.itemsize
+    buffer = context.persistent_buffer(role, nbytes)
+    target = _resolve(out, shape, dtype, device)
+    if use_interop(prefer, target, lambda: buffer_availability(buffer, target)):
+        tensor = out if out is not None else torch.empty(shape, dtype=dtype, device=target)
+        context.registered_buffer(role, nbytes, int(target.index)).copy_to(tensor)
+        return Transfer(tensor, BridgePath.CUDA_GL)
+    host = _destination(out, shape, dtype, target)
+    if nbytes:
+        buffer.read_into(writable_view(host), size=nbytes)
     return _deliver(host, target, out)
 
 

@@ -1,7 +1,8 @@
 """`glmip.Context`: the GL context (`glmip.gl.GLContext`) with the engine's conveniences on top.
 
 The GL layer knows nothing of pyramids; this class is where a context meets the stages:
-`ctx.pyramid(image)` makes a `Pyramid` that closes with the context.
+`ctx.pyramids(images)` builds a batch's pyramids together (a `PyramidBatch`), `ctx.pyramid(image)`
+a batch of one (a `Pyramid`); both close with the context.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from .gl.context import GLContext
-from .pyramid import Pyramid
+from .pyramid import Pyramid, PyramidBatch
 
 __all__ = ["Context"]
 
@@ -28,8 +29,14 @@ class Context(GLContext):
         return self
 
     def pyramid(self, image: Any, method: str = "hardware", srgb: bool = False) -> Pyramid:
-        """Upload `image` and build its full mip chain; see `glmip.Pyramid`. Closed with this context."""
-        return Pyramid(self, image, method=method, srgb=srgb)
+        """Upload `image` and build its full mip chain; see `glmip.Pyramid`. A batch of one: the
+        pyramid owns it. Closed with this context, by `close()`, or when garbage-collected."""
+        return Pyramid.of(self, image, method=method, srgb=srgb)
+
+    def pyramids(self, images: Any, method: str = "hardware", srgb: bool = False) -> PyramidBatch:
+        """Upload a batch of images and build their mip chains together; see `glmip.PyramidBatch`.
+        `images`: a list (sizes may differ), a BxCxHxW tensor (CPU or CUDA) or a BxHxWxC array."""
+        return PyramidBatch(self, images, method=method, srgb=srgb)
 
     def slide(self, source: Any, **options: Any) -> Any:
         """Open a whole-slide image (a pyramidal tiled TIFF path) or an image of any size through GPU tiles;

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .gl.programs import TRILINEAR, WRAP_MODES, bound_texture, scratch
+from .gl.programs import TRILINEAR, WRAP_MODES, bound_array, scratch
 from .limits import (
     MAX_OUTPUT_PIXELS,
     check_context,
@@ -25,10 +25,9 @@ from .maps import as_relevance, rescale_to_unit
 
 if TYPE_CHECKING:
     from .gl.context import GLContext
-    from .gl.texture import MipTexture
 
 __all__ = ["gaze", "RelevancePyramid", "relevance_pyramid", "prepare_relevance", "build_relevance_pyramid",
-           "saliency"]
+           "build_relevance_pyramids", "batch_relevance_pyramids", "saliency"]
 
 
 def gaze(size: tuple[int, int], point: tuple[float, float], radius: float = 0.12) -> np.ndarray:
@@ -110,58 +109,136 @@ def build_relevance_pyramid(r: np.ndarray, cell: int, size: tuple[int, int],
         from . import reference
 
         return RelevancePyramid(tuple(reference.relevance_pyramid(r, cell, size)), cell, size)
+    return build_relevance_pyramids(r[None], cell, size, context)[0]
+
+
+def _grid_chain(size: tuple[int, int], cell: int) -> list[tuple[int, int]]:
+    """(width, height) of every relevance-pyramid level: the base grid, halved rounding up to 1x1."""
+    sizes = [(-(-size[0] // cell), -(-size[1] // cell))]
+    while sizes[-1] != (1, 1):
+        sizes.append(((sizes[-1][0] + 1) // 2, (sizes[-1][1] + 1) // 2))
+    return sizes
+
+
+def build_relevance_pyramids(maps: np.ndarray, cell: int, size: tuple[int, int],
+                             context: GLContext) -> list[RelevancePyramid]:
+    """The relevance pyramids of n validated maps of one resolution (`maps` (n, h, w) float32) over
+    images of one `size`, on the GPU: one base dispatch and one dispatch per level for all n, every
+    level of every map in one buffer, read back once.
+
+    Convention: level k of map z sits at texel `first_k + z * cells_k` of the buffer (layer-major)."""
     import moderngl
 
-    grid = (-(-size[0] // cell), -(-size[1] // cell))
-    how = "use a larger cell or a smaller relevance map"
-    check_storage(context, max(r.nbytes, grid[0] * grid[1] * 16), "this relevance pyramid", how)
+    count = int(maps.shape[0])
+    sizes = _grid_chain(size, cell)
+    firsts = np.concatenate([[0], np.cumsum([count * w * h for w, h in sizes])]).astype(np.int64)
+    how = "use a larger cell, a smaller relevance map, or fewer images per batch"
+    check_storage(context, max(maps.nbytes, int(firsts[-1]) * 16), "these relevance pyramids", how)
     gl = context.gl
-    levels: list[np.ndarray] = []
     with scratch(context) as buffers:
-        buffers.append(gl.buffer(r))
+        source = gl.buffer(np.ascontiguousarray(maps, np.float32))
+        levels = gl.buffer(reserve=int(firsts[-1]) * 16)
+        buffers += [source, levels]
+        source.bind_to_storage_buffer(0)
+        levels.bind_to_storage_buffer(1)
         base = context.program("relevance_base.comp")
-        buffers.append(gl.buffer(reserve=grid[0] * grid[1] * 16))
-        buffers[0].bind_to_storage_buffer(0)
-        buffers[1].bind_to_storage_buffer(1)
-        base["map_size"] = (r.shape[1], r.shape[0])
+        base["map_size"] = (maps.shape[2], maps.shape[1])
         base["image_size"] = size
-        base["grid_size"] = grid
+        base["grid_size"] = sizes[0]
         base["cell"] = cell
-        base.run(-(-grid[0] // 8), -(-grid[1] // 8))
-        sizes = [grid]
-        while sizes[-1] != (1, 1):
-            sizes.append(((sizes[-1][0] + 1) // 2, (sizes[-1][1] + 1) // 2))
+        base.run(-(-sizes[0][0] // 8), -(-sizes[0][1] // 8), count)
         reduce = context.program("relevance_reduce.comp")
-        for fine, coarse in zip(sizes, sizes[1:], strict=False):
+        for level, (fine, coarse) in enumerate(zip(sizes, sizes[1:], strict=False)):
             gl.memory_barrier(moderngl.SHADER_STORAGE_BARRIER_BIT)
-            buffers.append(gl.buffer(reserve=coarse[0] * coarse[1] * 16))
-            buffers[-2].bind_to_storage_buffer(0)
-            buffers[-1].bind_to_storage_buffer(1)
             reduce["fine_size"] = fine
             reduce["coarse_size"] = coarse
-            reduce.run(-(-coarse[0] // 8), -(-coarse[1] // 8))
+            reduce["fine_first"] = int(firsts[level])
+            reduce["coarse_first"] = int(firsts[level + 1])
+            reduce.run(-(-coarse[0] // 8), -(-coarse[1] // 8), count)
         gl.memory_barrier(moderngl.BUFFER_UPDATE_BARRIER_BIT)
-        for (w, h), buffer in zip(sizes, buffers[1:], strict=True):
-            level = np.empty((h, w, 4), np.float32)
-            buffer.read_into(level)
-            levels.append(np.ascontiguousarray(level[..., :3]))
-    return RelevancePyramid(tuple(levels), cell, size)
+        texels = np.empty((int(firsts[-1]), 4), np.float32)
+        levels.read_into(texels)
+    per_level = [texels[firsts[k]:firsts[k + 1], :3].reshape(count, h, w, 3) for k, (w, h) in enumerate(sizes)]
+    return [RelevancePyramid(tuple(np.ascontiguousarray(level[z]) for level in per_level), cell, tuple(size))
+            for z in range(count)]
+
+
+def batch_relevance_pyramids(relevance: Any, image_sizes: list[tuple[int, int]], cell: int,
+                             context: GLContext | None, batch: Any = None) -> list[RelevancePyramid]:
+    """One `RelevancePyramid` per image of a batch, built with as few passes and reads as the source allows.
+
+    relevance: None (uniform: one pyramid per distinct image size, from the numpy reference, no GL),
+    one map for every image (one pyramid per distinct size), a list of maps (one per image: maps of
+    one resolution over images of one size are built in one dispatch chain and read back once), or a
+    callable `(pyramid) -> map` (called per image with `batch[b]`: it costs what the callable
+    costs, per image; `glmip.saliency` itself runs once per array texture of `batch`). Images with
+    equal sources share one pyramid object, so the allocator can allocate them once. Every map is
+    checked before any pyramid is built.
+    """
+    count = len(image_sizes)
+    if relevance is None or (not callable(relevance) and not isinstance(relevance, (list, tuple))):
+        if relevance is not None and not (hasattr(relevance, "ndim") and relevance.ndim in (2, 3)):
+            raise TypeError(f"relevance must be a map, a list of maps, a callable (pyramid) -> map or None, got "
+                            f"{type(relevance).__name__}")
+        shared = np.ones((1, 1), np.float32) if relevance is None else relevance
+        by_size: dict[tuple[int, int], RelevancePyramid] = {}
+        for size in dict.fromkeys(image_sizes):
+            prepared = prepare_relevance(shared, cell, size)
+            by_size[size] = build_relevance_pyramid(*prepared, None if relevance is None else context)
+        return [by_size[size] for size in image_sizes]
+    if relevance is saliency and batch is not None:
+        maps = saliency(batch)
+    elif callable(relevance):
+        if batch is None:
+            raise TypeError("a callable relevance needs the images' pyramids; pass maps to allocate directly")
+        maps = [relevance(batch[b]) for b in range(count)]
+    else:
+        maps = list(relevance)
+        if len(maps) != count:
+            raise ValueError(f"got {len(maps)} relevance maps for {count} images; pass one per image, one map "
+                             "for all, a callable (pyramid) -> map, or None for uniform")
+    prepared = []
+    for index, (source, size) in enumerate(zip(maps, image_sizes, strict=True)):
+        try:
+            prepared.append(prepare_relevance(source, cell, size))
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"relevance map {index}: {error}") from None
+    result: list[RelevancePyramid | None] = [None] * count
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for index, (r, _, size) in enumerate(prepared):
+        groups.setdefault((r.shape, size), []).append(index)
+    for (_, size), members in groups.items():
+        if context is None:
+            built = [build_relevance_pyramid(*prepared[i], None) for i in members]
+        else:
+            built = build_relevance_pyramids(np.stack([prepared[i][0] for i in members]), cell, size, context)
+        for index, pyramid in zip(members, built, strict=True):
+            result[index] = pyramid
+    return result  # type: ignore[return-value]
 
 
 SALIENCY_CENTRES = (1, 2, 3)
 SALIENCY_DELTAS = (2, 3)
 
 
-def saliency(pyramid: MipTexture, size: tuple[int, int] | None = None, *, centres: tuple[int, ...] = SALIENCY_CENTRES,
-             deltas: tuple[int, ...] = SALIENCY_DELTAS, normalise: bool = True) -> np.ndarray:
+def saliency(pyramid: Any, size: tuple[int, int] | None = None, *, centres: tuple[int, ...] = SALIENCY_CENTRES,
+             deltas: tuple[int, ...] = SALIENCY_DELTAS, normalise: bool = True) -> Any:
     """A saliency map that needs no weights, computed on the GPU from the image's own pyramid:
     centre-surround contrast of intensity and two colour-opponent features, summed over centre
     levels `centres` and surround levels centre + `deltas` (consecutive ints each).
 
-    `size` = (width, height) of the map, default the size of level 2. Returns float32 (h, w),
-    rescaled to [0, 1] (a flat image gives zeros) unless `normalise` is False.
+    `pyramid`: a `Pyramid`, or a `PyramidBatch` (every image of each of its array textures in one
+    dispatch and one read). `size` = (width, height) of the map, default the size of level 2.
+    Returns float32 (h, w) — for a batch, a list of them in batch order — each rescaled to [0, 1]
+    (a flat image gives zeros) unless `normalise` is False.
     """
-    check_pyramid(pyramid)
+    batch = hasattr(pyramid, "arrays") and hasattr(pyramid, "where")
+    if batch:
+        pyramid._check_open()
+    else:
+        check_pyramid(pyramid)
+        if not hasattr(pyramid, "array"):
+            raise TypeError(f"pyramid must be a glmip.Pyramid or PyramidBatch, got {type(pyramid).__name__}")
     for name, values in (("centres", centres), ("deltas", deltas)):
         values = tuple(values)
         if (not values or any(not isinstance(v, (int, np.integer)) or isinstance(v, bool) for v in values)
@@ -171,28 +248,45 @@ def saliency(pyramid: MipTexture, size: tuple[int, int] | None = None, *, centre
         raise ValueError(f"centre + delta levels must be at most 64, got {centres!r} and {deltas!r}")
     if min(centres) < 0 or min(deltas) < 1:
         raise ValueError(f"need centres >= 0 and deltas >= 1, got {centres!r}, {deltas!r}")
-    if size is None:
-        size = pyramid.sizes[min(2, pyramid.levels - 1)]
     how = "ask for a smaller map (consumers sample it by uv)"
-    width, height = size_pair(size, "size", MAX_OUTPUT_PIXELS, how + " or raise glmip.limits.MAX_OUTPUT_PIXELS")
-    check_storage(pyramid.context, width * height * 4, f"a {width}x{height} saliency map", how)
+    parts = [(a, 0, a.layers) for a in pyramid.arrays] if batch else [(pyramid.array, pyramid.layer, 1)]
+    sizes = []
+    for array, _, count in parts:
+        wanted = array.sizes[min(2, len(array.sizes) - 1)] if size is None else size
+        width, height = size_pair(wanted, "size", MAX_OUTPUT_PIXELS, how + " or raise glmip.limits.MAX_OUTPUT_PIXELS")
+        check_storage(pyramid.context, count * width * height * 4, f"{count} saliency maps of {width}x{height}", how)
+        sizes.append((width, height))
+    maps = [_saliency_maps(array, first, count, map_size, centres, deltas)
+            for (array, first, count), map_size in zip(parts, sizes, strict=True)]
+    if normalise:
+        maps = [np.stack([rescale_to_unit(m) for m in block]) for block in maps]
+    if not batch:
+        return maps[0][0]
+    return [maps[int(a)][int(layer)] for a, layer in pyramid.where]
+
+
+def _saliency_maps(array: Any, first: int, count: int, size: tuple[int, int], centres: tuple[int, ...],
+                   deltas: tuple[int, ...]) -> np.ndarray:
+    """Raw saliency of layers first..first+count-1 of a batch array texture: (count, h, w) float32, one
+    dispatch (z = layer) and one read."""
     import moderngl
 
-    ctx = pyramid.context
-    texture = pyramid.texture
-    program = ctx.program("saliency.comp", CHANNELS=pyramid.channels)
-    with scratch(ctx) as buffers:
-        out = ctx.gl.buffer(reserve=width * height * 4)
+    ctx = array.context
+    width, height = size
+    program = ctx.program("saliency.comp", CHANNELS=array.channels)
+    with scratch(ctx) as buffers, bound_array(ctx, array.name, ctx.sampler(*TRILINEAR, WRAP_MODES["clamp"])):
+        out = ctx.gl.buffer(reserve=count * width * height * 4)
         buffers.append(out)
-        with bound_texture(ctx, texture, ctx.sampler(*TRILINEAR, WRAP_MODES["clamp"]), program):
-            program["size"] = (int(width), int(height))
-            program["centre_first"] = int(centres[0])
-            program["centre_count"] = len(centres)
-            program["delta_first"] = int(deltas[0])
-            program["delta_count"] = len(deltas)
-            out.bind_to_storage_buffer(0)
-            program.run(-(-int(width) // 8), -(-int(height) // 8))
+        program["image"] = 0
+        program["size"] = (int(width), int(height))
+        program["first_layer"] = int(first)
+        program["centre_first"] = int(centres[0])
+        program["centre_count"] = len(centres)
+        program["delta_first"] = int(deltas[0])
+        program["delta_count"] = len(deltas)
+        out.bind_to_storage_buffer(0)
+        program.run(-(-int(width) // 8), -(-int(height) // 8), count)
         ctx.gl.memory_barrier(moderngl.BUFFER_UPDATE_BARRIER_BIT)
-        values = np.empty((int(height), int(width)), np.float32)
+        values = np.empty((count, int(height), int(width)), np.float32)
         out.read_into(values)
-    return rescale_to_unit(values) if normalise else values
+    return values

@@ -22,8 +22,8 @@ from .gl.programs import (
     NEAREST_MIPMAP,
     TRILINEAR,
     WRAP_MODES,
+    bound_array,
     bound_texture,
-    bound_textures,
     dispatch_flat,
     encode_texels,
     scratch,
@@ -49,8 +49,7 @@ from .maps import lod_map as relevance_to_lod
 if TYPE_CHECKING:
     from .gl.texture import MipTexture
 
-__all__ = ["Filter", "Wrap", "sample", "tokens", "tokens_batch", "render", "parse_enum", "BATCH_TEXTURES",
-           "images_per_dispatch_for", "SAMPLER_FILTERS"]
+__all__ = ["Filter", "Wrap", "sample", "tokens", "tokens_batch", "render", "parse_enum", "SAMPLER_FILTERS"]
 
 
 class Filter(str, enum.Enum):
@@ -75,8 +74,6 @@ SAMPLER_FILTERS = {
     Filter.ANISOTROPIC_HW: TRILINEAR,
 }
 _LOCAL = 64
-# Images one tokens dispatch binds together (GL guarantees 16 texture units in a compute shader).
-BATCH_TEXTURES = 16
 
 
 def parse_enum(kind: type[enum.Enum], value: Any, what: str) -> Any:
@@ -198,129 +195,156 @@ def tokens(pyramid: MipTexture, layout: Any, patch: int | None = None, filter: s
            lod_bias: float = 0.0, out: Any = None) -> Any:
     """Every token of `layout` as a patch x patch sample grid at its level: torch (N, C, patch, patch).
 
-    One dispatch writes all tokens into one GL buffer, read back straight into the tensor's memory.
-    `layout` is a `TokenLayout` (or anything with cx, cy, size, level arrays in level-0 pixels);
-    levels may be fractional. `patch` defaults to the layout's. `out`: a float32 tensor of the
-    result's shape to fill (CPU or CUDA), reused across calls. The one-image case of `tokens_batch`.
+    One dispatch writes all tokens into the context's token buffer, read back straight into the
+    tensor's memory. `layout` is a `TokenLayout` (or anything with cx, cy, size, level arrays in
+    level-0 pixels); levels may be fractional. `patch` defaults to the layout's. `out`: a float32
+    tensor of the result's shape to fill (CPU or CUDA), reused across calls. The one-image case of
+    `tokens_batch`.
     """
     return tokens_batch([pyramid], [layout], patch, filter, lod_bias, out)
 
 
-def _token_table(layout: Any, image_size: tuple[int, int], index: int) -> np.ndarray:
-    table = np.ascontiguousarray(np.stack([np.asarray(layout.cx), np.asarray(layout.cy), np.asarray(layout.size),
-                                           np.asarray(layout.level)], axis=1), dtype=np.float32)
-    if not np.isfinite(table).all() or (table[:, 2] <= 0).any() or (np.abs(table[:, 3]) > MAX_LEVEL).any():
+_LAYOUT_ARRAYS = ("cx", "cy", "size", "level")
+
+
+def _images_of(source: Any) -> list[tuple[Any, int, tuple[int, int]]]:
+    """(array texture, layer, (width, height)) of every image of `source`: a `PyramidBatch` or a list
+    of `Pyramid`s (each a layer of some batch)."""
+    if hasattr(source, "array_of") and hasattr(source, "arrays"):
+        source._check_open()
+        return [(*source.array_of(b), size) for b, size in enumerate(source.image_sizes)]
+    if not isinstance(source, (list, tuple)):
+        raise TypeError(f"tokens_batch takes a glmip.PyramidBatch or a list of pyramids, got {type(source).__name__}")
+    images = []
+    for index, pyramid in enumerate(source):
+        check_pyramid(pyramid, f"pyramid {index}")
+        if not hasattr(pyramid, "array") or not hasattr(pyramid, "layer"):
+            raise TypeError(f"pyramid {index} must be a glmip.Pyramid (made by Context.pyramid or a PyramidBatch), "
+                            f"got {type(pyramid).__name__}")
+        images.append((pyramid.array, pyramid.layer, (pyramid.width, pyramid.height)))
+    return images
+
+
+def _token_tables(layouts: Any, sizes: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
+    """All layouts' tokens as one (ΣN, 4) float32 table (cx, cy, size, level) and their counts (B,),
+    validated at once: array lengths agree, values finite, sizes positive, levels within ±MAX_LEVEL,
+    and layout b made for image b's size."""
+    if not isinstance(layouts, (list, tuple)):
+        raise TypeError(f"layouts must be a list of glmip.TokenLayout, one per image, got {type(layouts).__name__}")
+    if len(layouts) != len(sizes):
+        raise ValueError(f"need one layout per image, got {len(sizes)} images and {len(layouts)} layouts")
+    columns: list[list[np.ndarray]] = [[], [], [], []]
+    counts = np.empty(len(layouts), np.int64)
+    for index, layout in enumerate(layouts):
+        if not all(hasattr(layout, name) for name in _LAYOUT_ARRAYS):
+            raise TypeError(f"layout {index} must be a glmip.TokenLayout (cx, cy, size, level arrays), got "
+                            f"{type(layout).__name__}")
+        arrays = [np.asarray(getattr(layout, name)) for name in _LAYOUT_ARRAYS]
+        if any(a.ndim != 1 or a.shape != arrays[0].shape or a.dtype.kind not in "fiu" for a in arrays):
+            found = ", ".join(f"{n} {a.shape} {a.dtype}" for n, a in zip(_LAYOUT_ARRAYS, arrays, strict=True))
+            raise ValueError(f"layout {index}: cx, cy, size and level must be 1-D number arrays of one length, got "
+                             f"{found}")
+        made_for = getattr(layout, "image_size", None)
+        if made_for is not None and tuple(int(v) for v in made_for) != tuple(sizes[index]):
+            raise ValueError(f"layout {index} was made for an image of {made_for[0]}x{made_for[1]}, but its image is "
+                             f"{sizes[index][0]}x{sizes[index][1]}; allocate with image_size=(width, height) of the "
+                             "image")
+        counts[index] = arrays[0].shape[0]
+        for column, array in zip(columns, arrays, strict=True):
+            column.append(array)
+    table = np.stack([np.concatenate(column).astype(np.float32) for column in columns], axis=1)
+    bad = ~np.isfinite(table).all(axis=1) | (table[:, 2] <= 0) | (np.abs(table[:, 3]) > MAX_LEVEL)
+    if bad.any():
+        index = int(np.searchsorted(np.cumsum(counts), int(np.argmax(bad)), side="right"))
         raise ValueError(f"layout {index}: token centres, sizes and levels must be finite, sizes positive and "
                          f"levels within ±{MAX_LEVEL}")
-    made_for = getattr(layout, "image_size", None)
-    if made_for is not None and tuple(int(v) for v in made_for) != tuple(image_size):
-        raise ValueError(f"layout {index} was made for an image of {made_for[0]}x{made_for[1]}, but its image is "
-                         f"{image_size[0]}x{image_size[1]}; allocate with image_size=(width, height) of the image")
-    return table
+    return np.ascontiguousarray(table), counts
 
 
-def images_per_dispatch_for(context: Any) -> int:
-    """How many images one tokens dispatch binds together on this renderer. The shader picks each
-    work group's texture in a switch; a GPU runs only the taken case (the index is uniform per work
-    group), but llvmpipe runs its SIMD lanes through every case, so there each bound image multiplies
-    the cost of every sample (measured: 256 tokens of 16² from each of 8 images of 256², all 8 in one
-    dispatch 208 ms, 4 a dispatch 148 ms, one a dispatch 38 ms). Software renderers get one image a
-    dispatch, GPUs `BATCH_TEXTURES` (not yet measured on a GPU)."""
-    renderer = str(context.gl.info["GL_RENDERER"]).lower()
-    return 1 if any(name in renderer for name in ("llvmpipe", "softpipe", "swrast", "lavapipe")) else BATCH_TEXTURES
+def _checked_patch(patch: Any) -> int:
+    patch = positive_int(patch, "patch")
+    if patch > MAX_PATCH:
+        raise ValueError(f"patch {patch} is over the limit of {MAX_PATCH} samples a side; "
+                         "raise glmip.limits.MAX_PATCH to go past it")
+    return patch
 
 
-def tokens_batch(pyramids: list[MipTexture], layouts: list[Any], patch: int | None = None,
-                 filter: str | Filter = "trilinear", lod_bias: float = 0.0, out: Any = None,
-                 images_per_dispatch: int | None = None) -> Any:
+def tokens_batch(source: Any, layouts: Any, patch: int | None = None, filter: str | Filter = "trilinear",
+                 lod_bias: float = 0.0, out: Any = None, device: Any = "cpu") -> Any:
     """The tokens of several images, packed: torch (N_0 + N_1 + ..., C, patch, patch) float32.
 
-    Up to `images_per_dispatch` images (at most `BATCH_TEXTURES`; default `images_per_dispatch_for`
-    the context's renderer) are bound together and sampled in one dispatch; every dispatch writes
-    into the one output buffer, which is read back once. Every image must have the same channel count
-    and context; layout b must be made for image b's size (`TokenLayout.image_size`). `patch`
-    defaults to the first layout's. `out`: a float32 tensor of the packed shape to fill.
+    `source`: a `PyramidBatch` (image b is its image b) or a list of `Pyramid`s. Tokens of the
+    images that share an array texture (same-size images of one batch) are sampled in one dispatch
+    through a `sampler2DArray` (each token names its layer and output row), so a batch costs one
+    dispatch per distinct size; every dispatch writes into the context's token buffer (kept across
+    calls, grown geometrically), which reaches `device` in one transfer (device to device through
+    its CUDA registration where interop is available, else one read-back). Layout b must be made for
+    image b's size (`TokenLayout.image_size`). `patch` defaults to the first layout's. `out`: a
+    float32 tensor of the packed shape to fill (its device wins over `device`).
 
     Convention: image b's tokens are rows [sum of N_<b, sum of N_<=b) of the result, in its layout's order.
     """
     import torch
 
+    from .bridge import check_destination, persistent_buffer_to_tensor
+
     mode = parse_enum(Filter, filter, "filter")
     if mode not in (Filter.TRILINEAR, Filter.ANISOTROPIC):
         raise ValueError(f"tokens are sampled with 'trilinear' or 'anisotropic', got {mode.value!r}")
-    if not isinstance(pyramids, (list, tuple)) or not isinstance(layouts, (list, tuple)):
-        raise TypeError(f"tokens_batch takes a list of pyramids and a list of layouts, got "
-                        f"{type(pyramids).__name__} and {type(layouts).__name__}")
-    if len(pyramids) != len(layouts):
-        raise ValueError(f"need one layout per image, got {len(pyramids)} images and {len(layouts)} layouts")
-    if not pyramids:
+    images = _images_of(source)
+    if not images:
         raise ValueError("an empty batch: pass at least one image and its layout")
-    for index, pyramid in enumerate(pyramids):
-        check_pyramid(pyramid)
-        if not all(hasattr(layouts[index], name) for name in ("cx", "cy", "size", "level")):
-            raise TypeError(f"layout {index} must be a glmip.TokenLayout (cx, cy, size, level arrays), got "
-                            f"{type(layouts[index]).__name__}")
-    patch = positive_int(getattr(layouts[0], "patch", None) if patch is None else patch, "patch")
-    if patch > MAX_PATCH:
-        raise ValueError(f"patch {patch} is over the limit of {MAX_PATCH} samples a side; "
-                         "raise glmip.limits.MAX_PATCH to go past it")
+    if patch is not None:
+        patch = _checked_patch(patch)
+    table, counts = _token_tables(layouts, [size for _, _, size in images])
+    patch = _checked_patch(getattr(layouts[0], "patch", None) if patch is None else patch)
     lod_bias = finite_float(lod_bias, "lod_bias", -MAX_LEVEL, MAX_LEVEL)
-    ctx, channels = pyramids[0].context, pyramids[0].channels
-    group_size = images_per_dispatch_for(ctx) if images_per_dispatch is None else images_per_dispatch
-    if not isinstance(group_size, int) or not 1 <= group_size <= BATCH_TEXTURES:
-        raise ValueError(f"images_per_dispatch must be an int in 1..{BATCH_TEXTURES}, got {images_per_dispatch!r}")
-    for index, pyramid in enumerate(pyramids):
-        if pyramid.context is not ctx or pyramid.channels != channels:
-            raise ValueError(f"image {index} has {pyramid.channels} channel(s) in context {pyramid.context!r}; "
+    first = images[0][0]
+    ctx, channels = first.context, first.channels
+    for index, (array, _, _) in enumerate(images):
+        if array.context is not ctx or array.channels != channels:
+            raise ValueError(f"image {index} has {array.channels} channel(s) in context {array.context!r}; "
                              f"a batch needs one context and one channel count ({channels}, as image 0)")
-    counts = [len(np.asarray(layout.cx)) for layout in layouts]
-    total = sum(counts)
+    total = int(counts.sum())
     check_count(total * patch * patch, f"tokens x patch^2 ({total} x {patch}^2)", MAX_TOKEN_SAMPLES,
                 "sample fewer or smaller tokens per call, or raise glmip.limits.MAX_TOKEN_SAMPLES")
-    check_storage(ctx, total * channels * patch * patch * 4, f"{total} tokens of {patch}^2",
-                  "sample fewer or smaller tokens per call")
-    tables = [_token_table(layout, (p.width, p.height), i) for i, (p, layout) in
-              enumerate(zip(pyramids, layouts, strict=True))]
+    nbytes = total * channels * patch * patch * 4
+    check_storage(ctx, nbytes, f"{total} tokens of {patch}^2", "sample fewer or smaller tokens per call")
     shape = (total, channels, patch, patch)
+    check_destination(out, shape, device)
     if total == 0:
         return torch.empty(shape, dtype=torch.float32) if out is None else out
+    keys: dict[int, int] = {}
+    array_index = np.fromiter((keys.setdefault(id(array), len(keys)) for array, _, _ in images), np.int64,
+                              len(images))
+    distinct = {keys[id(array)]: array for array, _, _ in images}
+    per_token_array = np.repeat(array_index, counts)
+    targets = np.stack([np.repeat(np.asarray([layer for _, layer, _ in images], np.uint32), counts),
+                        np.arange(total, dtype=np.uint32)], axis=1)
     defines: dict[str, object] = {"CHANNELS": channels}
     if mode is Filter.ANISOTROPIC:
         defines["SHADER_ANISO"] = 1
+    program = ctx.program("tokens.comp", **defines)
     gl = ctx.gl
-    per_token = patch * patch
-    first_token = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    with scratch(ctx) as buffers:
-        samples = gl.buffer(reserve=int(np.prod(shape)) * 4)
-        buffers += [samples, gl.buffer(np.concatenate(tables))]
-        for start in range(0, len(pyramids), group_size):
-            group = range(start, min(start + group_size, len(pyramids)))
-            ranges, sizes, group_image, first = [], [], [], 0
-            for slot, b in enumerate(group):
-                n_groups = -(-counts[b] * per_token // _LOCAL)
-                ranges.append((first * _LOCAL, first_token[b], counts[b], 0))
-                sizes.append((pyramids[b].width, pyramids[b].height, 0, 0))
-                group_image += [slot] * n_groups
-                first += n_groups
-            if first == 0:
-                continue
-            program = ctx.program("tokens.comp", IMAGES=len(group), **defines)
-            extra = [gl.buffer(np.asarray(group_image, np.uint32)), gl.buffer(np.asarray(ranges, np.uint32)),
-                     gl.buffer(np.asarray(sizes, np.float32))]
-            buffers += extra
-            samples.bind_to_storage_buffer(2)
-            buffers[1].bind_to_storage_buffer(0)
-            for binding, buffer in zip((3, 4, 5), extra, strict=True):
-                buffer.bind_to_storage_buffer(binding)
-            sampler = ctx.sampler(*TRILINEAR, WRAP_MODES["clamp"])
-            with bound_textures(ctx, [pyramids[b].texture for b in group], sampler, program, "images"):
-                program["group_count"] = first
-                program["patch_size"] = patch
-                program["lod_bias"] = float(lod_bias)
-                set_if_used(program, "max_anisotropy", float(ctx.gl.max_anisotropy))
-                dispatch_flat(program, first * _LOCAL, _LOCAL)
-        gl.memory_barrier(moderngl.BUFFER_UPDATE_BARRIER_BIT)
-        return buffer_to_tensor(samples, shape, out=out).tensor
+    samples = ctx.persistent_buffer("tokens", nbytes)
+    sampler = ctx.sampler(*TRILINEAR, WRAP_MODES["clamp"])
+    program["images"] = 0
+    program["patch_size"] = patch
+    program["lod_bias"] = float(lod_bias)
+    set_if_used(program, "max_anisotropy", float(gl.max_anisotropy))
+    samples.bind_to_storage_buffer(2)
+    for key, array in distinct.items():
+        members = slice(None) if len(distinct) == 1 else per_token_array == key
+        count = total if len(distinct) == 1 else int(np.count_nonzero(members))
+        with scratch(ctx) as buffers, bound_array(ctx, array.name, sampler):
+            buffers += [gl.buffer(table[members]), gl.buffer(np.ascontiguousarray(targets[members]))]
+            buffers[0].bind_to_storage_buffer(0)
+            buffers[1].bind_to_storage_buffer(1)
+            program["token_count"] = count
+            program["texture_size"] = (float(array.width), float(array.height))
+            dispatch_flat(program, count * patch * patch, _LOCAL)
+    gl.memory_barrier(moderngl.BUFFER_UPDATE_BARRIER_BIT)
+    return persistent_buffer_to_tensor(ctx, "tokens", shape, device=device, out=out).tensor
 
 
 def render(pyramid: MipTexture, lod_map: Any = None, *, relevance: Any = None, size: tuple[int, int] | None = None,

@@ -93,16 +93,27 @@ class TokenBatch:
         return cls._pack(tokens if tokens.dtype == torch.float32 else tokens.float(), layouts)
 
     @classmethod
+    def from_sampled(cls, tokens: torch.Tensor, layouts: Sequence[TokenLayout]) -> TokenBatch:
+        """Wrap tokens glmip itself just sampled for `layouts` (what `glmip.sampling.tokens_batch`
+        returns for them), with no per-image checks: the sampler validated the layouts and samples
+        finite images, so the batch's metadata is all that is built, in one pass."""
+        return cls._pack(tokens, layouts)
+
+    @classmethod
     def _pack(cls, tokens: torch.Tensor, layouts: Sequence[TokenLayout]) -> TokenBatch:
-        counts = [len(layout) for layout in layouts]
+        counts = np.fromiter((len(layout) for layout in layouts), np.int64, len(layouts))
         device = tokens.device
-        cu_seqlens = torch.tensor(np.concatenate([[0], np.cumsum(counts)]), dtype=torch.int32, device=device)
-        centres = np.concatenate([layout.uv_centres for layout in layouts]).astype(np.float32)
-        return cls(tokens=tokens, cu_seqlens=cu_seqlens, max_seqlen=max(counts), layouts=tuple(layouts),
-                   image_sizes=tuple((int(layout.image_size[0]), int(layout.image_size[1])) for layout in layouts),
-                   patch=int(layouts[0].patch),
-                   levels=_per_token(layouts, "level", device), centres=torch.from_numpy(centres).to(device),
-                   sizes=_per_token(layouts, "size", device))
+        cu_seqlens = torch.from_numpy(np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)).to(device)
+        image_sizes = tuple((int(layout.image_size[0]), int(layout.image_size[1])) for layout in layouts)
+        columns = {name: np.concatenate([np.asarray(getattr(layout, name), dtype=np.float64) for layout in layouts])
+                   for name in _LAYOUT_ARRAYS}
+        extent = np.repeat(np.asarray(image_sizes, np.float64), counts, axis=0)
+        centres = np.stack([columns["cx"] / extent[:, 0], columns["cy"] / extent[:, 1]], axis=1).astype(np.float32)
+        return cls(tokens=tokens, cu_seqlens=cu_seqlens, max_seqlen=int(counts.max()), layouts=tuple(layouts),
+                   image_sizes=image_sizes, patch=int(layouts[0].patch),
+                   levels=torch.from_numpy(columns["level"].astype(np.float32)).to(device),
+                   centres=torch.from_numpy(centres).to(device),
+                   sizes=torch.from_numpy(columns["size"].astype(np.float32)).to(device))
 
     # -- shape --------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -287,8 +298,3 @@ def _check_image(index: int, tokens: Any, layout: Any, shape: tuple[int, int] | 
     if width < 1 or height < 1:
         raise ValueError(f"{where}image_size must be (width, height) >= 1, got {layout.image_size}")
     return channels, patch
-
-
-def _per_token(layouts: Sequence[TokenLayout], name: str, device: torch.device) -> torch.Tensor:
-    values = np.concatenate([np.asarray(getattr(layout, name), dtype=np.float64) for layout in layouts])
-    return torch.from_numpy(values.astype(np.float32)).to(device)

@@ -1,4 +1,5 @@
-// One separable pass of a mip reduction: float RGBA texels resampled along one axis.
+// One separable pass of a mip reduction: float RGBA texels resampled along one axis, for every
+// layer of a batch at once (layer = work-group z; layers lie one after another in both buffers).
 // FILTER_BOX: area-weighted mean over the destination texel's footprint, so odd sizes
 //             weigh the 3 source texels a destination covers (as vk_compute_mipmaps does).
 // FILTER_LANCZOS: Lanczos-LANCZOS_A windowed sinc scaled to the destination's spacing,
@@ -18,13 +19,14 @@ float sinc(float x) {
     return abs(x) < 1e-6 ? 1.0 : sin(PI * x) / (PI * x);
 }
 
-vec4 fetch(ivec2 p, int along_axis_index) {
+vec4 fetch(ivec2 p, int along_axis_index, int layer) {
     p[axis] = along_axis_index;
-    return source[p.y * source_size.x + p.x];
+    return source[(layer * source_size.y + p.y) * source_size.x + p.x];
 }
 
 void main() {
     ivec2 p = ivec2(gl_GlobalInvocationID.xy);
+    int layer = int(gl_GlobalInvocationID.z);
     if (any(greaterThanEqual(p, destination_size))) return;
     int n_source = source_size[axis];
     int n_destination = destination_size[axis];
@@ -36,7 +38,7 @@ void main() {
     float hi = float((i + 1) * n_source) / float(n_destination);
     for (int m = int(floor(lo)); float(m) < hi; ++m) {
         float w = min(hi, float(m + 1)) - max(lo, float(m));
-        total += w * fetch(p, m);
+        total += w * fetch(p, m, layer);
         weight_sum += w;
     }
 #elif defined(FILTER_LANCZOS)
@@ -47,11 +49,11 @@ void main() {
         float t = (float(m) + 0.5 - centre) / scale;
         if (abs(t) >= float(LANCZOS_A)) continue;
         float w = sinc(t) * sinc(t / float(LANCZOS_A));
-        total += w * fetch(p, clamp(m, 0, n_source - 1));
+        total += w * fetch(p, clamp(m, 0, n_source - 1), layer);
         weight_sum += w;
     }
 #else
 #error "define FILTER_BOX or FILTER_LANCZOS"
 #endif
-    destination[p.y * destination_size.x + p.x] = total / weight_sum;
+    destination[(layer * destination_size.y + p.y) * destination_size.x + p.x] = total / weight_sum;
 }

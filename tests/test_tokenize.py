@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import glmip
-from glmip.sampling import BATCH_TEXTURES, tokens_batch
+from glmip.sampling import tokens_batch
+from glmip.tokenize import thread_context
 
 
 def scene(rng: np.random.Generator, height: int, width: int, channels: int = 3) -> np.ndarray:
@@ -46,29 +47,30 @@ def test_a_batch_of_mixed_sizes_equals_each_image_alone(session_context, sizes, 
     assert ctx.gl.error == "GL_NO_ERROR"
 
 
-def test_images_bound_together_equal_one_dispatch_each(ctx):
-    """The dispatch that binds up to BATCH_TEXTURES images (GPUs) gives what one dispatch per image
-    (llvmpipe's default) gives, over more images than one dispatch binds."""
+def test_a_pyramid_batch_samples_what_separate_pyramids_sample(ctx):
+    """Images of several sizes in one PyramidBatch (one array texture per size, one dispatch each) give
+    bit for bit what each image's own pyramid gives, in the input order."""
     rng = np.random.default_rng(4)
-    count = BATCH_TEXTURES + 2
-    pyramids = [ctx.pyramid(scene(rng, int(rng.integers(9, 60)), int(rng.integers(9, 60)))) for _ in range(count)]
-    try:
-        layouts = glmip.allocate_batch([np.ones((1, 1))] * count, 8, 4, context=ctx,
-                                       image_sizes=[(p.width, p.height) for p in pyramids])
+    sizes = [(31, 17), (40, 24), (31, 17), (9, 60), (40, 24), (31, 17)]
+    images = [scene(rng, h, w) for w, h in sizes]
+    layouts = glmip.allocate_batch([np.ones((1, 1))] * len(images), 8, 4, context=ctx, image_sizes=sizes)
+    with ctx.pyramids(images) as batch:
+        assert len(batch.arrays) == 3 and batch.image_sizes == sizes
         for filt in ("trilinear", "anisotropic"):
-            together = tokens_batch(pyramids, layouts, 4, filt, images_per_dispatch=BATCH_TEXTURES)
-            apart = tokens_batch(pyramids, layouts, 4, filt, images_per_dispatch=1)
-            assert torch.equal(together, apart)
-        with pytest.raises(ValueError, match="images_per_dispatch must be an int in 1..16"):
-            tokens_batch(pyramids, layouts, 4, images_per_dispatch=17)
-    finally:
-        for pyramid in pyramids:
-            pyramid.close()
+            together = batch.tokens(layouts, 4, filt)
+            apart = []
+            for image, layout in zip(images, layouts, strict=True):
+                with ctx.pyramid(image) as pyramid:
+                    apart.append(pyramid.tokens(layout, 4, filt))
+            assert torch.equal(together, torch.cat(apart))
+        assert torch.equal(tokens_batch([batch[5], batch[0]], [layouts[5], layouts[0]], 4),
+                           torch.cat([apart[5], apart[0]]))
+    assert ctx.gl.error == "GL_NO_ERROR"
 
 
-def test_more_images_than_one_dispatch_binds_and_a_bchw_tensor(ctx):
+def test_a_bchw_tensor_is_one_array_and_uniform_relevance_one_allocation(ctx):
     rng = np.random.default_rng(3)
-    count = BATCH_TEXTURES + 3
+    count = 19
     stack = torch.from_numpy(np.stack([scene(rng, 40, 56) for _ in range(count)])).permute(0, 3, 1, 2)
     batch = glmip.tokenize(stack, None, budget=12, patch=4, context=ctx)
     assert len(batch) == count
@@ -78,17 +80,25 @@ def test_more_images_than_one_dispatch_binds_and_a_bchw_tensor(ctx):
     uniform = glmip.allocate(np.ones((1, 1), np.float32), budget=12, patch=4, image_size=(56, 40))
     np.testing.assert_array_equal(batch.layouts[0].level, uniform.level)  # None = a constant relevance
     np.testing.assert_array_equal(batch.layouts[0].cx, uniform.cx)
+    assert all(layout is batch.layouts[0] for layout in batch.layouts)  # allocated once, shared
 
 
-def test_tokenize_makes_and_closes_its_own_context():
+def test_tokenize_without_a_context_reuses_this_threads_context_and_frees_its_textures():
     batch = glmip.tokenize([np.zeros((20, 30, 1), np.uint8)], None, budget=4, patch=4, device="cpu")
     assert batch.tokens.shape[1:] == (1, 4, 4) and float(batch.tokens.abs().max()) == 0.0
+    ctx = thread_context()
+    assert ctx.live_textures == 0  # the batch's array texture went with the call
+    glmip.tokenize([np.ones((20, 30, 1), np.uint8)], None, budget=4, patch=4)
+    assert thread_context() is ctx and ctx.live_textures == 0
+    ctx.close()
+    assert thread_context() is not ctx  # a closed cached context is replaced
+    thread_context().close()
 
 
 @pytest.mark.parametrize("images, relevance, message", [
     ([], None, "empty batch"),
-    ([np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8, 1), np.uint8)], None, "one channel count and dtype"),
-    ([np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8, 3), np.float32)], None, "one channel count and dtype"),
+    ([np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8, 1), np.uint8)], None, "one channel count, dtype and device"),
+    ([np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8, 3), np.float32)], None, "one channel count, dtype and device"),
     ([np.zeros((8, 8, 3), np.uint8)] * 2, [np.ones((2, 2))] * 3, "3 relevance maps for 2 images"),
 ])
 def test_bad_batches_are_refused_before_any_work(ctx, images, relevance, message):

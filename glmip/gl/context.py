@@ -28,6 +28,7 @@ from .paths import cuda_gl_availability, interop_paths
 __all__ = ["GLContext", "REQUIRED_GL"]
 
 REQUIRED_GL = 450
+ARRAY_POOL_SHAPES = 4  # batch array-texture shapes a context keeps for reuse
 
 
 class _Closeable(Protocol):
@@ -76,6 +77,13 @@ class GLContext:
         self._pid = os.getpid()
         self._raw = raw.GL()
         self._max_texture_size = self._raw.get_integer(raw.GL_MAX_TEXTURE_SIZE)
+        self._max_array_layers = self._raw.get_integer(raw.GL_MAX_ARRAY_TEXTURE_LAYERS)
+        self._textures: set[int] = set()  # GL texture names made through this context and not yet deleted
+        # Array textures given back by closed batches, by (levels, format, width, height): [(name, layers)]
+        self._array_pool: dict[tuple[int, int, int, int], tuple[int, int]] = {}
+        self._deferred: list[int] = []  # names of collected owners, deleted at this context's next use
+        self._buffers: dict[str, moderngl.Buffer] = {}  # persistent buffers by role, grown geometrically
+        self._registered: dict[str, Any] = {}  # CUDA registrations of those buffers, by role
         self._programs: dict[tuple[str, tuple[tuple[str, object], ...]], moderngl.ComputeShader] = {}
         self._raster_programs: dict[tuple[str, tuple[tuple[str, object], ...]], moderngl.Program] = {}
         self._samplers: dict[tuple[int, int, int, float], int] = {}
@@ -113,12 +121,117 @@ class GLContext:
     check_open = check_usable
 
     def make_current(self) -> None:
-        """Make this context current on this thread if another one (or none) is; raises if that fails."""
+        """Make this context current on this thread if another one (or none) is; raises if that fails.
+        Deletes the textures of owners collected since the last call (see `defer_delete`)."""
         self.check_usable()
         if raw.current_egl_context() != self._egl_context:
             self._mgl.__enter__()
             if raw.current_egl_context() != self._egl_context:
                 raise GLError("eglMakeCurrent did not make this glmip Context current")
+        if self._deferred:
+            self._drain_deferred()
+
+    # -- textures owned by Python objects ------------------------------------------------------
+    def take_array_texture(self, levels: int, internal_format: int, width: int, height: int, layers: int
+                           ) -> tuple[int, int]:
+        """An immutable mip-mapped 2-D array texture of at least `layers` layers: (GL name, layers it has).
+        One a closed batch gave back (`give_array_texture`) when it is of this shape and large enough, so
+        a run of same-shaped batches allocates its storage once; else a new one."""
+        key = (levels, internal_format, width, height)
+        pooled = self._array_pool.get(key)
+        if pooled is not None and pooled[1] >= layers:
+            del self._array_pool[key]
+            return pooled
+        name = self.raw.create_array_storage(levels, internal_format, width, height, layers)
+        self._textures.add(name)
+        return name, layers
+
+    def give_array_texture(self, levels: int, internal_format: int, width: int, height: int, name: int,
+                           layers: int) -> None:
+        """Keep array texture `name` for the next batch of its shape (one per shape, the larger kept; at most
+        `ARRAY_POOL_SHAPES` shapes, the oldest deleted first)."""
+        key = (levels, internal_format, width, height)
+        pooled = self._array_pool.pop(key, None)
+        if pooled is not None:
+            keep, drop = (pooled, (name, layers)) if pooled[1] >= layers else ((name, layers), pooled)
+            self.delete_textures([drop[0]])
+            name, layers = keep
+        self._array_pool[key] = (name, layers)
+        while len(self._array_pool) > ARRAY_POOL_SHAPES:
+            oldest = next(iter(self._array_pool))
+            self.delete_textures([self._array_pool.pop(oldest)[0]])
+
+    def create_layer_view(self, array: int, internal_format: int, levels: int, layer: int) -> int:
+        """A 2-D texture view of one layer of `array`, counted as live."""
+        name = self.raw.create_layer_view(array, internal_format, levels, layer)
+        self._textures.add(name)
+        return name
+
+    def delete_textures(self, names: list[int]) -> None:
+        """Delete textures made by `take_array_texture`/`create_layer_view` now (on this thread)."""
+        gl = self.raw
+        for name in names:
+            if name in self._textures:
+                self._textures.discard(name)
+                gl.delete_texture(name)
+
+    def defer_delete(self, names: list[int]) -> None:
+        """Queue textures for deletion at this context's next use. Safe from any thread and from a
+        garbage-collection finaliser: it makes no GL call (only the context's own thread can)."""
+        if not self._closed:
+            self._deferred.extend(names)
+
+    def _drain_deferred(self) -> None:
+        names, self._deferred[:] = list(self._deferred), []
+        for name in names:
+            if name in self._textures:
+                self._textures.discard(name)
+                self._raw.delete_texture(name)
+
+    @property
+    def live_textures(self) -> int:
+        """How many textures made through this context are in use (deferred deletions drained first; the
+        array textures kept for reuse by `give_array_texture` are not counted)."""
+        self.make_current()
+        return len(self._textures) - len(self._array_pool)
+
+    # -- persistent buffers ----------------------------------------------------------------------
+    def persistent_buffer(self, role: str, nbytes: int) -> moderngl.Buffer:
+        """This context's GL buffer for `role` (e.g. "upload", "tokens"), at least `nbytes` long: kept
+        across calls and grown geometrically (x1.5, whole MiB above 1 MiB), so a run of same-shaped
+        batches allocates it once. Its CUDA registration (`registered_buffer`) is dropped when it grows.
+        Makes this context current, as every call that hands out an object the caller then uses does."""
+        self.make_current()
+        buffer = self._buffers.get(role)
+        if buffer is None or buffer.size < nbytes:
+            size = max(int(nbytes), 16)
+            if buffer is not None:
+                size = max(size, buffer.size + buffer.size // 2)
+                self._drop_registration(role)
+                buffer.release()
+            if size > 1 << 20:
+                size = -(-size // (1 << 20)) << 20
+            buffer = self.gl.buffer(reserve=size)
+            self._buffers[role] = buffer
+        return buffer
+
+    def registered_buffer(self, role: str, nbytes: int, device: int) -> Any:
+        """`persistent_buffer(role, nbytes)` registered with CUDA device `device` once (a
+        `glmip.gl.interop.GLBufferResource`), kept until the buffer grows or the context closes."""
+        buffer = self.persistent_buffer(role, nbytes)
+        resource = self._registered.get(role)
+        if resource is None or resource.device != device:
+            self._drop_registration(role)
+            from .interop import GLBufferResource
+
+            resource = GLBufferResource(buffer, device=device)
+            self._registered[role] = resource
+        return resource
+
+    def _drop_registration(self, role: str) -> None:
+        resource = self._registered.pop(role, None)
+        if resource is not None:
+            resource.close()
 
     def adopt(self, resource: _Closeable) -> None:
         """Close `resource` when this context closes (held weakly: it may close, or go, first)."""
@@ -139,6 +252,13 @@ class GLContext:
         self.make_current()
         for resource in list(self._owned):
             resource.close()
+        for role in list(self._registered):
+            self._drop_registration(role)
+        for buffer in self._buffers.values():
+            buffer.release()
+        self._buffers.clear()
+        self._array_pool.clear()
+        self.delete_textures(list(self._textures))
         for program in self._programs.values():
             program.release()
         self._programs.clear()
@@ -165,8 +285,9 @@ class GLContext:
 
     # -- programs -----------------------------------------------------------------------
     def program(self, name: str, **defines: object) -> moderngl.ComputeShader:
-        """The compute program of shader file `name` with `defines`, compiled once per context."""
-        self.check_usable()
+        """The compute program of shader file `name` with `defines`, compiled once per context (which it
+        makes current: the caller sets uniforms and dispatches next)."""
+        self.make_current()
         key = (name, tuple(sorted(defines.items())))
         if key not in self._programs:
             try:
@@ -177,8 +298,8 @@ class GLContext:
 
     def raster_program(self, name: str, **defines: object) -> moderngl.Program:
         """The vertex + fragment program of shader files `name`.vert and `name`.frag with `defines` (both
-        stages get them), compiled once per context."""
-        self.check_usable()
+        stages get them), compiled once per context (which it makes current)."""
+        self.make_current()
         key = (name, tuple(sorted(defines.items())))
         if key not in self._raster_programs:
             try:
@@ -201,6 +322,11 @@ class GLContext:
     def max_texture_size(self) -> int:
         """GL_MAX_TEXTURE_SIZE of this device, read once at creation."""
         return self._max_texture_size
+
+    @property
+    def max_array_layers(self) -> int:
+        """GL_MAX_ARRAY_TEXTURE_LAYERS of this device (layers of one batch texture), read once at creation."""
+        return self._max_array_layers
 
     def gl_cuda_devices(self) -> tuple[list[int] | None, str]:
         """The CUDA devices (torch's numbering) that run this GL context, as CUDA itself reports them

@@ -22,7 +22,7 @@ from .formats import texel_format
 if TYPE_CHECKING:
     from .context import GLContext
 
-__all__ = ["groups", "dispatch_flat", "bound_texture", "bound_textures", "scratch", "set_if_used", "encode_texels",
+__all__ = ["groups", "dispatch_flat", "bound_texture", "bound_array", "scratch", "set_if_used", "encode_texels",
            "TRILINEAR", "NEAREST_MIPMAP", "BILINEAR_BASE", "WRAP_MODES"]
 
 # (min filter, mag filter) pairs of the samplers glmip uses.
@@ -59,18 +59,17 @@ def bound_texture(context: GLContext, texture: Any, sampler: int, program: Any, 
 
 
 @contextlib.contextmanager
-def bound_textures(context: GLContext, textures: list[Any], sampler: int, program: Any, uniform: str) -> Iterator[None]:
-    """Bind `textures` to units 0..n-1 with one sampler object as the sampler array `program[uniform]`;
-    every unit's sampler is unbound when the scope exits, however it exits."""
+def bound_array(context: GLContext, name: int, sampler: int, unit: int = 0) -> Iterator[None]:
+    """Bind the array texture of GL name `name` with sampler object `sampler` to `unit`; both are unbound
+    when the scope exits, however it exits."""
+    gl = context.raw
+    gl.glBindTextureUnit(unit, name)
+    gl.glBindSampler(unit, sampler)
     try:
-        for unit, texture in enumerate(textures):
-            texture.use(unit)
-            context.raw.glBindSampler(unit, sampler)
-        program[uniform] = list(range(len(textures))) if len(textures) > 1 else 0
         yield
     finally:
-        for unit in range(len(textures)):
-            context.raw.glBindSampler(unit, 0)
+        gl.glBindSampler(unit, 0)
+        gl.glBindTextureUnit(unit, 0)
 
 
 @contextlib.contextmanager

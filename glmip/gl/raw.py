@@ -15,6 +15,8 @@ from .formats import PIXEL_FORMATS, texel_format
 __all__ = ["GL", "egl_devices", "current_egl_context"]
 
 GL_TEXTURE_2D = 0x0DE1
+GL_TEXTURE_2D_ARRAY = 0x8C1A
+GL_MAX_ARRAY_TEXTURE_LAYERS = 0x88FF
 GL_MAX_TEXTURE_SIZE = 0x0D33
 
 GL_PIXEL_PACK_BUFFER = 0x88EB
@@ -83,6 +85,26 @@ class GL:
         self.glDeleteTextures = _proc(
             "glDeleteTextures", None, ctypes.c_int, ctypes.POINTER(ctypes.c_uint)
         )
+        self.glTextureStorage3D = _proc(
+            "glTextureStorage3D", None, ctypes.c_uint, ctypes.c_int, ctypes.c_uint, ctypes.c_int, ctypes.c_int,
+            ctypes.c_int,
+        )
+        self.glTextureSubImage3D = _proc(
+            "glTextureSubImage3D", None, ctypes.c_uint, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+            ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p,
+        )
+        self.glGenerateTextureMipmap = _proc("glGenerateTextureMipmap", None, ctypes.c_uint)
+        self.glGetTextureSubImage = _proc(
+            "glGetTextureSubImage", None, ctypes.c_uint, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+            ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_uint, ctypes.c_uint, ctypes.c_int, ctypes.c_void_p,
+        )
+        self.glGenTextures = _proc("glGenTextures", None, ctypes.c_int, ctypes.POINTER(ctypes.c_uint))
+        self.glTextureView = _proc(
+            "glTextureView", None, ctypes.c_uint, ctypes.c_uint, ctypes.c_uint, ctypes.c_uint, ctypes.c_uint,
+            ctypes.c_uint, ctypes.c_uint, ctypes.c_uint,
+        )
+        self.glBindTextureUnit = _proc("glBindTextureUnit", None, ctypes.c_uint, ctypes.c_uint)
+        self.glTextureParameteri = _proc("glTextureParameteri", None, ctypes.c_uint, ctypes.c_uint, ctypes.c_int)
         self.glGetError = _proc("glGetError", ctypes.c_uint)
         self.glGetInteger64v = _proc("glGetInteger64v", None, ctypes.c_uint, ctypes.POINTER(ctypes.c_int64))
         self.glBindBuffer = _proc("glBindBuffer", None, ctypes.c_uint, ctypes.c_uint)
@@ -166,6 +188,53 @@ class GL:
 
     def delete_texture(self, name: int) -> None:
         self.glDeleteTextures(1, ctypes.byref(ctypes.c_uint(name)))
+
+    def create_array_storage(self, levels: int, internal_format: int, width: int, height: int, layers: int) -> int:
+        """A new immutable 2-D array texture of `layers` layers with every level allocated; returns its GL name."""
+        name = ctypes.c_uint(0)
+        self.glCreateTextures(GL_TEXTURE_2D_ARRAY, 1, ctypes.byref(name))
+        self.glTextureStorage3D(name.value, levels, internal_format, width, height, layers)
+        error = self.glGetError()
+        if error:
+            self.delete_texture(name.value)
+            raise RuntimeError(f"glTextureStorage3D({levels} levels, format 0x{internal_format:04X}, {width}x{height}, "
+                               f"{layers} layers) failed with GL error 0x{error:04X}")
+        for parameter, value in ((GL_TEXTURE_MIN_FILTER, GL_LINEAR_MIPMAP_LINEAR), (GL_TEXTURE_MAG_FILTER, GL_LINEAR),
+                                 (GL_TEXTURE_WRAP_S, GL_CLAMP_TO_EDGE), (GL_TEXTURE_WRAP_T, GL_CLAMP_TO_EDGE)):
+            self.glTextureParameteri(name.value, parameter, value)
+        return name.value
+
+    def upload_layers(self, texture: int, level: int, size: tuple[int, int], first_layer: int, layers: int,
+                      channels: int, dtype: str, buffer: int, offset: int = 0) -> None:
+        """Fill `layers` layers of `level` of array `texture` from tightly packed pixels (layer, row, column,
+        channel) at byte `offset` of GL buffer `buffer`, on the GPU: one glTextureSubImage3D."""
+        self.glBindBuffer(GL_PIXEL_UNPACK_BUFFER, buffer)
+        self.glPixelStorei(GL_UNPACK_ALIGNMENT, 1)
+        self.glTextureSubImage3D(texture, level, 0, 0, first_layer, size[0], size[1], layers, PIXEL_FORMATS[channels],
+                                 texel_format(dtype).pixel_type, ctypes.c_void_p(offset))
+        self.glBindBuffer(GL_PIXEL_UNPACK_BUFFER, 0)
+        self._check(f"uploading {layers} layer(s) of level {level} from a buffer")
+
+    def read_layers(self, texture: int, level: int, size: tuple[int, int], first_layer: int, layers: int,
+                    channels: int, dtype: str, address: int, nbytes: int) -> None:
+        """Copy `layers` layers of `level` of array `texture` as tightly packed pixels into host memory at
+        `address`: one glGetTextureSubImage."""
+        self.glBindBuffer(GL_PIXEL_PACK_BUFFER, 0)
+        self.glPixelStorei(GL_PACK_ALIGNMENT, 1)
+        self.glGetTextureSubImage(texture, level, 0, 0, first_layer, size[0], size[1], layers, PIXEL_FORMATS[channels],
+                                  texel_format(dtype).pixel_type, nbytes, ctypes.c_void_p(address))
+        self._check(f"reading {layers} layer(s) of level {level}")
+
+    def create_layer_view(self, array: int, internal_format: int, levels: int, layer: int) -> int:
+        """A 2-D texture view of one layer of array texture `array` (all `levels` levels, no copy)."""
+        name = ctypes.c_uint(0)
+        self.glGenTextures(1, ctypes.byref(name))
+        self.glTextureView(name.value, GL_TEXTURE_2D, array, internal_format, 0, levels, layer, 1)
+        error = self.glGetError()
+        if error:
+            self.delete_texture(name.value)
+            raise RuntimeError(f"glTextureView of layer {layer} failed with GL error 0x{error:04X}")
+        return name.value
 
 
 def egl_devices() -> list[dict[str, object]]:

@@ -181,7 +181,7 @@ class Slide:
     # -- tiles --------------------------------------------------------------------------
     def _build(self, spec: TileSpec) -> Pyramid:
         pixels = self.reader.read(spec.source, spec.x0, spec.y0, spec.x1 - spec.x0, spec.y1 - spec.y0)
-        return Pyramid(self.context, np.ascontiguousarray(pixels), method="box")
+        return Pyramid.of(self.context, np.ascontiguousarray(pixels), method="box")
 
     def _per_tile(self, x: np.ndarray, y: np.ndarray, level: np.ndarray, reach: int,
                   work: Callable[[Pyramid, np.ndarray, TileSpec, int], None], progress: str | None) -> None:
@@ -386,7 +386,7 @@ class Slide:
     def saliency(self) -> np.ndarray:
         """`glmip.saliency` of the coarsest stored level, float32 (h, w) in [0, 1]."""
         self._check_open()
-        with Pyramid(self.context, np.ascontiguousarray(self.thumbnail()), method="box") as pyramid:
+        with Pyramid.of(self.context, np.ascontiguousarray(self.thumbnail()), method="box") as pyramid:
             return saliency(pyramid, (pyramid.width, pyramid.height))
 
     def gaze(self, point: tuple[float, float], radius: float = 0.12) -> np.ndarray:
