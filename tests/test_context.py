@@ -49,7 +49,8 @@ def test_two_contexts_each_work_after_the_other_closes(ctx):
 
 def test_thousand_pyramid_cycles_release_gl_objects(ctx):
     image = np.zeros((32, 32, 4), np.uint8)
+    before = len(ctx._owned)  # the shared context may hold other modules' fixtures' pyramids
     for method in ("hardware", "box"):
         for _ in range(500):
             ctx.pyramid(image, method=method).close()
-    assert len(ctx._owned) == 0
+    assert len(ctx._owned) == before
