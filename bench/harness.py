@@ -89,6 +89,45 @@ def measure(case: Case, repeats: int, budget_s: float | None = None,
     return Timing(times, warmup, result)
 
 
+def peer_thread_settings() -> list[int]:
+    """The intra-op thread counts a user would try for a CPU torch peer: 1, 2, torch's default and every core."""
+    return sorted({1, 2, torch.get_num_threads(), os.cpu_count() or 1})
+
+
+@dataclass(frozen=True)
+class PeerTiming:
+    """A peer's best `timing` over thread counts: the count that gave it (`threads`) and every count's
+    median seconds (`median_s_by_threads`); the JSON fields come from `fields`."""
+
+    timing: Timing
+    threads: int
+    median_s_by_threads: dict[int, float]
+
+    def fields(self) -> dict[str, Any]:
+        """What a report records beside the peer's times: its best thread count and the median at each."""
+        return {"torch_threads": self.threads,
+                "median_s_by_threads": {str(n): s for n, s in sorted(self.median_s_by_threads.items())}}
+
+
+def measure_peer(case: Case, repeats: int, budget_s: float | None = None, device: torch.device | str | None = None,
+                 settings: Sequence[int] | None = None) -> PeerTiming:
+    """`measure(case, ...)` once per `torch.set_num_threads` setting (default `peer_thread_settings()`), keeping
+    the fastest median; torch's thread count is restored afterwards. A CUDA `device` is timed at the current
+    count only (the host threads only launch its kernels)."""
+    previous = torch.get_num_threads()
+    if device is not None and torch.device(device).type == "cuda":
+        settings = [previous]
+    timings: dict[int, Timing] = {}
+    try:
+        for threads in settings or peer_thread_settings():
+            torch.set_num_threads(int(threads))
+            timings[int(threads)] = measure(case, repeats, budget_s, device)
+    finally:
+        torch.set_num_threads(previous)
+    best = min(timings, key=lambda n: timings[n].median)
+    return PeerTiming(timings[best], best, {n: t.median for n, t in timings.items()})
+
+
 # -- device naming ------------------------------------------------------------------------
 def is_software(renderer: str) -> bool:
     """Whether the GL renderer is a CPU rasteriser (llvmpipe and kin)."""

@@ -62,6 +62,7 @@ from bench.harness import (
     gl_family,
     markdown_table,
     measure,
+    measure_peer,
     plot_if_possible,
     save_figure,
     torch_device_label,
@@ -221,7 +222,11 @@ def run(sizes: list[int], repeats: int, budget_s: float, peak_gbs: float | None 
                 for method, fam, case in cases(ctx, image, family):
                     bar.set_description(f"{size} {method}")
                     device = "cuda" if method.endswith("-cuda") else None
-                    results.append(summarize(size, method, fam, measure(case, repeats, budget_s, device)))
+                    if method.startswith("glmip-"):
+                        results.append(summarize(size, method, fam, measure(case, repeats, budget_s, device)))
+                    else:
+                        peer = measure_peer(case, repeats, budget_s, device)
+                        results.append({**summarize(size, method, fam, peer.timing), **peer.fields()})
                     bar.update()
     add_ratios(results)
     peak_source = "--peak-gbs" if peak_gbs else None
@@ -242,6 +247,8 @@ def run(sizes: list[int], repeats: int, budget_s: float, peak_gbs: float | None 
         "peak_gbs_source": peak_source,
         "notes": [
             "times are wall clock of convert/upload + full chain to 1x1 + device sync; warm-up run excluded",
+            "torch/kornia CPU peers are timed at every torch.set_num_threads setting in median_s_by_threads; "
+            "the fastest is kept (torch_threads)",
             "ratio_vs_avg_pool2d = median(torch avg_pool2d, same size, same device family) / median(this)",
             f"kornia build_pyramid uses border_type={KORNIA_BORDER!r}: the default 'reflect' fails at the 2x2 level",
             "bound_s = (bytes read + written for the RGBA8 mip chain) / peak_gbs (nominal); bound_fraction = "

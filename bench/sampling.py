@@ -81,6 +81,7 @@ from bench.harness import (
     environment,
     markdown_table,
     measure,
+    measure_peer,
     torch_device_label,
     with_ratio,
     write_report,
@@ -350,9 +351,14 @@ def run(sizes: list[int], n: int, check_points: int, repeats: int, budget_s: flo
                     cases += [(f"{k}-{device.type}", peer_case(levels, k, points, device)) for k in PEER_CASES]
                     for method, case in cases:
                         bar.set_description(f"{size} {method}")
-                        timing = measure(case, repeats, budget_s)
                         assembly = "anisotropic" in method and not method.endswith("_hw")  # hw: taps unknown
-                        results.append(summarize(size, method, n, timing, taps if assembly else None))
+                        if method in GLMIP_CASES:
+                            timing = measure(case, repeats, budget_s)
+                            results.append(summarize(size, method, n, timing, taps if assembly else None))
+                        else:
+                            peer = measure_peer(case, repeats, budget_s, device)
+                            results.append({**summarize(size, method, n, peer.timing, taps if assembly else None),
+                                            **peer.fields()})
                         bar.update()
                 del levels
     add_ratios(results, device.type)
@@ -377,6 +383,8 @@ def run(sizes: list[int], n: int, check_points: int, repeats: int, budget_s: flo
             " warm-up run excluded; pyramids built once, untimed",
             "msamples_per_s counts output points (an anisotropic sample averages mean_taps trilinear taps)",
             "ratio_vs_grid_sample = median(matching grid_sample peer, same size) / median(this); > 1: glmip faster",
+            "CPU peers are timed at every torch.set_num_threads setting in median_s_by_threads; the fastest is kept"
+            " (torch_threads)",
             "glmip-anisotropic_hw is compared with the footprint-assembly peer for cost only; its results are"
             " vendor-defined (agreement expected_to_match = false)",
             "CPU peer levels are stored channels-last (grid_sample gathers measured ~1.5-2x faster than from"

@@ -17,7 +17,9 @@ The torch peers sample level 0 only (no mip chain): that is the point of the com
 The glmip pyramid (``method="box"``) and the float32 source tensor are built once, untimed; for a batch the
 torch source is the one image expanded to B (no copy). Every case: one warm-up, then ``--repeats`` timed runs
 (fewer if they would exceed ``--budget-s``); reported median, warps/s = batch / median and
-``ratio_vs_grid_sample`` = median(grid_sample, same size and batch) / median(this).
+``ratio_vs_grid_sample`` = median(grid_sample, same size and batch) / median(this). The torch peers are timed
+at every thread count a user would pick (``bench.harness.measure_peer``), the fastest kept and recorded
+(``torch_threads``, ``median_s_by_threads``).
 
 Quality: the 512² test pattern (zone plate, 1-px lines, 3.1-px stripes) through the test cases of
 tests/test_warp.py, PSNR and ``glmip.reference.aliasing_energy`` against
@@ -48,7 +50,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import glmip
-from bench.harness import measure, torch_device_label, write_report
+from bench.harness import measure, measure_peer, torch_device_label, write_report
 from bench.pyramid import random_image
 from glmip import reference
 from glmip.warp import kornia_matrix, tilt_homography, warp, warp_coordinates
@@ -159,12 +161,14 @@ def run_speed(ctx: glmip.Context, repeats: int, budget_s: float) -> list[dict[st
             matrices = batch_matrices(size_in, size_out, batch)
             for method in METHODS:
                 case = speed_case(method, pyramid, source, matrices, (size_out, size_out))
-                timing = measure(case, repeats, budget_s)
+                peer = None if method.startswith("glmip-") else measure_peer(case, repeats, budget_s)
+                timing = measure(case, repeats, budget_s) if peer is None else peer.timing
                 times, warmup = timing.times, timing.warmup
                 median = statistics.median(times)
                 results.append({"size_in": size_in, "size_out": size_out, "batch": batch, "method": method,
                                 "repeats": len(times), "median_s": median, "min_s": min(times), "warmup_s": warmup,
-                                "times_s": times, "warps_per_s": batch / median})
+                                "times_s": times, "warps_per_s": batch / median,
+                                **({} if peer is None else peer.fields())})
                 progress.update()
     finally:
         progress.close()

@@ -62,3 +62,23 @@ def test_markdown_table_aligns_label_columns_left_and_numbers_right():
 def test_with_ratio_appends_the_ratio_only_where_there_is_one():
     assert harness.with_ratio("12.0", 1.234) == "12.0 (1.23×)"
     assert harness.with_ratio("12.0", None) == "12.0"
+
+
+def test_measure_peer_keeps_the_fastest_thread_count_and_restores_torch(monkeypatch):
+    """The case runs once per setting; the setting with the lowest median wins and torch's count is restored."""
+    import torch
+
+    from bench import harness
+
+    previous = torch.get_num_threads()
+    seen = []
+
+    def case():
+        seen.append(torch.get_num_threads())
+        return harness.Seconds(0.5 if torch.get_num_threads() == 1 else 0.25)
+
+    best = harness.measure_peer(case, repeats=2, settings=[1, 2])
+    assert best.threads == 2 and best.timing.median == 0.25
+    assert best.fields() == {"torch_threads": 2, "median_s_by_threads": {"1": 0.5, "2": 0.25}}
+    assert seen == [1, 1, 1, 2, 2, 2] and torch.get_num_threads() == previous
+    assert set(harness.peer_thread_settings()) >= {1, 2}

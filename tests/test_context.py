@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import gc
-import resource
-
 import numpy as np
 import pytest
 
@@ -50,25 +47,10 @@ def test_two_contexts_each_work_after_the_other_closes(ctx):
         assert int(p.level(3)[0, 0, 0]) == round(float(image.mean()))
 
 
-def test_create_close_cycles_leave_memory_flat():
-    image = np.random.default_rng(0).integers(0, 256, (64, 64, 4), dtype=np.uint8)
-
-    def cycle(n: int) -> None:
-        for _ in range(n):
-            with glmip.Context() as ctx, ctx.pyramid(image, method="box") as p:
-                p.level(1)
-        gc.collect()
-
-    cycle(20)  # warm-up: driver caches, shader compiler
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    cycle(100)
-    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
-    assert grown_mib < 64, f"peak RSS grew {grown_mib:.1f} MiB over 100 context cycles"
-
-
 def test_thousand_pyramid_cycles_release_gl_objects(ctx):
     image = np.zeros((32, 32, 4), np.uint8)
+    before = len(ctx._owned)  # the shared context may hold other modules' fixtures' pyramids
     for method in ("hardware", "box"):
         for _ in range(500):
             ctx.pyramid(image, method=method).close()
-    assert len(ctx._owned) == 0
+    assert len(ctx._owned) == before

@@ -20,7 +20,7 @@ from PIL import Image
 
 import glmip
 from glmip.cli import main
-from glmip.data import Collate, Dataset, Gaze, Query, Tokenizer, conform, prepare_images, read_shards, write_shards
+from glmip.data import Collate, Dataset, Gaze, Query, Tokenizer, conform, read_shards, write_shards
 
 TIMEOUT_S = 120
 BUDGET, PATCH = 10, 8
@@ -62,8 +62,11 @@ def corrupt(tmp_path) -> list[str]:
     return [str(truncated), str(text)]
 
 
-def expected(paths, relevance=gaze_map, channels=3) -> glmip.TokenBatch:
-    return glmip.tokenize(prepare_images(paths, channels), relevance, BUDGET, PATCH)
+def expected(paths, relevance=gaze_map) -> glmip.TokenBatch:
+    """What the data paths must give: each file decoded by PIL and converted to RGB here (grey repeated, alpha
+    dropped: `conform`'s documented rules for these 8-bit files), not through `prepare_images`, then
+    `glmip.tokenize`."""
+    return glmip.tokenize([np.asarray(Image.open(path).convert("RGB")) for path in paths], relevance, BUDGET, PATCH)
 
 
 # -- the tokenizer ---------------------------------------------------------------------------------

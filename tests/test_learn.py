@@ -28,7 +28,6 @@ from bench.learn import (
     tokenise_chunk,
     tokenise_split,
 )
-from bench.tokens import dense_tokens
 
 ROOT = Path(__file__).resolve().parent.parent
 ALPHABET = "0123456789"
@@ -87,7 +86,7 @@ def test_final_slope_is_the_change_over_the_last_fifth():
 
 def test_cached_tokens_round_trip_through_a_token_batch(ctx, fonts):
     """8-bit cached tokens come back as the float tokens, each image's rows with its own layout; dense patches cut
-    from the cached images are `dense_tokens`' patches."""
+    from the cached images are the images' 16-px squares, row-major (cut here by slicing, not by bench code)."""
     scenes = [make_code_scene(seed, 128, fonts, ALPHABET, 2) for seed in range(3)]
     items = [Input("glmip-16", "glmip", 16), Input("uniform-16", "uniform", 16), Input("dense", "dense", None)]
     parts = [tokenise_chunk(ctx, items, scenes[:2]), tokenise_chunk(ctx, items, scenes[2:])]
@@ -100,8 +99,13 @@ def test_cached_tokens_round_trip_through_a_token_batch(ctx, fonts):
         assert batch.tokens.min() >= 0 and batch.tokens.max() <= 1
         assert cache.codes[1].tolist() == [ALPHABET.index(c) for c in scenes[1].code]
     assert caches["dense"].counts.tolist() == [64, 64, 64], "dense: every 16-px patch of 128²"
-    patches, _ = dense_tokens(scenes[2].image)
-    assert torch.equal(caches["dense"].batch([2]).tokens, patches)
+    image = scenes[2].image  # (128, 128, C) uint8: patch (row, column) cut by slicing, row-major, as dense promises
+    expected = torch.stack([torch.from_numpy(image[r * 16:(r + 1) * 16, c * 16:(c + 1) * 16]).permute(2, 0, 1)
+                            for r in range(8) for c in range(8)]).float() / 255
+    assert torch.equal(caches["dense"].batch([2]).tokens, expected)
+    layout = caches["dense"].layouts[2]
+    assert np.array_equal(layout.cx, np.tile(np.arange(8) * 16 + 8.0, 8))
+    assert np.array_equal(layout.cy, np.repeat(np.arange(8) * 16 + 8.0, 8))
 
 
 def test_glmip_input_is_glmip_tokenize(ctx, fonts):

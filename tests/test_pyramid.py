@@ -90,7 +90,7 @@ def test_box_drift_within_one_lsb_where_hardware_drifts(ctx):
             drift[method] = [max_error(p.level(i), reference.area_mean_level(image, i)) for i in range(p.levels)]
     print("max drift per level (LSB):", drift)
     assert max(drift["box"]) <= 1
-    assert max(drift["hardware"]) >= max(drift["box"])
+    assert max(drift["hardware"]) >= 2, "glGenerateMipmap rounds every level, so its error grows down the chain"
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -177,13 +177,6 @@ def test_closed_pyramid_and_context_refuse_work():
         ctx.pyramid(np.zeros((4, 4, 4), np.uint8))
     with pytest.raises(RuntimeError, match="closed"):
         q.level(0)
-
-
-def test_too_large_image_is_refused_before_any_gl_work(ctx):
-    limit = ctx.max_texture_size
-    image = np.zeros((1, limit + 1, 1), np.uint8)
-    with pytest.raises(ValueError, match=f"maximum texture size {limit}"):
-        ctx.pyramid(image)
 
 
 def test_bad_method_and_srgb_arguments(ctx):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import sys
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -40,6 +42,55 @@ def test_relevance_pyramid_gpu_matches_reference(session_context, map_h, map_w, 
     assert area == width * height
     assert peak == relevance.max()
     assert mean == pytest.approx(float(relevance.mean()), rel=1e-4)  # the whole map stretched over the image
+
+
+@functools.cache
+def overlaps(p0: int, p1: int, n_map: int, n_pixels: int) -> list[tuple[int, Fraction]]:
+    """The map texels that pixels [p0, p1) of an `n_pixels`-wide image cover when an `n_map`-texel map is
+    stretched over it, with the exact length of each overlap (in map texels)."""
+    lo, hi = Fraction(p0 * n_map, n_pixels), Fraction(p1 * n_map, n_pixels)
+    return [(m, min(hi, m + 1) - max(lo, Fraction(m))) for m in range(n_map) if m < hi and m + 1 > lo]
+
+
+def brute_force_texel(relevance: np.ndarray, cell: int, size: tuple[int, int], level: int, x: int, y: int
+                      ) -> tuple[float, float, int]:
+    """(mean, max, area) of texel (x, y) of `level` by the definition, pixel by pixel: the block is image
+    pixels [x cell 2^level, (x + 1) cell 2^level) cut at the image's edge; the map is stretched over the
+    image, so pixel p sees map span [p mw / W, (p + 1) mw / W); the mean is the mean over the block's pixels
+    of each pixel's area-weighted map mean; the max is over the map texels the block's span touches."""
+    width, height = size
+    map_h, map_w = relevance.shape
+    side = cell << level
+    xs = range(x * side, min((x + 1) * side, width))
+    ys = range(y * side, min((y + 1) * side, height))
+    total = 0.0
+    for py in ys:
+        rows = overlaps(py, py + 1, map_h, height)
+        for px in xs:
+            columns = overlaps(px, px + 1, map_w, width)
+            weight = sum(float(a * b) for _, a in rows for _, b in columns)
+            total += sum(float(a * b) * relevance[j, i] for j, a in rows for i, b in columns) / weight
+    touched = [relevance[j, i] for j, _ in overlaps(ys[0], ys[-1] + 1, map_h, height)
+               for i, _ in overlaps(xs[0], xs[-1] + 1, map_w, width)]
+    return total / (len(xs) * len(ys)), float(max(touched)), len(xs) * len(ys)
+
+
+@settings(max_examples=25, deadline=None)
+@given(map_h=st.integers(1, 9), map_w=st.integers(1, 9), width=st.integers(1, 40), height=st.integers(1, 40),
+       cell=st.sampled_from([1, 3, 8]), seed=st.integers(0, 2**16))
+def test_cpu_relevance_pyramid_is_the_definition_of_its_cells(map_h, map_w, width, height, cell, seed):
+    """The CPU pyramid (`allocate`'s default without a context), every texel of every level, against the
+    cell definition computed pixel by pixel with exact span arithmetic."""
+    relevance = np.random.default_rng(seed).random((map_h, map_w)).astype(np.float32)
+    pyramid = relevance_pyramid(relevance, cell, (width, height))
+    assert pyramid.grid_size == (-(-width // cell), -(-height // cell)) and pyramid.levels[-1].shape[:2] == (1, 1)
+    for level, texels in enumerate(pyramid.levels):
+        for y in range(texels.shape[0]):
+            for x in range(texels.shape[1]):
+                mean, peak, area = brute_force_texel(relevance.astype(np.float64), cell, (width, height), level, x, y)
+                got = pyramid.texel(level, x, y)
+                assert got[0] == pytest.approx(mean, rel=1e-5, abs=1e-6), (level, x, y)
+                assert got[1] == np.float32(peak) and got[2] == area, (level, x, y, got, peak, area)
 
 
 def test_relevance_pyramid_mean_is_exact_on_nested_blocks(ctx):

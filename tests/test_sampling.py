@@ -160,6 +160,9 @@ def test_hardware_anisotropic_runs_and_is_measured(ctx):
             uv, grad = footprint_along_stripes(2000, 256, ratio, rng)
             values = p.sample(uv, grad=grad, filter="anisotropic_hw", anisotropy=16)
             assert np.isfinite(values).all() and values.min() >= 0 and values.max() <= 1
+            # Half the texels are white: any filter of this texture averages to 1/2 over random points (the
+            # standard error of 2000 points is under 0.01), which a wrong level, channel or sampler would not.
+            assert abs(float(values.mean()) - 0.5) < 0.05, (ratio, float(values.mean()))
             stds[ratio] = round(float(values.std()), 3)
         print("anisotropic_hw sample std by footprint ratio:", stds, ctx.info()["renderer"])
 

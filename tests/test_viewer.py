@@ -421,9 +421,10 @@ def test_tilted_plane_gradients_are_the_uv_derivatives(tilt, aspect, zoom):
         assert top > bottom, "the far edge must be the more foreshortened"
 
 
-def test_query_relevance_in_the_viewer(ctx, tiny_clip, tmp_path, noise_image):
-    """With --clip-model, the query source is glmip.query_relevance on the viewer's pyramid; without,
-    the box says why it is off."""
+def test_query_relevance_in_the_viewer(ctx, tiny_clip, tmp_path, noise_image, monkeypatch):
+    """With --clip-model, the query source is glmip.query_relevance on the viewer's pyramid with the typed
+    query (a different query gives a different map; the model loaded from the directory gives the same one);
+    without, the box says why it is off."""
     from glmip.viewer.scene import Scene
     from glmip.viewer.state import ViewState
 
@@ -432,12 +433,23 @@ def test_query_relevance_in_the_viewer(ctx, tiny_clip, tmp_path, noise_image):
     tokenizer.save_pretrained(tmp_path)
     scene = Scene(ctx, noise_image, method="box", clip_model=str(tmp_path))
     assert scene.query_available == (True, "")
+    calls = []
+    real = glmip.query_relevance
+
+    def recording(pyramid, query, *args, **kwargs):
+        calls.append((pyramid, query, kwargs.get("size")))
+        return real(pyramid, query, *args, **kwargs)
+
+    monkeypatch.setattr(glmip, "query_relevance", recording)
     state = ViewState(image_size=scene.image_size, relevance_source="query", query="red cup")
     relevance = scene.relevance(state)
     size = scene.relevance_size()
+    assert calls == [(scene.pyramid, "red cup", size)]
     assert relevance.shape == (size[1], size[0]) and relevance.min() == 0.0 and relevance.max() == 1.0
-    expected = glmip.query_relevance(scene.pyramid, "red cup", str(tmp_path), size=size)
-    np.testing.assert_allclose(relevance, expected, atol=1e-5)
+    other = scene.relevance(ViewState(image_size=scene.image_size, relevance_source="query", query="a green dog"))
+    assert np.abs(other - relevance).max() > 1e-3, "the map does not depend on the query"
+    from_directory = real(scene.pyramid, "red cup", str(tmp_path), size=size)
+    np.testing.assert_allclose(relevance, from_directory, atol=1e-5)
     off = Scene(ctx, noise_image, method="box")
     assert off.query_available[0] is False and "--clip-model" in off.query_available[1]
 

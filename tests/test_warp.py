@@ -69,12 +69,13 @@ def torch_peers(image: np.ndarray, matrix: np.ndarray, size: tuple[int, int]) ->
     return {"grid_sample": hwc(by_grid), "kornia": hwc(by_kornia)}
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(width=st.integers(1, 41), height=st.integers(1, 41), channels=st.integers(1, 4),
-       dtype=st.sampled_from(["uint8", "uint16", "float32"]), seed=st.integers(0, 2**16),
-       filter=st.sampled_from(["bilinear", "trilinear", "anisotropic", "nearest"]),
-       border=st.sampled_from(["clamp", "zero", "repeat", "mirror"]))
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "float32"])
+@pytest.mark.parametrize("border", ["clamp", "zero", "repeat", "mirror"])
+@pytest.mark.parametrize("filter", ["bilinear", "trilinear", "anisotropic", "nearest"])
+@settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(width=st.integers(1, 41), height=st.integers(1, 41), channels=st.integers(1, 4), seed=st.integers(0, 2**16))
 def test_identity_is_exact_within_one_lsb(ctx, width, height, channels, dtype, seed, filter, border):
+    """Every filter x border x dtype (48 combinations, each on 3 drawn sizes and channel counts)."""
     pixels = random_image(np.random.default_rng(seed), height, width, channels, dtype)
     with ctx.pyramid(pixels) as p:
         got = hwc(p.warp(np.eye(3), (width, height), filter=filter, border=border))

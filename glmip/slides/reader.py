@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..image import as_image_array
-from ..reference import encode
+from .levels import exact_levels
 
 __all__ = ["SlideReadError", "Level", "TileCache", "TiffReader", "ArrayReader"]
 
@@ -179,9 +179,10 @@ class TiffReader:
 
 
 class ArrayReader:
-    """An in-memory image of any size (numpy HxWxC, torch, PIL) with virtual levels every
-    `VIRTUAL_LEVEL_STEP` mips down to one that fits `top_size`: each the box mean of its 2^mip blocks
-    of level 0, rounded once (`glmip.reference.encode`), computed in row bands to bound memory."""
+    """An in-memory image of any size (numpy HxWxC, torch, PIL) with every level of `Pyramid`'s `box`
+    convention (`glmip.slides.levels.exact_levels`: the exact area mean of level 0, odd sizes included),
+    read through `read_mip`; the stored levels it shows (`levels`, for thumbnails and `Slide.read`) are one
+    every `VIRTUAL_LEVEL_STEP` mips down to one that fits `top_size`, as scanners write them."""
 
     def __init__(self, image: Any, top_size: int) -> None:
         pixels = as_image_array(image)
@@ -190,36 +191,30 @@ class ArrayReader:
         self.cache = TileCache(0)
         self.channels = pixels.shape[2]
         self.dtype = pixels.dtype
-        self._arrays = [pixels]
+        self._all = exact_levels(pixels)
         height, width = pixels.shape[:2]
         levels = [Level(width, height, 0)]
-        while max(levels[-1].width, levels[-1].height) > top_size:
+        while max(levels[-1].width, levels[-1].height) > top_size and levels[-1].mip + VIRTUAL_LEVEL_STEP < len(
+                self._all):
             mip = levels[-1].mip + VIRTUAL_LEVEL_STEP
-            if width >> mip < 1 or height >> mip < 1:
-                break
-            self._arrays.append(_box_level(pixels, mip))
-            levels.append(Level(width >> mip, height >> mip, mip))
+            levels.append(Level(self._all[mip].shape[1], self._all[mip].shape[0], mip))
         self.levels = tuple(levels)
 
-    def read(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
-        array = self._arrays[level]
+    @property
+    def mip_sizes(self) -> list[tuple[int, int]]:
+        """(width, height) of every level, 0 to 1x1."""
+        return [(a.shape[1], a.shape[0]) for a in self._all]
+
+    def read_mip(self, mip: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+        """Pixels [x, x + w) x [y, y + h) of level `mip` (any level, stored or not)."""
+        array = self._all[mip]
         if not (0 <= x and 0 <= y and w > 0 and h > 0 and x + w <= array.shape[1] and y + h <= array.shape[0]):
-            raise ValueError(f"region {(x, y, w, h)} is outside level {level} ({array.shape[1]}x{array.shape[0]})")
+            raise ValueError(f"region {(x, y, w, h)} is outside level {mip} ({array.shape[1]}x{array.shape[0]})")
         return array[y:y + h, x:x + w]
 
+    def read(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+        """Pixels [x, x + w) x [y, y + h) of stored level `level` (an index into `levels`)."""
+        return self.read_mip(self.levels[level].mip, x, y, w, h)
+
     def close(self) -> None:
-        self._arrays = self._arrays[:1]
-
-
-def _box_level(pixels: np.ndarray, mip: int, band_rows: int = 64) -> np.ndarray:
-    """Level `mip` of `pixels`: each texel the mean of its 2^mip x 2^mip level-0 block, rounded once."""
-    factor = 1 << mip
-    height, width, channels = pixels.shape
-    out = np.empty((height >> mip, width >> mip, channels), pixels.dtype)
-    scale = 1.0 if pixels.dtype == np.float32 else float(np.iinfo(pixels.dtype).max)
-    for top in range(0, out.shape[0], band_rows):
-        rows = min(band_rows, out.shape[0] - top)
-        band = pixels[top * factor:(top + rows) * factor, : out.shape[1] * factor]
-        mean = band.reshape(rows, factor, out.shape[1], factor, channels).mean(axis=(1, 3), dtype=np.float64)
-        out[top:top + rows] = mean if pixels.dtype == np.float32 else encode(mean / scale, pixels.dtype)
-    return out
+        self._all = self._all[:1]

@@ -1,21 +1,21 @@
 """`Slide`: a whole-slide image (a pyramidal tiled TIFF, or an array of any size) sampled through GPU tiles
 as if it were one glmip pyramid: samples, tokens and renders, relevance over the slide and a token budget.
 
-Each request is split by the stored level it reads (the finest stored level at or below the request's level,
-so a coarse token never needs level-0 pixels) and by the tile whose interior holds it; each tile is uploaded
-once per call as an ordinary `Pyramid` (`box`) whose lower levels the GPU builds, and kept in a byte-bounded
-LRU. Host memory is bounded by the file-tile cache, GL memory by the pyramid cache; neither grows with the
-slide.
+Every mip level of the slide is tiled on its own (`glmip.slides.tiles`): each sample or token pixel is split
+into the level taps GL's filter makes (trilinear: the two levels around its lod, blended on the host), and
+each tap is read from the tile of its level whose interior holds it; each tile is uploaded once as an
+ordinary `Pyramid` whose level 0 alone is read, and kept in a byte-bounded LRU. Host memory is bounded by
+the file-tile cache, GL memory by the pyramid cache; neither grows with the slide.
 
 Convention: positions in level-0 pixels ((0, 0) the slide's top-left corner) or uv in [0, 1]^2 over level 0,
-texel centres at (i + 0.5) / width, as `Pyramid`; level L covers 2^L x 2^L level-0 pixels a texel, the box
-mean of them (equal to an untiled `box` pyramid where the image's size is a multiple of 2^L). Stored file
-levels are used as they are.
+texel centres at (i + 0.5) / width, as `Pyramid`. An array's levels are `Pyramid`'s `box` levels
+(`glmip.slides.levels`: max(1, floor(size / 2^L)) texels, each the exact area mean of the level-0 pixels it
+covers, odd sizes included), so a slide of an array equals `ctx.pyramid(array, method="box")` at every size.
+A file's stored levels are used as they are; a level between two stored ones is the area mean of the finer.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +28,7 @@ from ..pyramid import Pyramid
 from ..reference import bilinear, encode, lod_from_gradients
 from ..relevance import gaze, saliency
 from ..sampling import Filter, as_float_array, parse_enum
+from .levels import area_mean_of
 from .reader import DEFAULT_CACHE_BYTES, ArrayReader, Level, TiffReader
 from .tiles import DEFAULT_GL_CACHE_BYTES, PyramidCache, TileGrid, TileSpec
 
@@ -39,6 +40,7 @@ __all__ = ["Slide", "otsu_threshold", "tissue_mask"]
 DEFAULT_TILE = 2048
 MAX_RELEVANCE_CELLS = 1 << 23  # a relevance-pyramid base grid of at most 8M cells (128 MiB on the GPU)
 AUTO_RELEVANCE_CELLS = 1 << 21
+TOKEN_POINTS = 1 << 20  # token samples gathered per pass (bounds the host arrays of `tokens`)
 _SLIDE_FILTERS = (Filter.NEAREST, Filter.BILINEAR, Filter.TRILINEAR, Filter.ANISOTROPIC)
 
 
@@ -113,6 +115,7 @@ class Slide:
         self.context = context
         self.tile = tile
         self.reader = reader
+        self._sizes = self._level_sizes()
         self._closed = False
 
     # -- geometry -----------------------------------------------------------------------
@@ -140,27 +143,23 @@ class Slide:
     @property
     def levels(self) -> int:
         """Mip levels of the slide as one pyramid: down to 1x1, as `Pyramid.levels`."""
-        return max(self.width, self.height).bit_length()
+        return len(self._sizes)
 
-    def _mips(self) -> np.ndarray:
-        return np.array([lv.mip for lv in self.reader.levels], np.int64)
+    def level_size(self, level: int) -> tuple[int, int]:
+        """(width, height) of mip level `level`: for an array `Pyramid`'s max(1, floor(size / 2^level)); for a
+        file its stored levels as stored and the levels between as floor(stored size / 2^k)."""
+        return self._sizes[level]
 
-    def _gap(self, source: int) -> int:
-        mips = self._mips()
-        return int(mips[source + 1] - mips[source]) if source + 1 < len(mips) else self.levels
-
-    def source_for(self, level: Any) -> np.ndarray:
-        """The stored level that serves each (fractional) level: the finest one at or below floor(level)."""
-        floor = np.floor(np.asarray(level, np.float64))
-        return np.clip(np.searchsorted(self._mips(), floor, side="right") - 1, 0, None)
-
-    def grid(self, source: int, reach: int) -> TileGrid:
-        """The GPU tiles of stored level `source` for reads reaching `reach` sample spacings; the coarsest
-        stored level is one tile (it fits the texture limit, checked on opening)."""
-        lv = self.reader.levels[source]
-        limit = self.context.max_texture_size
-        tile = limit if source == len(self.reader.levels) - 1 else self.tile
-        return TileGrid.make(source, lv.width, lv.height, tile, self._gap(source), reach, limit)
+    def _level_sizes(self) -> list[tuple[int, int]]:
+        if isinstance(self.reader, ArrayReader):
+            return self.reader.mip_sizes
+        stored = self.reader.levels
+        sizes = []
+        for level in range(stored[-1].mip + max(stored[-1].width, stored[-1].height).bit_length()):
+            source = [lv for lv in stored if lv.mip <= level][-1]
+            shift = level - source.mip
+            sizes.append((max(1, source.width >> shift), max(1, source.height >> shift)))
+        return sizes
 
     def read(self, level: int, box: tuple[int, int, int, int] | None = None) -> np.ndarray:
         """Pixels of stored level `level` (an index into `stored_levels`) in `box` = (x0, y0, x1, y1) of that
@@ -178,41 +177,94 @@ class Slide:
             raise ValueError(f"box {box} is not inside stored level {level} ({lv.width}x{lv.height})")
         return self.reader.read(int(level), int(x0), int(y0), int(x1 - x0), int(y1 - y0))
 
-    # -- tiles --------------------------------------------------------------------------
-    def _build(self, spec: TileSpec) -> Pyramid:
-        pixels = self.reader.read(spec.source, spec.x0, spec.y0, spec.x1 - spec.x0, spec.y1 - spec.y0)
-        return Pyramid.of(self.context, np.ascontiguousarray(pixels), method="box")
+    # -- levels and tiles ---------------------------------------------------------------
+    def _level_pixels(self, level: int, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+        """Pixels [x0, x1) x [y0, y1) of mip level `level`, (h, w, C) in the slide's dtype: an array's exact level
+        (`glmip.slides.levels`), a file's stored level, or the area mean of the finest stored level above it."""
+        if isinstance(self.reader, ArrayReader):
+            return self.reader.read_mip(level, x0, y0, x1 - x0, y1 - y0)
+        stored = self.reader.levels
+        index = max(k for k, lv in enumerate(stored) if lv.mip <= level)
+        source = stored[index]
+        if source.mip == level:
+            return self.reader.read(index, x0, y0, x1 - x0, y1 - y0)
+        values = area_mean_of(lambda x, y, xe, ye: self.reader.read(index, x, y, xe - x, ye - y),
+                              (source.width, source.height), self._sizes[level], (x0, y0, x1, y1))
+        return encode(values, self.dtype)
 
-    def _per_tile(self, x: np.ndarray, y: np.ndarray, level: np.ndarray, reach: int,
-                  work: Callable[[Pyramid, np.ndarray, TileSpec, int], None], progress: str | None) -> None:
-        """Call `work(pyramid, indices, spec, mip)` once per tile for the items (level-0 positions `x`, `y`
-        at `level`) that tile serves: their stored level, then the tile whose interior holds them."""
-        sources = self.source_for(level)
-        mips = self._mips()
-        groups: list[tuple[int, int, np.ndarray]] = []
-        for source in np.unique(sources):
-            members = np.nonzero(sources == source)[0]
-            grid = self.grid(int(source), reach)
-            scale = float(2 ** mips[source])
-            where = grid.locate(x[members] / scale, y[members] / scale)
+    def _grid(self, level: int) -> TileGrid:
+        width, height = self._sizes[level]
+        return TileGrid.make(level, width, height, self.tile, self.context.max_texture_size)
+
+    def _build(self, spec: TileSpec) -> Pyramid:
+        pixels = self._level_pixels(spec.level, spec.x0, spec.y0, spec.x1, spec.y1)
+        return Pyramid.of(self.context, np.ascontiguousarray(pixels), method="hardware")  # only its level 0 is read
+
+    def _read(self, level: np.ndarray, uv: np.ndarray, nearest: bool, progress: str | None) -> np.ndarray:
+        """One tap per point: (N, C) float64, the bilinear (or `nearest`) value of mip `level` (N,) at `uv` (N, 2),
+        read from the tile of that level whose interior holds the point; one dispatch per tile."""
+        out = np.empty((len(uv), self.channels))
+        groups = []
+        for mip in np.unique(level):
+            members = np.nonzero(level == mip)[0]
+            width, height = self._sizes[int(mip)]
+            x, y = uv[members, 0] * width, uv[members, 1] * height
+            grid = self._grid(int(mip))
+            where = grid.locate(x, y)
             order = np.argsort(where, kind="stable")
-            cuts = np.flatnonzero(np.diff(where[order])) + 1
-            for chunk in np.split(order, cuts):
-                groups.append((int(source), int(where[chunk[0]]), members[chunk]))
+            for chunk in np.split(order, np.flatnonzero(np.diff(where[order])) + 1):
+                groups.append((grid.spec(int(where[chunk[0]])), members[chunk], x[chunk], y[chunk]))
         bar = None
         if progress:
             from tqdm import tqdm
 
             bar = tqdm(total=len(groups), desc=progress, unit="tile", leave=False)
         try:
-            for source, index, members in groups:
-                spec = self.grid(source, reach).spec(index)
-                work(self._pyramids.get(spec, self._build), members, spec, int(mips[source]))
+            for spec, members, x, y in groups:
+                pyramid = self._pyramids.get(spec, self._build)
+                local = np.stack([(x - spec.x0) / (spec.x1 - spec.x0), (y - spec.y0) / (spec.y1 - spec.y0)], axis=1)
+                out[members] = (pyramid.sample(local, 0.0, filter="nearest") if nearest
+                                else pyramid.sample(local, filter="bilinear"))
                 if bar is not None:
                     bar.update()
         finally:
             if bar is not None:
                 bar.close()
+        return out
+
+    def _trilinear(self, uv: np.ndarray, lod: np.ndarray, progress: str | None) -> np.ndarray:
+        """GL's LINEAR_MIPMAP_LINEAR at `lod` (N,): lod <= 0 is level 0 bilinear, past the last level the last,
+        else the two levels around lod, each tapped bilinearly in its own texels, blended; (N, C) float64."""
+        lod = np.clip(lod, 0.0, self.levels - 1)
+        lower = np.floor(lod).astype(np.int64)
+        fraction = (lod - lower)[:, None]
+        upper = np.nonzero(fraction[:, 0] > 0)[0]
+        values = self._read(np.concatenate([lower, lower[upper] + 1]), np.concatenate([uv, uv[upper]]), False,
+                            progress)
+        out = values[:len(uv)]
+        out[upper] = (1 - fraction[upper]) * out[upper] + fraction[upper] * values[len(uv):]
+        return out
+
+    def _footprint(self, uv: np.ndarray, grad: np.ndarray, anisotropy: float, lod_bias: float,
+                   progress: str | None) -> np.ndarray:
+        """The shader's footprint assembly (`glmip.reference.footprint_assembly`, shaders/footprint.glsl):
+        N = min(ceil(P_max / P_min - 1e-3), anisotropy) trilinear taps along the major axis at
+        log2(P_max / N) + lod_bias, averaged; (N, C) float64."""
+        scale = np.array([self.width, self.height], np.float64)
+        len_x = np.linalg.norm(grad[:, 0] * scale, axis=1)
+        len_y = np.linalg.norm(grad[:, 1] * scale, axis=1)
+        major = np.where((len_x >= len_y)[:, None], grad[:, 0], grad[:, 1])
+        p_max, p_min = np.maximum(len_x, len_y), np.minimum(len_x, len_y)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            taps = np.where(p_min > 0, np.minimum(np.ceil(p_max / p_min - 1e-3), anisotropy),
+                            np.where(p_max > 0, anisotropy, 1.0))
+        taps = np.maximum(taps, 1.0).astype(np.int64)
+        lod = np.log2(np.maximum(p_max / taps, 1e-30)) + lod_bias
+        point = np.repeat(np.arange(len(uv)), taps)
+        first = np.cumsum(taps) - taps
+        t = (np.arange(len(point)) - first[point] + 0.5) / taps[point] - 0.5
+        values = self._trilinear(uv[point] + major[point] * t[:, None], lod[point], progress)
+        return np.add.reduceat(values, first, axis=0) / taps[:, None]
 
     # -- sampling -----------------------------------------------------------------------
     def sample(self, uv: Any, lod: Any = None, *, filter: str = "trilinear", grad: Any = None,
@@ -221,8 +273,13 @@ class Slide:
         """N points as `Pyramid.sample` would give them from the slide as one pyramid: (N, C) float32.
 
         uv: (N, 2) over level 0; lod: scalar or (N,), or grad: (N, 2, 2) d(uv)/dx, d(uv)/dy. Filters:
-        "nearest", "bilinear", "trilinear", "anisotropic" (the shader's footprint assembly: its reach is
-        bounded, so the halo covers it; "anisotropic_hw" is vendor-defined and refused). wrap: "clamp".
+        "nearest", "bilinear", "trilinear", "anisotropic" (the shader's footprint assembly, tap by tap;
+        "anisotropic_hw" is vendor-defined and refused). wrap: "clamp".
+
+        Every tap reads one level (bilinear or nearest) from the tile of that level that holds it; trilinear
+        blends the two levels around lod on the host, so tiles of any size equal one untiled pyramid (within
+        the texture unit's 8-bit sub-texel weights). With `grad`, trilinear takes GL's exact level
+        (`reference.lod_from_gradients`), where a texture unit's textureGrad may approximate log2.
         """
         self._check_open()
         mode = parse_enum(Filter, filter, "filter")
@@ -235,7 +292,6 @@ class Slide:
             raise ValueError(f"lod_bias must be finite, got {lod_bias}")
         points = as_float_array(uv, "uv", (2,))
         n = points.shape[0]
-        size = np.array([self.width, self.height], np.float64)
         gradients = None
         if grad is not None:
             if lod is not None:
@@ -243,7 +299,7 @@ class Slide:
             gradients = as_float_array(grad, "grad", (2, 2))
             if gradients.shape[0] != n:
                 raise ValueError(f"grad must have one (2, 2) gradient per point ({n}), got {gradients.shape[0]}")
-            levels = self._grad_level(gradients, mode, float(anisotropy)) + lod_bias
+            levels = np.zeros(n)  # taken from the gradients below
         elif mode is Filter.BILINEAR:
             if lod is not None or lod_bias != 0.0:
                 raise ValueError("filter 'bilinear' samples level 0 only; use 'trilinear' with lod or grad")
@@ -257,47 +313,29 @@ class Slide:
                 raise ValueError(f"lod must be a finite scalar or have one value per point ({n}), got shape "
                                  f"{np.shape(lod)}")
             levels = levels + lod_bias
-        result = np.empty((n, self.channels), np.float32)
-        reach = int(np.ceil(anisotropy)) + 2 if mode is Filter.ANISOTROPIC else 2
-        x, y = points[:, 0] * size[0], points[:, 1] * size[1]
-
-        def work(pyramid: Pyramid, members: np.ndarray, spec: TileSpec, mip: int) -> None:
-            scale = 2.0 ** mip
-            local = np.stack([(x[members] / scale - spec.x0) / pyramid.width,
-                              (y[members] / scale - spec.y0) / pyramid.height], axis=1)
-            if gradients is not None:
-                factor = np.array([self.width / scale / pyramid.width, self.height / scale / pyramid.height])
-                local_grad = gradients[members] * factor[None, None, :]
-                result[members] = pyramid.sample(local, grad=local_grad, filter=mode.value, anisotropy=anisotropy,
-                                                 lod_bias=lod_bias)
-            elif mode is Filter.BILINEAR:
-                result[members] = pyramid.sample(local, filter="bilinear")
+        if n == 0:
+            return np.empty((0, self.channels), np.float32)
+        points = points.astype(np.float32).astype(np.float64)  # the GPU's float32 positions, as `Pyramid.sample`
+        if gradients is not None:
+            gradients = gradients.astype(np.float32).astype(np.float64)
+            if mode is Filter.ANISOTROPIC:
+                values = self._footprint(points, gradients, float(anisotropy), lod_bias, progress)
             else:
-                result[members] = pyramid.sample(local, np.asarray(levels[members] - mip, np.float32),
-                                                 filter=mode.value)
-
-        if n:
-            self._per_tile(x, y, np.asarray(levels), reach, work, progress)
-        return result
-
-    def _grad_level(self, grad: np.ndarray, mode: Filter, anisotropy: float) -> np.ndarray:
-        """The level the shader reads for each gradient (trilinear: GL's; anisotropic: log2(P_max / N))."""
-        size = (self.width, self.height)
-        if mode is not Filter.ANISOTROPIC:
-            return lod_from_gradients(grad.astype(np.float64), size)
-        scale = np.array(size, np.float64)
-        len_x = np.linalg.norm(grad[:, 0] * scale, axis=1)
-        len_y = np.linalg.norm(grad[:, 1] * scale, axis=1)
-        p_max, p_min = np.maximum(len_x, len_y), np.minimum(len_x, len_y)
-        with np.errstate(divide="ignore", invalid="ignore"):  # footprint.glsl's tap count, to the letter
-            taps = np.where(p_min > 0, np.minimum(np.ceil(p_max / p_min - 1e-3), anisotropy),
-                            np.where(p_max > 0, anisotropy, 1.0))
-        return np.log2(np.maximum(p_max / np.maximum(taps, 1.0), 1e-30))
+                lods = lod_from_gradients(gradients, (self.width, self.height)) + lod_bias
+                values = self._trilinear(points, lods, progress)
+        elif mode is Filter.NEAREST:
+            lods = levels.astype(np.float32).astype(np.float64)
+            index = np.clip(np.where(lods > 0.5, np.ceil(lods + 0.5) - 1, 0), 0, self.levels - 1).astype(np.int64)
+            values = self._read(index, points, True, progress)  # GL's NEAREST_MIPMAP_NEAREST level, nearest texel
+        else:
+            values = self._trilinear(points, levels.astype(np.float32).astype(np.float64), progress)
+        return values.astype(np.float32)
 
     def tokens(self, layout: Any, patch: int | None = None, filter: str = "trilinear", lod_bias: float = 0.0,
                out: Any = None, progress: str | None = None) -> Any:
         """Every token of `layout` as `Pyramid.tokens` gives it from the slide as one pyramid: torch
-        (N, C, patch, patch) float32, one dispatch per tile, each tile uploaded once per call."""
+        (N, C, patch, patch) float32. Each token is its patch x patch grid of samples (tokens.comp's
+        positions), read through the slide's levels like `sample`, `TOKEN_POINTS` samples at a time."""
         import torch
 
         self._check_open()
@@ -319,16 +357,24 @@ class Slide:
         if n == 0:
             return result
 
-        def work(pyramid: Pyramid, members: np.ndarray, spec: TileSpec, mip: int) -> None:
-            scale = 2.0 ** mip
-            local = TokenLayout(cx=cx[members] / scale - spec.x0, cy=cy[members] / scale - spec.y0,
-                                size=size[members] / scale, level=level[members] + lod_bias - mip, patch=patch,
-                                image_size=(pyramid.width, pyramid.height))
-            values = pyramid.tokens(local, patch, mode.value)
-            result[torch.from_numpy(members)] = values.to(result.device)
-
-        reach = patch + (int(np.ceil(self.context.gl.max_anisotropy)) if mode is Filter.ANISOTROPIC else 0)
-        self._per_tile(cx, cy, level + lod_bias, reach, work, progress)
+        offsets = (np.arange(patch) + 0.5) / patch - 0.5
+        grid_x, grid_y = (g.ravel() for g in np.meshgrid(offsets, offsets))  # row-major: y down the rows
+        chunk = max(1, TOKEN_POINTS // (patch * patch))
+        for first in range(0, n, chunk):
+            rows = slice(first, min(n, first + chunk))
+            side = size[rows, None]
+            uv = np.stack([((cx[rows, None] + grid_x * side) / self.width).ravel(),
+                           ((cy[rows, None] + grid_y * side) / self.height).ravel()], axis=1)
+            uv = uv.astype(np.float32).astype(np.float64)
+            if mode is Filter.ANISOTROPIC:  # tokens.comp: the grid spacing as the footprint (one tap when square)
+                step = np.repeat(size[rows] / patch, patch * patch)
+                grad = np.zeros((len(uv), 2, 2))
+                grad[:, 0, 0], grad[:, 1, 1] = step / self.width, step / self.height
+                values = self._footprint(uv, grad, float(self.context.gl.max_anisotropy), lod_bias, progress)
+            else:
+                values = self._trilinear(uv, np.repeat(level[rows] + lod_bias, patch * patch), progress)
+            block = values.astype(np.float32).reshape(-1, patch, patch, self.channels).transpose(0, 3, 1, 2)
+            result[first:first + block.shape[0]] = torch.from_numpy(np.ascontiguousarray(block)).to(result.device)
         return result
 
     def render(self, lod_map: Any = None, *, relevance: Any = None, size: tuple[int, int] | None = None,

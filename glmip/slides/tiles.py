@@ -1,13 +1,11 @@
 """GPU tiles of a slide level: a grid of interiors, each uploaded with a halo as an ordinary glmip `Pyramid`,
 and an LRU of those pyramids bounded in bytes.
 
-Why halos make tiling seamless: a sample or token is served by the one tile whose interior holds its centre;
-its reads reach at most `reach / 2` sample spacings (2^l level pixels at tile-local level l) past the centre
-plus one texel of the coarser of the two levels trilinear blends (and one more for slack). Tiles start and
-end on multiples of 2^gap
-level pixels (gap = the mips to the next stored level, the most a tile is asked to descend), so every
-tile-local level's texels are the same 2^l x 2^l blocks as in one big pyramid, and a halo of
-(reach // 2 + 2) * 2^gap pixels keeps every read inside real pixels.
+A slide keeps every level (see `glmip.slides.levels`) and tiles each one on its own: a sample reads a level
+with one bilinear (or nearest) tap, so it reaches at most one texel past the texel holding it; a halo of
+`HALO` texels keeps every read of a point in a tile's interior on real pixels of that level, and the tile's
+clamp-to-edge border is the level's own where the tile meets the level's edge. Only each tile pyramid's
+level 0 is read, so any size tiles exactly, odd and 1 x N included.
 
 Convention: positions in the level's own pixels, (0, 0) its top-left corner; tile (column, row) has interior
 [column * interior, (column + 1) * interior) x [row * interior, ...) and data [x0, x1) x [y0, y1), the
@@ -26,16 +24,17 @@ import numpy as np
 if TYPE_CHECKING:
     from ..pyramid import Pyramid
 
-__all__ = ["TileSpec", "TileGrid", "PyramidCache"]
+__all__ = ["HALO", "TileSpec", "TileGrid", "PyramidCache"]
 
 DEFAULT_GL_CACHE_BYTES = 256 << 20
+HALO = 2  # texels: a bilinear tap reads one past its texel; one more for float rounding of the position
 
 
 @dataclass(frozen=True)
 class TileSpec:
-    """One GPU tile: its stored level (index), grid position, and the level pixels it holds (halo included)."""
+    """One GPU tile: its slide level, grid position, and the level pixels it holds (halo included)."""
 
-    source: int
+    level: int
     column: int
     row: int
     x0: int
@@ -46,29 +45,25 @@ class TileSpec:
 
 @dataclass(frozen=True)
 class TileGrid:
-    """The tiles of one stored level of `width` x `height` pixels: interiors of `interior` pixels and a
+    """The tiles of one slide level of `width` x `height` pixels: interiors of `interior` pixels and a
     `halo`; one tile (no halo) when the level fits `interior` on both axes."""
 
-    source: int
+    level: int
     width: int
     height: int
     interior: int
     halo: int
 
     @staticmethod
-    def make(source: int, width: int, height: int, tile: int, gap: int, reach: int, max_texture: int) -> TileGrid:
-        """The grid for `tile`-pixel interiors on a level `gap` mips above the next stored one, for reads
-        reaching `reach` sample spacings across (a token's patch, an anisotropic footprint's taps).
-        Raises ValueError where one tile with its halo would exceed `max_texture`."""
+    def make(level: int, width: int, height: int, tile: int, max_texture: int) -> TileGrid:
+        """The grid for `tile`-pixel interiors with a `HALO`-texel halo. Raises ValueError where one tile with
+        its halo would exceed `max_texture`."""
         if width <= tile and height <= tile:
-            return TileGrid(source, width, height, max(width, height), 0)
-        align = 1 << gap
-        interior = max(align, tile // align * align)
-        halo = (reach // 2 + 2) * align
-        if interior + 2 * halo > max_texture:
-            raise ValueError(f"a {interior}-pixel tile with its {halo}-pixel halo (reach {reach} at {gap} mips) "
-                             f"exceeds the device's texture limit {max_texture}; use a smaller tile or patch")
-        return TileGrid(source, width, height, interior, halo)
+            return TileGrid(level, width, height, max(width, height), 0)
+        if tile + 2 * HALO > max_texture:
+            raise ValueError(f"a {tile}-pixel tile with its {HALO}-pixel halo exceeds the device's texture limit "
+                             f"{max_texture}; use a smaller tile")
+        return TileGrid(level, width, height, tile, HALO)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -89,7 +84,7 @@ class TileGrid:
         y0 = max(0, row * self.interior - self.halo)
         x1 = min(self.width, (column + 1) * self.interior + self.halo)
         y1 = min(self.height, (row + 1) * self.interior + self.halo)
-        return TileSpec(self.source, column, row, x0, y0, x1, y1)
+        return TileSpec(self.level, column, row, x0, y0, x1, y1)
 
 
 class PyramidCache:
