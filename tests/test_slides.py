@@ -254,8 +254,8 @@ def test_cli_slide_commands(small_slide, tmp_path, capsys):
     assert main(["slide", "tokens", str(small_slide.path), "--budget", "64", "--region", "1024", "--save-tokens",
                  str(saved), "-o", str(tmp_path / "layout.png")]) == 0
     assert "tokens (budget 64)" in capsys.readouterr().out
-    data = torch.load(saved)
-    assert data["tokens"].shape[1:] == (3, 16, 16) and data["region"].max() < 16
+    batch = glmip.TokenBatch.load(saved)
+    assert batch.tokens.shape[1:] == (3, 16, 16) and batch.extra["region"].max() < 16
     x0, y0, x1, y1 = small_slide.tissue[0]
     assert main(["slide", "render", str(small_slide.path), "--region", f"{x0},{y0},{x1},{y1}", "--size", "128x96",
                  "-o", str(tmp_path / "r.png")]) == 0
