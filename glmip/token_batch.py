@@ -247,6 +247,8 @@ class TokenBatch:
         target = _file_path(path)
         if not target.parent.is_dir():
             raise ValueError(f"cannot write {str(target)!r}: the folder {str(target.parent)!r} does not exist")
+        if target.is_dir():
+            raise ValueError(f"cannot write {str(target)!r}: it is a folder; give a file path")
         layouts = [{**{name: torch.from_numpy(np.ascontiguousarray(getattr(layout, name))) for name in _LAYOUT_ARRAYS},
                     "relevant": None if layout.relevant is None else torch.from_numpy(np.asarray(layout.relevant)),
                     "image_size": [int(v) for v in layout.image_size], "patch": int(layout.patch)}
@@ -255,8 +257,8 @@ class TokenBatch:
                  "layouts": layouts, "extra": {name: t.detach().cpu() for name, t in self.extra.items()}}
         try:
             torch.save(state, target)
-        except OSError as error:
-            raise ValueError(f"cannot write {str(target)!r}: {error.strerror or error}") from None
+        except (OSError, RuntimeError) as error:  # torch's zip writer reports its failures as RuntimeError
+            raise ValueError(f"cannot write {str(target)!r}: {getattr(error, 'strerror', None) or error}") from None
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], device: torch.device | str = "cpu") -> TokenBatch:

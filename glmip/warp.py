@@ -35,7 +35,7 @@ import numpy as np
 
 from .bridge import texture_to_tensor
 from .gl.programs import WRAP_MODES
-from .limits import MAX_OUTPUT_PIXELS, check_pixels, finite_float
+from .limits import MAX_LEVEL, MAX_OUTPUT_PIXELS, check_pixels, finite_float
 from .sampling import SAMPLER_FILTERS, Filter, parse_enum
 
 if TYPE_CHECKING:
@@ -239,9 +239,7 @@ def warp(pyramid: Pyramid | Sequence[Pyramid], matrix: Any, size: tuple[int, int
     if (isinstance(anisotropy, bool) or not isinstance(anisotropy, (int, float, np.integer, np.floating))
             or not 1.0 <= float(anisotropy) <= max_aniso):
         raise ValueError(f"anisotropy must be within 1..{max_aniso:g} on this device, got {anisotropy!r}")
-    if isinstance(lod_bias, bool) or not isinstance(lod_bias, (int, float, np.integer, np.floating)) \
-            or not math.isfinite(lod_bias):
-        raise ValueError(f"lod_bias must be a finite number, got {lod_bias!r}")
+    lod_bias = finite_float(lod_bias, "lod_bias", -MAX_LEVEL, MAX_LEVEL)
     if mode is Filter.BILINEAR and lod_bias != 0.0:
         raise ValueError("filter 'bilinear' samples level 0 only; lod_bias needs 'trilinear' or an anisotropic filter")
     n_images, n_matrices = len(pyramids), homographies.shape[0]

@@ -19,6 +19,8 @@ DEFAULT_REGION = 4096
 
 def region_ids(layout: Any, region: int = DEFAULT_REGION) -> np.ndarray:
     """(N,) int64 region id of each token of `layout` (a `TokenLayout`) on the `region`-pixel grid."""
+    if not all(hasattr(layout, name) for name in ("cx", "cy", "image_size")):
+        raise TypeError(f"layout must be a glmip.TokenLayout, got {type(layout).__name__}")
     if not isinstance(region, (int, np.integer)) or isinstance(region, bool) or region < 1:
         raise ValueError(f"region must be a positive int (level-0 pixels a side), got {region!r}")
     width, height = layout.image_size
@@ -37,6 +39,8 @@ def group_by_region(layout: Any, tokens: Any, region: int = DEFAULT_REGION) -> t
     layout order. `tokens` is a torch tensor (as `Slide.tokens` gives) or a numpy array.
     """
     ids = region_ids(layout, region)
+    if not hasattr(tokens, "shape") or not hasattr(tokens, "__getitem__") or len(tokens.shape) == 0:
+        raise TypeError(f"tokens must be a torch tensor or numpy array (N, ...), got {type(tokens).__name__}")
     if len(ids) != tokens.shape[0]:
         raise ValueError(f"the layout has {len(ids)} tokens but tokens has {tokens.shape[0]}")
     unique, inverse, counts = np.unique(ids, return_inverse=True, return_counts=True)

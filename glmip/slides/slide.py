@@ -23,7 +23,7 @@ import numpy as np
 
 from ..allocate import ClassBudgets, TokenLayout, allocate
 from ..errors import ClosedError
-from ..limits import MAX_LEVEL, finite_float, non_negative_int
+from ..limits import MAX_LEVEL, MAX_PATCH, finite_float, non_negative_int
 from ..maps import as_lod_map, as_relevance
 from ..maps import lod_map as make_lod_map
 from ..pyramid import Pyramid
@@ -341,6 +341,9 @@ class Slide:
                              f"slide is {self.width}x{self.height}; allocate with Slide.allocate (or "
                              f"image_size=(width, height) of the slide)")
         patch = _positive_int(layout.patch if patch is None else patch, "patch")
+        if patch > MAX_PATCH:
+            raise ValueError(f"patch {patch} is over the limit of {MAX_PATCH} samples a side; raise "
+                             f"glmip.limits.MAX_PATCH to go past it")
         lod_bias = finite_float(lod_bias, "lod_bias", -MAX_LEVEL, MAX_LEVEL)
         arrays = [np.asarray(getattr(layout, name)) for name in names[:4]]
         if any(a.dtype.kind not in "fiu" for a in arrays):
@@ -468,8 +471,10 @@ class Slide:
             min_level = 0
             while cells(min_level) > AUTO_RELEVANCE_CELLS:
                 min_level += 1
-        elif not isinstance(min_level, (int, np.integer)) or isinstance(min_level, bool) or min_level < 0:
-            raise ValueError(f"min_level must be a non-negative int, got {min_level!r}")
+        elif (not isinstance(min_level, (int, np.integer)) or isinstance(min_level, bool)
+              or not 0 <= min_level < self.levels):
+            raise ValueError(f"min_level must be an int in 0..{self.levels - 1} (this slide's levels), got "
+                             f"{min_level!r}")
         elif cells(min_level) > MAX_RELEVANCE_CELLS:
             finest = next(k for k in range(64) if cells(k) <= MAX_RELEVANCE_CELLS)
             raise ValueError(f"min_level {min_level} needs a relevance grid of {cells(min_level)} cells over this "
