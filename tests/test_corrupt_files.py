@@ -109,3 +109,82 @@ def test_a_corrupt_slide_tile_is_a_corrupt_file_error(tmp_path):
                 as caught:
             slide.read(0, (64, 0, 128, 64))
         assert isinstance(caught.value, SlideReadError) and caught.value.member.startswith("tile (column 1")
+
+
+def tiled_tiff(path) -> bytes:
+    tifffile = pytest.importorskip("tifffile")
+    rng = np.random.default_rng(1)
+    tifffile.imwrite(path, rng.integers(0, 255, (256, 256, 3), dtype=np.uint8), tile=(64, 64), compression="zlib",
+                     photometric="rgb")
+    return path.read_bytes()
+
+
+SLIDE_CORRUPTIONS = {
+    "empty": (lambda data: b"", "header", "not a slide tiffslide can open"),
+    "cut inside the header": (lambda data: data[:6], "header", "not a slide tiffslide can open"),
+    "another format": (lambda data: open(glmip.DEFAULT_IMAGE, "rb").read(), "header", "not a TIFF"),
+    "truncated tiles": (lambda data: data[:len(data) // 2], r"tile \(column \d, row \d\) of level 0",
+                        "truncated|is corrupt"),
+}
+
+
+@pytest.mark.parametrize("kind", list(SLIDE_CORRUPTIONS))
+def test_each_corruption_of_a_slide_is_named(ctx, tmp_path, kind):
+    from glmip.slides import SlideReadError
+
+    path = tmp_path / "slide.tif"
+    corrupt, member, reason = SLIDE_CORRUPTIONS[kind]
+    path.write_bytes(corrupt(tiled_tiff(path)))
+    with pytest.raises(SlideReadError, match=f"{re.escape(str(path))}: {member}.*: .*({reason})") as caught:
+        with ctx.slide(path, tile=64) as slide:
+            slide.read(0)
+    assert isinstance(caught.value, CorruptFileError) and caught.value.path == str(path)
+
+
+def test_a_slide_cut_inside_a_tile_says_truncated(ctx, tmp_path):
+    from glmip.slides import SlideReadError
+
+    path = tmp_path / "slide.tif"
+    data = tiled_tiff(path)
+    tifffile = pytest.importorskip("tifffile")
+    with tifffile.TiffFile(path) as tif:
+        offsets, counts = tif.pages[0].dataoffsets, tif.pages[0].databytecounts
+    last = int(np.argmax(offsets))
+    path.write_bytes(data[:offsets[last] + counts[last] // 2])  # the last tile's bytes end halfway
+    with ctx.slide(path, tile=64) as slide:
+        with pytest.raises(SlideReadError, match=r"tile \(column 3, row 3\) of level 0 .*: the file ends \d+ bytes "
+                                                 r"before this tile's end \(truncated\)"):
+            slide.read(0)
+
+
+IMAGE_CORRUPTIONS = {
+    "empty": (lambda data: b"", "header", "not a format Pillow reads"),
+    "not an image": (lambda data: b"hello" * 100, "header", "not a format Pillow reads"),
+    "truncated": (lambda data: data[:len(data) // 3], "image data", "truncated or damaged"),
+}
+
+
+@pytest.mark.parametrize("kind", list(IMAGE_CORRUPTIONS))
+def test_each_corruption_of_an_image_is_named(tmp_path, kind):
+    from glmip.image import read_image_file
+
+    path = tmp_path / "picture.png"
+    corrupt, member, reason = IMAGE_CORRUPTIONS[kind]
+    path.write_bytes(corrupt(glmip.DEFAULT_IMAGE.read_bytes()))
+    with pytest.raises(CorruptFileError, match=f"{re.escape(str(path))}: {member}: .*{reason}"):
+        read_image_file(path)
+
+
+def test_a_damaged_16_bit_png_chunk_is_named(tmp_path):
+    png = pytest.importorskip("png")
+    from glmip.image import read_image_file
+
+    path = tmp_path / "deep.png"
+    with open(path, "wb") as file:
+        png.Writer(8, 8, greyscale=False, bitdepth=16).write(file, np.zeros((8, 24), np.uint16).tolist())
+    data = bytearray(path.read_bytes())
+    start = data.index(b"IDAT") + 4
+    data[start:start + 8] = b"\x00" * 8  # the compressed pixels, their CRC now wrong
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptFileError, match=f"{re.escape(str(path))}: (PNG chunks|image data): "):
+        read_image_file(path)

@@ -29,8 +29,9 @@ SUPPORTED_DTYPES = ("uint8", "uint16", "float32")
 
 
 class SlideReadError(CorruptFileError):
-    """A file tile could not be read or decoded: a `glmip.errors.CorruptFileError` whose `member` names the
-    tile and level. Other tiles stay readable."""
+    """A slide file could not be read: a `glmip.errors.CorruptFileError` whose `member` is "header" (not a
+    TIFF tiffslide opens: empty, truncated before its directories, another format) or the tile and level
+    that is truncated or does not decode (the other tiles stay readable)."""
 
 
 @dataclass(frozen=True)
@@ -99,8 +100,9 @@ class TiffReader:
         try:
             self._slide = tiffslide.TiffSlide(path)
         except Exception as error:  # tiffslide/tifffile raise their own types for foreign formats
-            raise ValueError(f"{path.name} is not a slide tiffslide can open ({type(error).__name__}: {error}); "
-                             f"accepted: pyramidal tiled TIFF, OME-TIFF, SVS and the formats tiffslide reads") from None
+            raise SlideReadError(path, "header", f"not a slide tiffslide can open ({type(error).__name__}: "
+                                 f"{error}); accepted: pyramidal tiled TIFF, OME-TIFF, SVS and the formats tiffslide "
+                                 f"reads") from None
         try:
             self._open(path)
         except BaseException:
@@ -167,6 +169,9 @@ class TiffReader:
             handle = self._slide.ts_tifffile.filehandle
             handle.seek(offset)
             data = handle.read(count)
+        if len(data) < count:
+            raise SlideReadError(self.path, where, f"the file ends {count - len(data)} bytes before this tile's end "
+                                                   f"(truncated)")
         try:
             tile = page.decode(data, index, jpegtables=page.jpegtables)[0]
         except Exception as error:  # codecs raise their own error types
