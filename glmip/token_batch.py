@@ -183,12 +183,15 @@ class TokenBatch:
         # SDPA's nested kernels need contiguous values (a view of a fused qkv projection is not).
         return torch.nested.nested_tensor_from_jagged(packed.contiguous(), offsets=self.cu_seqlens.to(torch.int64))
 
-    def naflex(self, pad_to: int | None = None, channels_last: bool = True) -> dict[str, torch.Tensor]:
+    def naflex(self, pad_to: int | None = None, channels_last: bool = True, mean: Sequence[float] | None = None,
+               std: Sequence[float] | None = None) -> dict[str, torch.Tensor]:
         """The inputs timm's `NaFlexVit.forward(dict)` takes.
 
         `patches` (B, L, P*P*C) flattened as timm's `patchify_image`: (row, column, channel) with
         channel fastest when `channels_last` (NaFlex's default), else (channel, row, column);
         `patch_coord` (B, L, 2) int64 (row, column) on the level-0 patch grid; `patch_valid` (B, L) bool.
+        `mean`, `std` (one value per channel, e.g. the model's `pretrained_cfg` values) normalise the
+        patches as the pretrained weights expect: (token - mean) / std; None keeps the [0, 1] values.
 
         Convention:
             NaFlex positions are grid coordinates at one scale. A coarse token (level > 0) gets the
@@ -196,7 +199,15 @@ class TokenBatch:
             unless the model has a level embedding, and NaFlex sizes each image's position grid from
             its largest coordinate. Exact only for a uniform level-0 layout.
         """
-        tokens = self.tokens.permute(0, 2, 3, 1) if channels_last else self.tokens
+        tokens = self.tokens
+        if (mean is None) != (std is None):
+            raise ValueError("pass both mean and std (one value per channel), or neither")
+        if mean is not None:
+            shift, scale = (_per_channel(v, name, self.channels, tokens) for v, name in ((mean, "mean"), (std, "std")))
+            if not bool((scale > 0).all()):
+                raise ValueError(f"std must be positive per channel, got {list(std)!r}")  # type: ignore[arg-type]
+            tokens = (tokens - shift[None, :, None, None]) / scale[None, :, None, None]
+        tokens = tokens.permute(0, 2, 3, 1) if channels_last else tokens
         pixels = self.centres.double() * torch.tensor(self.image_sizes, dtype=torch.float64,
                                                      device=self.device)[self.batch_index()]
         coord = (pixels / self.patch).floor().long().flip(1)  # x, y -> row, column
@@ -357,6 +368,16 @@ def _check_image(index: int, tokens: Any, layout: Any, shape: tuple[int, int] | 
 def _per_token(layouts: Sequence[TokenLayout], name: str, device: torch.device) -> torch.Tensor:
     values = np.concatenate([np.asarray(getattr(layout, name), dtype=np.float64) for layout in layouts])
     return torch.from_numpy(values.astype(np.float32)).to(device)
+
+
+def _per_channel(values: Any, what: str, channels: int, like: torch.Tensor) -> torch.Tensor:
+    """`values` (C numbers) as a finite tensor of `like`'s dtype and device."""
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__len__") or len(values) != channels:
+        raise ValueError(f"{what} must hold one number per channel ({channels}), got {values!r}")
+    if not all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+               and np.isfinite(v) for v in values):
+        raise TypeError(f"{what} must hold finite numbers, got {values!r}")
+    return torch.tensor([float(v) for v in values], dtype=like.dtype, device=like.device)
 
 
 def _as_device(device: Any) -> torch.device:
