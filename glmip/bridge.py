@@ -238,6 +238,9 @@ def texture_to_tensor(context: GLContext, texture: moderngl.Texture, level: int 
     import moderngl
     import torch
 
+    if not isinstance(texture, moderngl.Texture):
+        raise TypeError(f"texture must be a moderngl.Texture of this context (for a glmip.Pyramid use "
+                        f"level_to_tensor), got {type(texture).__name__}")
     record = by_moderngl_dtype(texture.dtype)
     if record is None:
         accepted = ", ".join(f.moderngl for f in FORMATS.values())

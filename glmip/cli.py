@@ -18,7 +18,7 @@ from .errors import GlmipError
 from .gl.formats import unorm_scale
 from .image import as_image_array
 from .maps import as_relevance
-from .options import parse_pair, parse_range, parse_size
+from .options import parse_budget, parse_pair, parse_range, parse_size, writable_output
 from .pictures import contact_sheet, heat_colours, level_colours, level_legend, overlay, save_png
 from .relevance import gaze, saliency
 from .slides.cli import add_parser as add_slide_parser
@@ -67,6 +67,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_build(args: argparse.Namespace) -> int:
     image = args.image or DEFAULT_IMAGE
+    output = writable_output(args.output, "-o")
     with Context(device=args.device) as ctx:
         if args.verbose:
             _print_info(ctx.info())
@@ -85,7 +86,7 @@ def cmd_build(args: argparse.Namespace) -> int:
                   f"method {pyramid.method.value}{' (sRGB)' if pyramid.srgb else ''}: {pyramid.levels} levels "
                   f"in {elapsed * 1e3:.1f} ms (upload + build), {pyramid.nbytes} bytes = "
                   f"{pyramid.nbytes / level0_bytes:.3f} x level 0")
-        out = save_png(contact_sheet(levels), args.output)
+        out = save_png(contact_sheet(levels), output)
     print(f"wrote {out}")
     return 0
 
@@ -137,8 +138,10 @@ def add_relevance_arguments(parser: argparse.ArgumentParser) -> None:
 
 def cmd_tokens(args: argparse.Namespace) -> int:
     image = args.image or DEFAULT_IMAGE
+    output = writable_output(args.output, "-o")
+    saved = writable_output(args.save_tokens, "--save-tokens") if args.save_tokens else None
     with Context(device=args.device) as ctx, ctx.pyramid(image, method="box") as pyramid, \
-            progress(4 if args.save_tokens else 3, "tokens") as bar:
+            progress(4 if saved else 3, "tokens") as bar:
         bar.update()
         relevance = relevance_from_args(args, pyramid)
         classes = None
@@ -150,17 +153,14 @@ def cmd_tokens(args: argparse.Namespace) -> int:
         layout = allocate(relevance, budget=args.budget, patch=args.patch, image_size=size, classes=classes,
                           context=ctx)
         bar.update()
-        if args.save_tokens:
+        if saved is not None:
             from .token_batch import TokenBatch  # torch, only when asked for
 
-            try:
-                TokenBatch.from_parts([pyramid.tokens(layout)], [layout]).save(args.save_tokens)
-            except OSError as error:
-                raise ValueError(f"cannot write {args.save_tokens!r}: {error.strerror or error}") from None
+            TokenBatch.from_parts([pyramid.tokens(layout)], [layout]).save(saved)
             bar.update()
         picture = layout.draw(pyramid.level(0))
         bar.update()
-    out = save_png(picture, args.output)
+    out = save_png(picture, output)
     counts = ", ".join(f"level {lvl}: {n}" for lvl, n in enumerate(np.bincount(layout.level)) if n)
     split = "" if layout.relevant is None else \
         f" ({int(layout.relevant.sum())} relevant, {int((~layout.relevant).sum())} background)"
@@ -171,6 +171,7 @@ def cmd_tokens(args: argparse.Namespace) -> int:
 
 def cmd_render(args: argparse.Namespace) -> int:
     image = args.image or DEFAULT_IMAGE
+    output = writable_output(args.output, "-o")
     with Context(device=args.device) as ctx, ctx.pyramid(image, method=args.method, srgb=args.srgb) as pyramid:
         size = args.size or (pyramid.width, pyramid.height)
         relevance = relevance_from_args(args, pyramid)
@@ -184,7 +185,7 @@ def cmd_render(args: argparse.Namespace) -> int:
             picture = np.concatenate([level_colours(used), legend], axis=0)
         else:
             picture = overlay(pyramid.level(0), heat_colours(resize_map(relevance, size)))
-        out = save_png(picture, args.output)
+        out = save_png(picture, output)
     print(f"{args.mode}: {size[0]}x{size[1]}, levels {float(used.min()):.2f}..{float(used.max()):.2f} "
           f"(max level {max_level}), wrote {out}")
     return 0
@@ -201,6 +202,7 @@ def cmd_warp(args: argparse.Namespace) -> int:
         except ValueError:
             raise ValueError(f"--matrix must be nine numbers a,b,c,d,e,f,g,h,i (row-major), "
                              f"got {args.matrix!r}") from None
+    output = writable_output(args.output, "-o")
     with Context(device=args.device) as ctx, ctx.pyramid(args.image or DEFAULT_IMAGE, method=args.method,
                                                          srgb=args.srgb) as pyramid:
         size = args.size or (pyramid.width, pyramid.height)
@@ -210,7 +212,7 @@ def cmd_warp(args: argparse.Namespace) -> int:
         result = pyramid.warp(matrix, size, filter=args.filter, anisotropy=args.anisotropy, lod_bias=args.lod_bias,
                               border=border)
         picture = encode(result[0].permute(1, 2, 0).numpy().astype(np.float64), "uint8", pyramid.srgb)
-    out = save_png(picture, args.output)
+    out = save_png(picture, output)
     print(f"warp ({args.filter}, border {border}): {size[0]}x{size[1]}, wrote {out}")
     return 0
 
@@ -295,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         "tokens", parents=[device], help="split an image into a token budget by relevance; draw the layout")
     tokens.add_argument("image", nargs="?", help="image file (default: the bundled coffee.png)")
     add_relevance_arguments(tokens)
-    tokens.add_argument("--budget", type=int, default=256, help="most tokens to use")
+    tokens.add_argument("--budget", type=parse_budget, default=256, help="most tokens to use")
     tokens.add_argument("--patch", type=int, default=16, help="samples per token side")
     tokens.add_argument("--relevant", help="token range MIN-MAX for relevant regions, e.g. 64-400")
     tokens.add_argument("--background", help="token range MIN-MAX for the rest, e.g. 16-64")

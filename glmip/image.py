@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from .errors import CorruptFileError
+
 __all__ = ["as_image_array", "read_image_file", "MAX_PIXELS"]
 
 # Largest image (width x height) glmip reads, from a file or an array; over it a ValueError comes
@@ -106,7 +108,8 @@ def _orient(array: np.ndarray, orientation: int) -> np.ndarray:
 def read_image_file(path: str | os.PathLike, max_pixels: int | None = None) -> np.ndarray:
     """The image in file `path` as `HxWxC` (before `as_image_array`'s checks): 16-bit PNGs kept at
     16 bits, EXIF orientation applied. Raises ValueError naming the path and the reason for a
-    missing, unreadable, corrupt or oversized (over `max_pixels`, default `MAX_PIXELS`) file."""
+    missing or oversized (over `max_pixels`, default `MAX_PIXELS`) file, and its subclass
+    `glmip.errors.CorruptFileError` (file, member, reason) for one that is damaged or not an image."""
     from PIL import Image, UnidentifiedImageError
 
     limit = MAX_PIXELS if max_pixels is None else max_pixels
@@ -135,13 +138,18 @@ def read_image_file(path: str | os.PathLike, max_pixels: int | None = None) -> n
     except ValueError as error:
         if str(path) in str(error):
             raise
-        raise ValueError(f"cannot read {str(path)!r} as an image: {error}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, EOFError, Image.DecompressionBombError) as error:
-        raise ValueError(f"cannot read {str(path)!r} as an image: {type(error).__name__}: {error}") from None
+        raise CorruptFileError(path, "image data", f"cannot read it as an image: {error}") from None
+    except UnidentifiedImageError as error:
+        raise CorruptFileError(path, "header", f"cannot read it as an image: not a format Pillow reads "
+                                               f"({error})") from None
+    except (OSError, SyntaxError, EOFError, Image.DecompressionBombError) as error:
+        raise CorruptFileError(path, "image data", f"cannot read it as an image: truncated or damaged ("
+                                                   f"{type(error).__name__}: {error})") from None
     except Exception as error:  # pypng's FormatError/ChunkError and other decoder failures
         if type(error).__module__ != "png":
             raise
-        raise ValueError(f"cannot read {str(path)!r} as a PNG: {type(error).__name__}: {error}") from None
+        raise CorruptFileError(path, "PNG chunks", f"cannot read it as a PNG ({type(error).__name__}: "
+                                                   f"{error})") from None
     if array.ndim == 2:
         array = array[:, :, None]
     return _orient(array, orientation) if orientation != 1 else array

@@ -11,6 +11,7 @@ Convention:
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,21 @@ def default_max_level(levels: int) -> int:
     """The coarsest level relevance sends the periphery to by default, for a pyramid of `levels`
     levels: 5 (1/32 scale) or its last level."""
     return min(5, levels - 1)
+
+
+def _host_array(values: Any, what: str) -> Any:
+    """A torch tensor as numpy (a meta tensor refused: it holds no data); anything else as given."""
+    if hasattr(values, "detach"):
+        if getattr(getattr(values, "device", None), "type", None) == "meta":
+            raise TypeError(f"{what} is a meta tensor, which holds no data; pass a CPU or CUDA tensor")
+        return values.detach().cpu().numpy()
+    return values
+
+
+def _number(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{what} must be a number, got {value!r} ({type(value).__name__})")
+    return float(value)
 
 
 def rescale_to_unit(values: np.ndarray) -> np.ndarray:
@@ -36,8 +52,7 @@ def as_relevance(relevance: Any) -> np.ndarray:
     Values already in [0, 1] are kept as they are (a map that is low everywhere stays low);
     anything outside is rescaled linearly so that its min is 0 and its max 1.
     """
-    if hasattr(relevance, "detach"):
-        relevance = relevance.detach().cpu().numpy()
+    relevance = _host_array(relevance, "a relevance map")
     if not isinstance(relevance, np.ndarray):
         raise TypeError(f"a relevance map must be a numpy array or torch tensor, got {type(relevance).__name__}")
     array = relevance[..., 0] if relevance.ndim == 3 and relevance.shape[2] == 1 else relevance
@@ -60,6 +75,8 @@ def lod_map(relevance: Any, max_level: float = 4.0, *, min_level: float = 0.0, g
     `min_level` (full detail), relevance 0 gets `max_level`; gamma > 1 keeps detail further
     out from relevant regions, gamma < 1 drops it sooner.
     """
+    min_level, max_level = _number(min_level, "min_level"), _number(max_level, "max_level")
+    gamma = _number(gamma, "gamma")
     r = as_relevance(relevance)
     if not (np.isfinite(min_level) and np.isfinite(max_level)) or min_level < 0 or max_level < min_level:
         raise ValueError(f"need 0 <= min_level <= max_level, got min_level={min_level}, max_level={max_level}")
@@ -70,8 +87,7 @@ def lod_map(relevance: Any, max_level: float = 4.0, *, min_level: float = 0.0, g
 
 def as_lod_map(lod_map: Any) -> np.ndarray:
     """A per-pixel LOD map (numpy or torch, h x w, finite) as C-contiguous float32."""
-    if hasattr(lod_map, "detach"):
-        lod_map = lod_map.detach().cpu().numpy()
+    lod_map = _host_array(lod_map, "a LOD map")
     array = np.asarray(lod_map)
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[..., 0]

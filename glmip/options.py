@@ -5,8 +5,12 @@ token ranges. Each bad value is a ValueError naming the option and an example of
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 
-__all__ = ["parse_pair", "parse_size", "parse_range"]
+__all__ = ["parse_pair", "parse_size", "parse_range", "parse_budget", "writable_output"]
+
+MAX_BUDGET = (1 << 31) - 1  # tokens in one call: what an int32 offset (cu_seqlens) can address
 
 
 class _ArgumentValueError(ValueError, argparse.ArgumentTypeError):
@@ -40,3 +44,30 @@ def parse_range(text: str, what: str) -> tuple[int, int]:
     except ValueError:
         raise _ArgumentValueError(f"{what} must be MIN-MAX token counts like 64-400, got {text!r}") from None
     return lo, hi
+
+
+def parse_budget(text: str, what: str = "--budget") -> int:
+    """`what` given as a token count, a positive int up to 2^31 - 1 (an int32 offset's reach)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise _ArgumentValueError(f"{what} must be a positive int like 256, got {text!r}") from None
+    if not 1 <= value <= MAX_BUDGET:
+        raise _ArgumentValueError(f"{what} must be within 1..{MAX_BUDGET}, got {text}")
+    return value
+
+
+def writable_output(path: str | os.PathLike[str], what: str) -> Path:
+    """`path` (option `what`) made ready to write before any work: its folder created as `-o` does, then
+    checked to be a writable folder, and the path not a folder itself. ValueError naming the path if not."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"cannot write {what} {str(path)!r}: cannot make its folder "
+                         f"({error.strerror or error})") from None
+    if path.is_dir():
+        raise ValueError(f"cannot write {what} {str(path)!r}: it is a folder; give a file path")
+    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise ValueError(f"cannot write {what} {str(path)!r}: permission denied")
+    return path

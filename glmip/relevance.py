@@ -81,9 +81,8 @@ def prepare_relevance(relevance: Any, cell: int, image_size: tuple[int, int] | N
     """`relevance_pyramid`'s checks alone: the validated map, the cell and the image size (width,
     height), with the base grid under its limit. What `build_relevance_pyramid` takes."""
     r = as_relevance(relevance)
-    width, height = image_size or (r.shape[1], r.shape[0])
     cell = positive_int(cell, "cell (pixels a token side)")
-    size = size_pair((width, height), "image_size")
+    size = size_pair((r.shape[1], r.shape[0]) if image_size is None else image_size, "image_size")
     grid = (-(-size[0] // cell), -(-size[1] // cell))
     check_pixels(grid, f"the relevance pyramid's base grid (image_size / cell {cell})", MAX_OUTPUT_PIXELS,
                  "use a larger cell or raise glmip.limits.MAX_OUTPUT_PIXELS")
@@ -240,6 +239,8 @@ def saliency(pyramid: Any, size: tuple[int, int] | None = None, *, centres: tupl
         if not hasattr(pyramid, "array"):
             raise TypeError(f"pyramid must be a glmip.Pyramid or PyramidBatch, got {type(pyramid).__name__}")
     for name, values in (("centres", centres), ("deltas", deltas)):
+        if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+            raise TypeError(f"{name} must be a tuple of consecutive ints, got {values!r}")
         values = tuple(values)
         if (not values or any(not isinstance(v, (int, np.integer)) or isinstance(v, bool) for v in values)
                 or list(values) != list(range(values[0], values[0] + len(values)))):

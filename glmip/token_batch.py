@@ -15,18 +15,25 @@ Convention:
     `centres` (ΣN, 2) float32 are in uv: (0, 0) the image's top-left corner, (1, 1) its bottom-right,
     x then y. `levels` (ΣN,) float32 keep fractional levels as the layout holds them (never truncated).
     `sizes` (ΣN,) float32 are token sides in level-0 pixels. `image_sizes[b]` is (width, height).
+    `extra` holds named per-token side data (ΣN, ...) that travels with the batch and its file, e.g. a
+    slide's region ids (`extra["region"]`, int64).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import os
+import pickle
+import warnings
+import zipfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from .errors import CorruptFileError
 from .layout import TokenLayout
 
 SAVE_FORMAT = "glmip.TokenBatch"
@@ -50,6 +57,7 @@ class TokenBatch:
     levels: torch.Tensor  # (ΣN,) float32
     centres: torch.Tensor  # (ΣN, 2) float32, uv
     sizes: torch.Tensor  # (ΣN,) float32, level-0 pixels
+    extra: Mapping[str, torch.Tensor] = field(default_factory=dict)  # name -> (ΣN, ...) per-token side data
 
     @classmethod
     def from_parts(cls, tokens_per_image: Sequence[torch.Tensor], layouts: Sequence[TokenLayout]) -> TokenBatch:
@@ -155,9 +163,9 @@ class TokenBatch:
         L = `max_seqlen`, or `pad_to` (>= max_seqlen) for a fixed length.
         """
         length = self._length(pad_to)
-        if packed.shape[0] != self.tokens.shape[0]:
-            raise ValueError(f"packed must have one row per token ({self.tokens.shape[0]}), got "
-                             f"{tuple(packed.shape)}")
+        self._check_packed(packed)
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+            raise TypeError(f"value (the padding) must be a number, got {value!r} ({type(value).__name__})")
         out = packed.new_full((len(self), length) + tuple(packed.shape[1:]), value)
         start = 0
         for b, count in enumerate(self.lengths):
@@ -182,18 +190,19 @@ class TokenBatch:
         (ΣN, heads, head_dim), nest, and `.transpose(1, 2)` to (B, heads, j, head_dim).
         """
         packed = self.tokens if packed is None else packed
-        if packed.shape[0] != self.tokens.shape[0]:
-            raise ValueError(f"packed must have one row per token ({self.tokens.shape[0]}), got "
-                             f"{tuple(packed.shape)}")
+        self._check_packed(packed)
         # SDPA's nested kernels need contiguous values (a view of a fused qkv projection is not).
         return torch.nested.nested_tensor_from_jagged(packed.contiguous(), offsets=self.cu_seqlens.to(torch.int64))
 
-    def naflex(self, pad_to: int | None = None, channels_last: bool = True) -> dict[str, torch.Tensor]:
+    def naflex(self, pad_to: int | None = None, channels_last: bool = True, mean: Sequence[float] | None = None,
+               std: Sequence[float] | None = None) -> dict[str, torch.Tensor]:
         """The inputs timm's `NaFlexVit.forward(dict)` takes.
 
         `patches` (B, L, P*P*C) flattened as timm's `patchify_image`: (row, column, channel) with
         channel fastest when `channels_last` (NaFlex's default), else (channel, row, column);
         `patch_coord` (B, L, 2) int64 (row, column) on the level-0 patch grid; `patch_valid` (B, L) bool.
+        `mean`, `std` (one value per channel, e.g. the model's `pretrained_cfg` values) normalise the
+        patches as the pretrained weights expect: (token - mean) / std; None keeps the [0, 1] values.
 
         Convention:
             NaFlex positions are grid coordinates at one scale. A coarse token (level > 0) gets the
@@ -201,7 +210,15 @@ class TokenBatch:
             unless the model has a level embedding, and NaFlex sizes each image's position grid from
             its largest coordinate. Exact only for a uniform level-0 layout.
         """
-        tokens = self.tokens.permute(0, 2, 3, 1) if channels_last else self.tokens
+        tokens = self.tokens
+        if (mean is None) != (std is None):
+            raise ValueError("pass both mean and std (one value per channel), or neither")
+        if mean is not None:
+            shift, scale = (_per_channel(v, name, self.channels, tokens) for v, name in ((mean, "mean"), (std, "std")))
+            if not bool((scale > 0).all()):
+                raise ValueError(f"std must be positive per channel, got {list(std)!r}")  # type: ignore[arg-type]
+            tokens = (tokens - shift[None, :, None, None]) / scale[None, :, None, None]
+        tokens = tokens.permute(0, 2, 3, 1) if channels_last else tokens
         pixels = self.centres.double() * torch.tensor(self.image_sizes, dtype=torch.float64,
                                                      device=self.device)[self.batch_index()]
         coord = (pixels / self.patch).floor().long().flip(1)  # x, y -> row, column
@@ -209,41 +226,100 @@ class TokenBatch:
                 "patch_valid": self.valid(pad_to)}
 
     # -- devices and files ----------------------------------------------------------------
-    def to(self, device: torch.device | str) -> TokenBatch:
-        """The same batch with every tensor on `device` (layouts stay numpy)."""
-        return TokenBatch(self.tokens.to(device), self.cu_seqlens.to(device), self.max_seqlen, self.layouts,
-                          self.image_sizes, self.patch, self.levels.to(device), self.centres.to(device),
-                          self.sizes.to(device))
+    def to(self, device: torch.device | str | torch.dtype | None = None, dtype: torch.dtype | None = None
+           ) -> TokenBatch:
+        """The same batch with every tensor on `device` and the tokens in floating `dtype` (either may be given
+        alone, positionally: `batch.to("cuda")`, `batch.to(torch.float16)`). Layouts stay numpy.
 
-    def save(self, path: str | Path) -> None:
+        Convention: like `nn.Module.to`, a dtype converts features only: `tokens` take it; `cu_seqlens`
+        stays int32, `levels`, `centres` and `sizes` stay float32 (positions, where float16 would round
+        a 4096-px image's centres to 2 px), `extra` keeps its dtypes."""
+        if isinstance(device, torch.dtype):
+            if dtype is not None:
+                raise TypeError("pass the dtype once: batch.to(device, dtype) or batch.to(dtype)")
+            device, dtype = None, device
+        if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
+            raise TypeError(f"dtype must be a floating torch dtype (tokens are features), got {dtype!r}")
+        target = self.device if device is None else _as_device(device)
+        moved = {name: tensor.to(target) for name, tensor in self.extra.items()}
+        return TokenBatch(self.tokens.to(target, dtype), self.cu_seqlens.to(target), self.max_seqlen, self.layouts,
+                          self.image_sizes, self.patch, self.levels.to(target), self.centres.to(target),
+                          self.sizes.to(target), moved)
+
+    def with_extra(self, **per_token: Any) -> TokenBatch:
+        """The batch with named per-token side data added to `extra` (torch tensors or numpy arrays of
+        ΣN rows, e.g. `with_extra(region=ids)`), moved to the batch's device; saved and loaded with it."""
+        extra = dict(self.extra)
+        for name, values in per_token.items():
+            if isinstance(values, np.ndarray):
+                values = torch.from_numpy(np.ascontiguousarray(values))
+            if not isinstance(values, torch.Tensor) or values.ndim == 0:
+                raise TypeError(f"extra {name!r} must be a torch tensor or numpy array with one row per token, "
+                                f"got {type(values).__name__}")
+            if values.shape[0] != self.tokens.shape[0]:
+                raise ValueError(f"extra {name!r} must have one row per token ({self.tokens.shape[0]}), got "
+                                 f"shape {tuple(values.shape)}")
+            extra[name] = values.to(self.device)
+        return replace(self, extra=extra)
+
+    def save(self, path: str | os.PathLike[str]) -> None:
         """torch.save plain tensors, ints and dicts only (loads with `weights_only=True`): the tokens and,
-        per image, cx, cy, size, level (dtype kept, so fractional levels survive), image_size, patch."""
+        per image, cx, cy, size, level (dtype kept, so fractional levels survive), image_size, patch, and
+        `extra`. The folder must exist (checked before anything is written)."""
+        target = _file_path(path)
+        if not target.parent.is_dir():
+            raise ValueError(f"cannot write {str(target)!r}: the folder {str(target.parent)!r} does not exist")
+        if target.is_dir():
+            raise ValueError(f"cannot write {str(target)!r}: it is a folder; give a file path")
         layouts = [{**{name: torch.from_numpy(np.ascontiguousarray(getattr(layout, name))) for name in _LAYOUT_ARRAYS},
                     "relevant": None if layout.relevant is None else torch.from_numpy(np.asarray(layout.relevant)),
                     "image_size": [int(v) for v in layout.image_size], "patch": int(layout.patch)}
                    for layout in self.layouts]
-        torch.save({"format": SAVE_FORMAT, "version": SAVE_VERSION, "tokens": self.tokens.detach().cpu(),
-                    "layouts": layouts}, path)
+        state = {"format": SAVE_FORMAT, "version": SAVE_VERSION, "tokens": self.tokens.detach().cpu(),
+                 "layouts": layouts, "extra": {name: t.detach().cpu() for name, t in self.extra.items()}}
+        try:
+            torch.save(state, target)
+        except (OSError, RuntimeError) as error:  # torch's zip writer reports its failures as RuntimeError
+            raise ValueError(f"cannot write {str(target)!r}: {getattr(error, 'strerror', None) or error}") from None
 
     @classmethod
-    def load(cls, path: str | Path, device: torch.device | str = "cpu") -> TokenBatch:
-        """A batch saved by `save` (or `glmip tokens --save-tokens`), its layouts rebuilt."""
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(state, dict) or state.get("format") != SAVE_FORMAT:
-            raise ValueError(f"{path} is not a saved glmip.TokenBatch (format {SAVE_FORMAT!r}), got "
-                             f"{state.get('format') if isinstance(state, dict) else type(state).__name__!r}")
-        layouts, tokens, start = [], [], 0
-        for item in state["layouts"]:
-            relevant = item.get("relevant")
-            layout = TokenLayout(*(item[name].numpy() for name in _LAYOUT_ARRAYS), patch=int(item["patch"]),
-                                 image_size=tuple(int(v) for v in item["image_size"]),
-                                 relevant=None if relevant is None else relevant.numpy())
+    def load(cls, path: str | os.PathLike[str], device: torch.device | str = "cpu") -> TokenBatch:
+        """A batch saved by `save` (or `glmip tokens --save-tokens`, `glmip slide tokens --save-tokens`), its
+        layouts rebuilt. A damaged or foreign file raises `glmip.errors.CorruptFileError` naming the file,
+        the member at fault and why; a missing file FileNotFoundError."""
+        source = _file_path(path)
+        target = _as_device(device)
+        state = _read_state(source)
+        tokens = _member(source, state, "tokens", torch.Tensor, "a tensor")
+        if tokens.ndim != 4 or not tokens.is_floating_point():
+            raise CorruptFileError(source, "tokens", f"must be a float (N, C, P, P) tensor, got {tokens.dtype} "
+                                                     f"{tuple(tokens.shape)}")
+        items = _member(source, state, "layouts", list, "a list")
+        layouts, parts, start = [], [], 0
+        for index, item in enumerate(items):
+            layout = _read_layout(source, index, item)
             layouts.append(layout)
-            tokens.append(state["tokens"][start:start + len(layout)])
+            parts.append(tokens[start:start + len(layout)])
             start += len(layout)
-        if start != state["tokens"].shape[0]:
-            raise ValueError(f"{path}: the layouts hold {start} tokens but the file {state['tokens'].shape[0]}")
-        return cls.from_parts(tokens, layouts).to(device)
+        if start != tokens.shape[0]:
+            raise CorruptFileError(source, "layouts", f"the layouts hold {start} tokens but tokens has "
+                                                      f"{tokens.shape[0]} rows")
+        extra = state.get("extra") or {}
+        if not isinstance(extra, dict) or not all(isinstance(v, torch.Tensor) for v in extra.values()):
+            raise CorruptFileError(source, "extra", "must be a dict of per-token tensors")
+        try:
+            batch = cls.from_parts(parts, layouts).with_extra(**extra)
+        except (ValueError, TypeError) as error:
+            raise CorruptFileError(source, "tokens and layouts", str(error)) from None
+        return batch.to(target)
+
+    def _check_packed(self, packed: Any) -> None:
+        if not isinstance(packed, torch.Tensor):
+            raise TypeError(f"packed must be a torch tensor (ΣN, ...), got {type(packed).__name__}; wrap a numpy "
+                            f"array with torch.from_numpy")
+        if packed.ndim == 0 or packed.shape[0] != self.tokens.shape[0]:
+            raise ValueError(f"packed must have one row per token ({self.tokens.shape[0]}), got "
+                             f"{tuple(packed.shape)}")
 
     def _length(self, pad_to: int | None) -> int:
         if pad_to is None:
@@ -298,3 +374,101 @@ def _check_image(index: int, tokens: Any, layout: Any, shape: tuple[int, int] | 
     if width < 1 or height < 1:
         raise ValueError(f"{where}image_size must be (width, height) >= 1, got {layout.image_size}")
     return channels, patch
+
+
+def _per_token(layouts: Sequence[TokenLayout], name: str, device: torch.device) -> torch.Tensor:
+    values = np.concatenate([np.asarray(getattr(layout, name), dtype=np.float64) for layout in layouts])
+    return torch.from_numpy(values.astype(np.float32)).to(device)
+
+
+def _per_channel(values: Any, what: str, channels: int, like: torch.Tensor) -> torch.Tensor:
+    """`values` (C numbers) as a finite tensor of `like`'s dtype and device."""
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__len__") or len(values) != channels:
+        raise ValueError(f"{what} must hold one number per channel ({channels}), got {values!r}")
+    if not all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+               and np.isfinite(v) for v in values):
+        raise TypeError(f"{what} must hold finite numbers, got {values!r}")
+    return torch.tensor([float(v) for v in values], dtype=like.dtype, device=like.device)
+
+
+def _as_device(device: Any) -> torch.device:
+    """`device` (a torch.device, "cpu", "cuda:1", an int CUDA index) as a torch.device this process can use."""
+    if isinstance(device, bool) or not isinstance(device, (str, torch.device, int)):
+        raise TypeError(f"device must be a torch.device, a string such as 'cpu' or 'cuda:0', or a CUDA index, got "
+                        f"{device!r} ({type(device).__name__})")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise ValueError(f"device must name a torch device such as 'cpu', 'cuda' or 'cuda:0', got {device!r}") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: this torch has no CUDA device (torch.cuda.is_available() is False)")
+    return resolved
+
+
+def _file_path(path: Any) -> Path:
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or os.PathLike file path, got {path!r} ({type(path).__name__})")
+    return Path(path)
+
+
+def _read_state(path: Path) -> dict:
+    """The dict a TokenBatch file holds, or CorruptFileError saying why it cannot be read."""
+    if not path.is_file():
+        raise FileNotFoundError(f"no such TokenBatch file: {str(path)!r}")
+    if path.stat().st_size == 0:
+        raise CorruptFileError(path, "file", "is empty (0 bytes)")
+    with open(path, "rb") as file:
+        head = file.read(2)
+    if not zipfile.is_zipfile(path):
+        if head == b"PK":
+            raise CorruptFileError(path, "archive", "a truncated zip archive (its central directory is missing)")
+        if head[:1] != b"\x80":  # not a pickle of protocol 2+ either (torch's legacy format)
+            raise CorruptFileError(path, "archive", "not a torch.save file (neither a zip archive nor a pickle)")
+    try:
+        with warnings.catch_warnings():  # torch warns about the protocol of a foreign pickle before refusing it
+            warnings.simplefilter("ignore", UserWarning)
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:  # weights_only refuses anything but tensors and plain containers
+        detail = next((line.strip() for line in str(error).splitlines() if line.startswith("Unsupported")), "")
+        raise CorruptFileError(path, "pickle", "holds objects other than tensors, numbers and plain containers, "
+                                               "so it is not a saved TokenBatch" + (f" ({detail})" if detail else "")
+                               ) from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError) as error:
+        raise CorruptFileError(path, "archive", f"truncated or not a torch.save file "
+                                                f"({type(error).__name__}: {str(error)[:200]})") from None
+    if not isinstance(state, dict) or state.get("format") != SAVE_FORMAT:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise CorruptFileError(path, "format", f"not a saved glmip.TokenBatch (format {SAVE_FORMAT!r}), got "
+                                               f"{found!r}")
+    version = state.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= SAVE_VERSION:
+        raise CorruptFileError(path, "version", f"version {version!r}; this glmip reads versions 1..{SAVE_VERSION}")
+    return state
+
+
+def _member(path: Path, state: dict, key: str, kind: type | tuple[type, ...], what: str, where: str = "") -> Any:
+    """`state[key]`, or CorruptFileError naming `where` + key when it is missing or not a `kind`."""
+    member = f"{where}.{key}" if where else key
+    if key not in state:
+        raise CorruptFileError(path, member, "missing")
+    if not isinstance(state[key], kind) or isinstance(state[key], bool):
+        raise CorruptFileError(path, member, f"must be {what}, got {type(state[key]).__name__}")
+    return state[key]
+
+
+def _read_layout(path: Path, index: int, item: Any) -> TokenLayout:
+    """Layout `index` of a TokenBatch file, each member checked for presence and type."""
+    where = f"layouts[{index}]"
+    if not isinstance(item, dict):
+        raise CorruptFileError(path, where, f"must be a dict, got {type(item).__name__}")
+    arrays = [_member(path, item, name, torch.Tensor, "a tensor", where).numpy() for name in _LAYOUT_ARRAYS]
+    patch = _member(path, item, "patch", int, "an int", where)
+    size = _member(path, item, "image_size", (list, tuple), "a [width, height] list", where)
+    if len(size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in size):
+        raise CorruptFileError(path, f"{where}.image_size", f"must be [width, height], two ints, got {size!r}")
+    relevant = item.get("relevant")
+    if relevant is not None and not isinstance(relevant, torch.Tensor):
+        raise CorruptFileError(path, f"{where}.relevant", f"must be a bool tensor or None, got "
+                                                         f"{type(relevant).__name__}")
+    return TokenLayout(*arrays, patch=patch, image_size=(size[0], size[1]),
+                       relevant=None if relevant is None else relevant.numpy())

@@ -35,6 +35,7 @@ import numpy as np
 
 from .bridge import texture_to_tensor
 from .gl.programs import WRAP_MODES
+from .limits import MAX_LEVEL, MAX_OUTPUT_PIXELS, check_pixels, finite_float
 from .sampling import SAMPLER_FILTERS, Filter, parse_enum
 
 if TYPE_CHECKING:
@@ -60,9 +61,14 @@ _BORDER_WRAP = {Border.CLAMP: WRAP_MODES["clamp"], Border.ZERO: WRAP_MODES["zero
                 Border.REPEAT: WRAP_MODES["repeat"], Border.MIRROR: WRAP_MODES["mirror"]}
 
 
-def as_homographies(matrix: Any) -> np.ndarray:
+def as_homographies(matrix: Any, size: tuple[int, int] | None = None,
+                    image_size: tuple[int, int] | None = None) -> np.ndarray:
     """`matrix` (3, 3) or (B, 3, 3), numpy / torch / nested lists, as float64 (B, 3, 3); rejects
-    non-finite and singular matrices (|det| <= 1e-12 max|H_ij|^3), naming the batch index."""
+    non-finite and singular matrices, naming the batch index.
+
+    Singular means |det N| <= 1e-12 max|N_ij|^3 for N = H / max|H_ij| taken between the unit squares of
+    the output (`size`) and the input (`image_size`) where they are given: scale-free, so 1e150 x H is H,
+    and a wide output's large translation column is not mistaken for a degenerate map."""
     if hasattr(matrix, "detach"):
         matrix = matrix.detach().cpu().numpy()
     array = np.asarray(matrix)
@@ -73,13 +79,16 @@ def as_homographies(matrix: Any) -> np.ndarray:
     if array.ndim != 3 or array.shape[1:] != (3, 3) or array.shape[0] == 0:
         raise ValueError(f"matrix must be a 3x3 homography or a (B, 3, 3) batch of them, got shape {array.shape}")
     array = array.astype(np.float64)
+    to_unit = np.diag([1.0 / image_size[0], 1.0 / image_size[1], 1.0]) if image_size else np.eye(3)
+    from_unit = np.diag([float(size[0]), float(size[1]), 1.0]) if size else np.eye(3)
     for index, h in enumerate(array):
         if not np.isfinite(h).all():
             raise ValueError(f"matrix {index} holds NaN or infinite values: {h.tolist()}")
         scale = float(np.abs(h).max())
-        if scale == 0.0 or abs(float(np.linalg.det(h))) <= _SINGULAR * scale**3:
-            raise ValueError(f"matrix {index} is singular (det {np.linalg.det(h):.3g}); a homography must be "
-                             f"invertible: {h.tolist()}")
+        normal = to_unit @ (h / scale) @ from_unit if scale > 0.0 else h
+        normal_scale = float(np.abs(normal).max())
+        if scale == 0.0 or not normal_scale > 0.0 or abs(float(np.linalg.det(normal / normal_scale))) <= _SINGULAR:
+            raise ValueError(f"matrix {index} is singular; a homography must be invertible: {h.tolist()}")
     return array
 
 
@@ -149,12 +158,16 @@ def tilt_homography(image_size: tuple[int, int], size: tuple[int, int], tilt: fl
     of `size` = (width, height): viewer/tilt.py's geometry (the plane has the image's aspect, height 1,
     rotated about its horizontal centre line with the top edge away, camera at distance 1.5, filling 95%
     of the view at zoom 1). Output -> input pixels, as `warp` takes it."""
-    if not 0.0 <= tilt < 90.0:
+    tilt = finite_float(tilt, "tilt (degrees)", 0.0)
+    if not tilt < 90.0:
         raise ValueError(f"tilt must be within [0, 90) degrees, got {tilt}")
-    if zoom <= 0:
-        raise ValueError(f"zoom must be positive, got {zoom}")
-    image_width, image_height = image_size
-    width, height = size
+    zoom = finite_float(zoom, "zoom", 0.0, exclusive_minimum=True)
+    try:
+        pan = (finite_float(pan[0], "pan x"), finite_float(pan[1], "pan y"))
+    except (TypeError, IndexError, KeyError):
+        raise TypeError(f"pan must be (x, y), two numbers, got {pan!r}") from None
+    image_width, image_height = _positive_pair(image_size, "image_size")
+    width, height = _positive_pair(size, "size")
     aspect = image_width / image_height
     theta = math.radians(tilt)
     cos_t, sin_t = math.cos(theta), math.sin(theta)
@@ -169,6 +182,13 @@ def tilt_homography(image_size: tuple[int, int], size: tuple[int, int], tilt: fl
                       [0.0, sin_t, focal * cos_t]])
     to_pixels = np.diag([float(image_width), float(image_height), 1.0])
     return to_pixels @ plane @ to_screen
+
+
+def _positive_pair(value: Any, what: str) -> tuple[int, int]:
+    if (not isinstance(value, (tuple, list)) or len(value) != 2
+            or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0 for v in value)):
+        raise TypeError(f"{what} must be (width, height), two positive ints, got {value!r}")
+    return int(value[0]), int(value[1])
 
 
 def _is_pyramid(value: Any) -> bool:
@@ -205,18 +225,21 @@ def warp(pyramid: Pyramid | Sequence[Pyramid], matrix: Any, size: tuple[int, int
     import torch
 
     pyramids = _as_pyramids(pyramid)
-    homographies = as_homographies(matrix)
-    mode = parse_enum(Filter, filter, "filter")
-    border_mode = parse_enum(Border, border, "border")
     ctx = pyramids[0].context
     width, height = check_size(size, framebuffer_limit(ctx))
+    how = "warp into a smaller size, or in tiles (compose a translation into the matrix)"
+    # the framebuffer is float RGBA whatever the image's channels: 16 bytes a pixel
+    check_pixels((width, height), "the warp's output", MAX_OUTPUT_PIXELS, how + " or raise "
+                 "glmip.limits.MAX_OUTPUT_PIXELS")
+    shared = {(p.width, p.height) for p in pyramids}
+    homographies = as_homographies(matrix, (width, height), next(iter(shared)) if len(shared) == 1 else None)
+    mode = parse_enum(Filter, filter, "filter")
+    border_mode = parse_enum(Border, border, "border")
     max_aniso = float(ctx.gl.max_anisotropy)
     if (isinstance(anisotropy, bool) or not isinstance(anisotropy, (int, float, np.integer, np.floating))
             or not 1.0 <= float(anisotropy) <= max_aniso):
         raise ValueError(f"anisotropy must be within 1..{max_aniso:g} on this device, got {anisotropy!r}")
-    if isinstance(lod_bias, bool) or not isinstance(lod_bias, (int, float, np.integer, np.floating)) \
-            or not math.isfinite(lod_bias):
-        raise ValueError(f"lod_bias must be a finite number, got {lod_bias!r}")
+    lod_bias = finite_float(lod_bias, "lod_bias", -MAX_LEVEL, MAX_LEVEL)
     if mode is Filter.BILINEAR and lod_bias != 0.0:
         raise ValueError("filter 'bilinear' samples level 0 only; lod_bias needs 'trilinear' or an anisotropic filter")
     n_images, n_matrices = len(pyramids), homographies.shape[0]
@@ -227,8 +250,9 @@ def warp(pyramid: Pyramid | Sequence[Pyramid], matrix: Any, size: tuple[int, int
     channels = pyramids[0].channels
     shape = (batch, channels, height, width)
     if out is not None:
-        if not isinstance(out, torch.Tensor):
-            raise TypeError(f"out must be a torch tensor, got {type(out).__name__}")
+        if not isinstance(out, torch.Tensor) or out.device.type not in ("cpu", "cuda"):
+            raise TypeError(f"out must be a CPU or CUDA torch tensor, got "
+                            f"{getattr(out, 'device', type(out).__name__)}")
         if tuple(out.shape) != shape or out.dtype != torch.float32 or not out.is_contiguous():
             raise ValueError(f"out must be a contiguous float32 tensor of shape {shape}, got "
                              f"{tuple(out.shape)} {out.dtype}")
@@ -270,7 +294,9 @@ def warp(pyramid: Pyramid | Sequence[Pyramid], matrix: Any, size: tuple[int, int
             source = pyramids[b % n_images]
             source.texture.use(0)
             program["texture_size"] = (float(source.width), float(source.height))
-            program["homography"] = tuple(float(v) for v in homographies[b % n_matrices].T.ravel())  # column-major
+            h = homographies[b % n_matrices]
+            h = h / np.abs(h).max()  # the same map (homogeneous), in float32's range
+            program["homography"] = tuple(float(v) for v in h.T.ravel())  # column-major
             quad.render(moderngl.TRIANGLE_STRIP, vertices=4)
             texture_to_tensor(ctx, target, out=host)
             result[b].copy_(host[..., :channels].permute(2, 0, 1))

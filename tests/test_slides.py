@@ -207,10 +207,10 @@ def test_region_ids_and_grouping():
     assert region_ids(layout).tolist() == [0, 1, 3, 2, 0]
     assert region_ids(layout, region=20000).tolist() == [0] * 5
     tokens = torch.arange(5.0)[:, None]
-    ids, batch, padding = group_by_region(layout, tokens)
+    ids, batch, valid = group_by_region(layout, tokens)
     assert ids.tolist() == [0, 1, 2, 3] and batch.shape == (4, 2, 1)
-    assert batch[0, :, 0].tolist() == [0.0, 4.0] and padding.tolist() == [[False, False], [False, True],
-                                                                             [False, True], [False, True]]
+    assert batch[0, :, 0].tolist() == [0.0, 4.0] and valid.tolist() == [[True, True], [True, False],
+                                                                           [True, False], [True, False]]
     with pytest.raises(ValueError, match="region must be a positive int"):
         region_ids(layout, region=0)
 
@@ -286,8 +286,8 @@ def test_cli_slide_commands(small_slide, tmp_path, capsys):
     assert main(["slide", "tokens", str(small_slide.path), "--budget", "64", "--region", "1024", "--save-tokens",
                  str(saved), "-o", str(tmp_path / "layout.png")]) == 0
     assert "tokens (budget 64)" in capsys.readouterr().out
-    data = torch.load(saved)
-    assert data["tokens"].shape[1:] == (3, 16, 16) and data["region"].max() < 16
+    batch = glmip.TokenBatch.load(saved)
+    assert batch.tokens.shape[1:] == (3, 16, 16) and batch.extra["region"].max() < 16
     x0, y0, x1, y1 = small_slide.tissue[0]
     assert main(["slide", "render", str(small_slide.path), "--region", f"{x0},{y0},{x1},{y1}", "--size", "128x96",
                  "-o", str(tmp_path / "r.png")]) == 0

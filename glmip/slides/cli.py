@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 
 from ..context import Context
-from ..options import parse_pair, parse_size
-from ..pictures import LEVEL_PALETTE, save_png
+from ..options import parse_budget, parse_pair, parse_size, writable_output
+from ..pictures import LEVEL_PALETTE, save_png, to_display_uint8
 from .regions import region_ids
 
 __all__ = ["add_parser"]
@@ -55,27 +55,40 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rgb_thumbnail(slide: Any) -> np.ndarray:
+    """The coarsest stored level as (h, w, 3) uint8 for drawing on: grey repeated, alpha dropped, 16-bit and
+    float pixels as `to_display_uint8` shows them (float clipped to [0, 1], NaN black)."""
+    pixels = slide.thumbnail()
+    if pixels.dtype == np.float32:
+        pixels = np.nan_to_num(pixels, nan=0.0, posinf=1.0, neginf=0.0)
+    shown = to_display_uint8(pixels)
+    return np.ascontiguousarray(shown[..., :3] if shown.shape[2] >= 3 else shown[..., :1].repeat(3, axis=2))
+
+
 def cmd_tokens(args: argparse.Namespace) -> int:
-    import torch
     from PIL import Image, ImageDraw
 
+    from ..token_batch import TokenBatch
+
+    output = writable_output(args.output, "-o")
+    saved = writable_output(args.save_tokens, "--save-tokens") if args.save_tokens else None
+    if args.region < 1:
+        raise ValueError(f"--region must be a positive int (level-0 pixels a side), got {args.region}")
     with Context(device=args.device) as ctx, ctx.slide(args.slide, tile=args.tile) as slide:
         relevance = _relevance(args, slide)
         layout = slide.allocate(relevance, args.budget, args.patch, min_level=args.min_level)
         tokens = slide.tokens(layout, progress="tokens")
         regions = region_ids(layout, args.region)
-        if args.save_tokens:
-            torch.save({"tokens": tokens, "region": torch.from_numpy(regions), **layout.to_torch()},
-                       args.save_tokens)
-        thumbnail = slide.thumbnail()[..., :3]
+        if saved is not None:
+            TokenBatch.from_parts([tokens], [layout]).with_extra(region=regions).save(saved)
+        thumbnail = _rgb_thumbnail(slide)
         scale = thumbnail.shape[1] / slide.width
-        canvas = Image.fromarray(np.ascontiguousarray(thumbnail if thumbnail.dtype == np.uint8 else
-                                                      (thumbnail / thumbnail.max() * 255).astype(np.uint8)))
+        canvas = Image.fromarray(thumbnail)
         draw = ImageDraw.Draw(canvas)
         for (x0, y0, x1, y1), level in zip(layout.boxes(), layout.level, strict=True):
             colour = tuple(int(c) for c in LEVEL_PALETTE[min(int(level), len(LEVEL_PALETTE) - 1)])
             draw.rectangle([x0 * scale, y0 * scale, x1 * scale - 1, y1 * scale - 1], outline=colour)
-        out = save_png(np.asarray(canvas), args.output)
+        out = save_png(np.asarray(canvas), output)
     counts = ", ".join(f"level {lvl}: {n}" for lvl, n in enumerate(np.bincount(layout.level)) if n)
     print(f"{len(layout)} tokens (budget {args.budget}) in {len(np.unique(regions))} regions of {args.region} px: "
           f"{counts}; wrote {out}" + (f" and {args.save_tokens}" if args.save_tokens else ""))
@@ -83,11 +96,15 @@ def cmd_tokens(args: argparse.Namespace) -> int:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
+    output = writable_output(args.output, "-o")
     with Context(device=args.device) as ctx, ctx.slide(args.slide, tile=args.tile) as slide:
         x0, y0, x1, y1 = args.region or (0, 0, slide.width, slide.height)
+        if not (0 <= x0 < x1 <= slide.width and 0 <= y0 < y1 <= slide.height):
+            raise ValueError(f"--region {x0:g},{y0:g},{x1:g},{y1:g} is not a box inside the slide's level 0 "
+                             f"(0,0,{slide.width},{slide.height})")
         region = (x0 / slide.width, y0 / slide.height, x1 / slide.width, y1 / slide.height)
         image = slide.render(size=tuple(args.size), region=region, progress="render")
-        out = save_png(image[..., :3] if image.shape[2] >= 3 else image[..., 0], args.output)
+        out = save_png(image[..., :3] if image.shape[2] >= 3 else image[..., :1], output)
     print(f"rendered level-0 box {(x0, y0, x1, y1)} at {args.size[0]}x{args.size[1]}; wrote {out}")
     return 0
 
@@ -105,14 +122,15 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     info.set_defaults(run=cmd_info)
 
     tokens = commands.add_parser("tokens", parents=[common], help="relevance-budgeted tokens over the slide")
-    tokens.add_argument("--budget", type=int, default=1024)
-    tokens.add_argument("--patch", type=int, default=16)
+    tokens.add_argument("--budget", type=parse_budget, default=1024, help="most tokens to use (default 1024)")
+    tokens.add_argument("--patch", type=int, default=16, help="samples per token side (default 16)")
     tokens.add_argument("--min-level", type=int, default=None, help="finest token level (default: automatic)")
     tokens.add_argument("--region", type=int, default=4096, help="HIPT region side in level-0 pixels")
     source = tokens.add_mutually_exclusive_group()
     source.add_argument("--gaze", help="gaze point u,v instead of the tissue mask")
     source.add_argument("--saliency", action="store_true", help="saliency instead of the tissue mask")
-    tokens.add_argument("--save-tokens", help="save tokens, layout and region ids as a torch .pt file")
+    tokens.add_argument("--save-tokens", help="save tokens and layout as a glmip.TokenBatch file (TokenBatch.load), "
+                        "region ids in its extra['region']")
     tokens.add_argument("-o", "--output", default="glmip-slide-layout.png", help="layout over the thumbnail")
     tokens.set_defaults(run=cmd_tokens)
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import CorruptFileError
 from ..image import as_image_array
 from .levels import exact_levels
 
@@ -27,8 +28,10 @@ VIRTUAL_LEVEL_STEP = 2  # arrays get a level every 2 mips (4x), as scanners writ
 SUPPORTED_DTYPES = ("uint8", "uint16", "float32")
 
 
-class SlideReadError(ValueError):
-    """A file tile could not be read or decoded; names the tile and level. Other tiles stay readable."""
+class SlideReadError(CorruptFileError):
+    """A slide file could not be read: a `glmip.errors.CorruptFileError` whose `member` is "header" (not a
+    TIFF tiffslide opens: empty, truncated before its directories, another format) or the tile and level
+    that is truncated or does not decode (the other tiles stay readable)."""
 
 
 @dataclass(frozen=True)
@@ -97,8 +100,9 @@ class TiffReader:
         try:
             self._slide = tiffslide.TiffSlide(path)
         except Exception as error:  # tiffslide/tifffile raise their own types for foreign formats
-            raise ValueError(f"{path.name} is not a slide tiffslide can open ({type(error).__name__}: {error}); "
-                             f"accepted: pyramidal tiled TIFF, OME-TIFF, SVS and the formats tiffslide reads") from None
+            raise SlideReadError(path, "header", f"not a slide tiffslide can open ({type(error).__name__}: "
+                                 f"{error}); accepted: pyramidal tiled TIFF, OME-TIFF, SVS and the formats tiffslide "
+                                 f"reads") from None
         try:
             self._open(path)
         except BaseException:
@@ -134,6 +138,7 @@ class TiffReader:
         self.channels = int(first.samplesperpixel)
         self.dtype = np.dtype(first.dtype)
         self.name = path.name
+        self.path = path
         self.properties = dict(self._slide.properties)
 
     def read(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
@@ -157,20 +162,24 @@ class TiffReader:
         page = self._pages[level]
         index = row * columns + column
         offset, count = page.dataoffsets[index], page.databytecounts[index]
-        where = f"tile (column {column}, row {row}) of level {level} in {self.name} (byte offset {offset})"
+        where = f"tile (column {column}, row {row}) of level {level} (byte offset {offset})"
         if count == 0:  # an empty tile: TIFF's sparse convention is zeros
             return np.zeros((page.tilelength, page.tilewidth, self.channels), self.dtype)
         with self._lock:
             handle = self._slide.ts_tifffile.filehandle
             handle.seek(offset)
             data = handle.read(count)
+        if len(data) < count:
+            raise SlideReadError(self.path, where, f"the file ends {count - len(data)} bytes before this tile's end "
+                                                   f"(truncated)")
         try:
             tile = page.decode(data, index, jpegtables=page.jpegtables)[0]
         except Exception as error:  # codecs raise their own error types
-            raise SlideReadError(f"{where} is corrupt: {type(error).__name__}: {error}") from None
+            raise SlideReadError(self.path, where, f"is corrupt ({type(error).__name__}: {error})") from None
         expected = (1, page.tilelength, page.tilewidth, self.channels)
         if tile is None or tile.shape != expected:
-            raise SlideReadError(f"{where} decoded to shape {None if tile is None else tile.shape}, not {expected}")
+            raise SlideReadError(self.path, where, f"decoded to shape {None if tile is None else tile.shape}, "
+                                                   f"not {expected}")
         return tile.reshape(expected[1:])
 
     def close(self) -> None:

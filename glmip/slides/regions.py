@@ -19,6 +19,8 @@ DEFAULT_REGION = 4096
 
 def region_ids(layout: Any, region: int = DEFAULT_REGION) -> np.ndarray:
     """(N,) int64 region id of each token of `layout` (a `TokenLayout`) on the `region`-pixel grid."""
+    if not all(hasattr(layout, name) for name in ("cx", "cy", "image_size")):
+        raise TypeError(f"layout must be a glmip.TokenLayout, got {type(layout).__name__}")
     if not isinstance(region, (int, np.integer)) or isinstance(region, bool) or region < 1:
         raise ValueError(f"region must be a positive int (level-0 pixels a side), got {region!r}")
     width, height = layout.image_size
@@ -33,10 +35,13 @@ def group_by_region(layout: Any, tokens: Any, region: int = DEFAULT_REGION) -> t
     """Tokens (N, ...) as a padded [regions x tokens] batch for a HIPT-style model.
 
     Returns (ids (R,) int64 of the non-empty regions in ascending order, batch (R, T, ...) with T the
-    most tokens in one region, padding (R, T) bool, True = padding). Within a region tokens keep their
-    layout order. `tokens` is a torch tensor (as `Slide.tokens` gives) or a numpy array.
+    most tokens in one region, valid (R, T) bool, True = a real token, as `TokenBatch.valid` and SDPA's
+    bool mask; `~valid` for `nn.MultiheadAttention`'s key_padding_mask). Within a region tokens keep
+    their layout order. `tokens` is a torch tensor (as `Slide.tokens` gives) or a numpy array.
     """
     ids = region_ids(layout, region)
+    if not hasattr(tokens, "shape") or not hasattr(tokens, "__getitem__") or len(tokens.shape) == 0:
+        raise TypeError(f"tokens must be a torch tensor or numpy array (N, ...), got {type(tokens).__name__}")
     if len(ids) != tokens.shape[0]:
         raise ValueError(f"the layout has {len(ids)} tokens but tokens has {tokens.shape[0]}")
     unique, inverse, counts = np.unique(ids, return_inverse=True, return_counts=True)
@@ -47,12 +52,12 @@ def group_by_region(layout: Any, tokens: Any, region: int = DEFAULT_REGION) -> t
         import torch
 
         batch = tokens.new_zeros((len(unique), longest, *tokens.shape[1:]))
-        padding = torch.ones((len(unique), longest), dtype=torch.bool)
+        valid = torch.zeros((len(unique), longest), dtype=torch.bool)
         rows, cols, source = torch.from_numpy(inverse[order]), torch.from_numpy(slot), torch.from_numpy(order)
     else:
         batch = np.zeros((len(unique), longest, *tokens.shape[1:]), tokens.dtype)
-        padding = np.ones((len(unique), longest), bool)
+        valid = np.zeros((len(unique), longest), bool)
         rows, cols, source = inverse[order], slot, order
     batch[rows, cols] = tokens[source]
-    padding[rows, cols] = False
-    return unique, batch, padding
+    valid[rows, cols] = True
+    return unique, batch, valid

@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..allocate import ClassBudgets, TokenLayout, allocate
+from ..errors import ClosedError
+from ..limits import MAX_LEVEL, MAX_PATCH, finite_float, non_negative_int
 from ..maps import as_lod_map, as_relevance
 from ..maps import lod_map as make_lod_map
 from ..pyramid import Pyramid
@@ -50,6 +52,26 @@ def _positive_int(value: Any, name: str) -> int:
     return int(value)
 
 
+def _levels(lod: Any, n: int) -> np.ndarray:
+    """`lod` (a number, or N numbers: numpy, torch, a list) as (n,) float64 levels, checked."""
+    if hasattr(lod, "detach"):
+        if lod.device.type == "meta":
+            raise TypeError("lod is a meta tensor, which holds no data; pass a CPU or CUDA tensor")
+        lod = lod.detach().cpu().numpy()
+    array = np.asarray(lod)
+    if isinstance(lod, (str, bytes)) or array.dtype.kind not in "fiu":
+        raise TypeError(f"lod must be a number or one number per point, got {lod!r} ({type(lod).__name__})")
+    array = array.astype(np.float64)
+    if array.ndim == 0:
+        array = np.full(n, float(array))
+    if array.shape != (n,):
+        raise ValueError(f"lod must be a scalar or have one value per point ({n}), got shape {array.shape}")
+    if not np.isfinite(array).all() or (np.abs(array) > MAX_LEVEL).any():
+        raise ValueError(f"lod must be finite levels within ±{MAX_LEVEL:g}, got "
+                         f"{array[~np.isfinite(array) | (np.abs(array) > MAX_LEVEL)][0]}")
+    return array
+
+
 def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
     """Otsu's threshold of `values` (any shape, finite): the cut of a `bins`-bin histogram over their range
     that maximises the between-class variance. A constant input returns its value."""
@@ -72,7 +94,8 @@ def tissue_mask(pixels: np.ndarray) -> np.ndarray:
     """Tissue as CLAM and TRIDENT find it: Otsu on the HSV saturation of an RGB(A) picture (grey: on
     darkness, 1 - value), float32 (h, w) 1 where tissue, 0 where background.
 
-    Convention: `pixels` (h, w, C) uint8/uint16/float32; unorm values normalised to [0, 1] first."""
+    Convention: `pixels` (h, w, C) uint8/uint16/float32; unorm values normalised to [0, 1] first. Pixels
+    that are not finite (a float slide's NaN no-data) are background and take no part in the threshold."""
     values = pixels.astype(np.float32)
     if pixels.dtype != np.float32:
         values /= float(np.iinfo(pixels.dtype).max)
@@ -82,7 +105,10 @@ def tissue_mask(pixels: np.ndarray) -> np.ndarray:
         feature = (top - rgb.min(axis=2)) / np.maximum(top, 1e-6)
     else:
         feature = 1.0 - values[..., 0]
-    return (feature > otsu_threshold(feature)).astype(np.float32)
+    finite = np.isfinite(feature)
+    if not finite.any():
+        return np.zeros(feature.shape, np.float32)
+    return (finite & (np.where(finite, feature, 0.0) > otsu_threshold(feature[finite]))).astype(np.float32)
 
 
 class Slide:
@@ -97,6 +123,8 @@ class Slide:
     def __init__(self, context: GLContext, source: Any, *, tile: int = DEFAULT_TILE,
                  cache_bytes: int = DEFAULT_CACHE_BYTES, gl_cache_bytes: int = DEFAULT_GL_CACHE_BYTES) -> None:
         context.check_open()
+        cache_bytes = non_negative_int(cache_bytes, "cache_bytes")
+        gl_cache_bytes = non_negative_int(gl_cache_bytes, "gl_cache_bytes")
         tile = _positive_int(tile, "tile")
         limit = context.max_texture_size
         if tile % 64 or tile > limit:
@@ -172,7 +200,11 @@ class Slide:
                              f"0..{len(self.reader.levels) - 1} "
                              f"({', '.join(f'{v.width}x{v.height}' for v in self.reader.levels)})")
         lv = self.reader.levels[level]
-        x0, y0, x1, y1 = box or (0, 0, lv.width, lv.height)
+        box = (0, 0, lv.width, lv.height) if box is None else box
+        if (isinstance(box, (str, bytes)) or not hasattr(box, "__len__") or len(box) != 4
+                or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in box)):
+            raise TypeError(f"box must be (x0, y0, x1, y1), four ints in stored level {level}'s pixels, got {box!r}")
+        x0, y0, x1, y1 = (int(v) for v in box)
         if not (0 <= x0 < x1 <= lv.width and 0 <= y0 < y1 <= lv.height):
             raise ValueError(f"box {box} is not inside stored level {level} ({lv.width}x{lv.height})")
         return self.reader.read(int(level), int(x0), int(y0), int(x1 - x0), int(y1 - y0))
@@ -288,8 +320,9 @@ class Slide:
                              f"{mode.value!r} has a vendor-defined footprint no halo can bound")
         if wrap != "clamp":
             raise ValueError(f"a slide samples with wrap 'clamp' only, got {wrap!r}")
-        if not np.isfinite(lod_bias):
-            raise ValueError(f"lod_bias must be finite, got {lod_bias}")
+        lod_bias = finite_float(lod_bias, "lod_bias", -MAX_LEVEL, MAX_LEVEL)
+        max_aniso = float(self.context.gl.max_anisotropy)
+        anisotropy = finite_float(anisotropy, "anisotropy", 1.0, max_aniso)
         points = as_float_array(uv, "uv", (2,))
         n = points.shape[0]
         gradients = None
@@ -307,12 +340,7 @@ class Slide:
         else:
             if mode is Filter.ANISOTROPIC:
                 raise ValueError("filter 'anisotropic' needs grad, the (N, 2, 2) uv gradients that shape the footprint")
-            lods = np.asarray(lod if lod is not None else 0.0, np.float64)
-            levels = np.broadcast_to(lods, (n,)) if lods.ndim == 0 else lods
-            if levels.shape != (n,) or not np.isfinite(levels).all():
-                raise ValueError(f"lod must be a finite scalar or have one value per point ({n}), got shape "
-                                 f"{np.shape(lod)}")
-            levels = levels + lod_bias
+            levels = _levels(0.0 if lod is None else lod, n) + lod_bias
         if n == 0:
             return np.empty((0, self.channels), np.float32)
         points = points.astype(np.float32).astype(np.float64)  # the GPU's float32 positions, as `Pyramid.sample`
@@ -342,17 +370,39 @@ class Slide:
         mode = parse_enum(Filter, filter, "filter")
         if mode not in (Filter.TRILINEAR, Filter.ANISOTROPIC):
             raise ValueError(f"tokens are sampled with 'trilinear' or 'anisotropic', got {mode.value!r}")
-        patch = _positive_int(getattr(layout, "patch", 0) if patch is None else patch, "patch")
-        if not np.isfinite(lod_bias):
-            raise ValueError(f"lod_bias must be finite, got {lod_bias}")
-        cx, cy, size, level = (np.asarray(getattr(layout, name), np.float64) for name in ("cx", "cy", "size", "level"))
+        names = ("cx", "cy", "size", "level", "patch", "image_size")
+        if not all(hasattr(layout, name) for name in names):
+            raise TypeError(f"layout must be a glmip.TokenLayout (made by Slide.allocate), got {type(layout).__name__}")
+        made_for = tuple(layout.image_size) if isinstance(layout.image_size, (tuple, list)) else ()
+        if made_for != (self.width, self.height):
+            raise ValueError(f"the layout was made for an image of {layout.image_size!r} (width, height), but this "
+                             f"slide is {self.width}x{self.height}; allocate with Slide.allocate (or "
+                             f"image_size=(width, height) of the slide)")
+        patch = _positive_int(layout.patch if patch is None else patch, "patch")
+        if patch > MAX_PATCH:
+            raise ValueError(f"patch {patch} is over the limit of {MAX_PATCH} samples a side; raise "
+                             f"glmip.limits.MAX_PATCH to go past it")
+        lod_bias = finite_float(lod_bias, "lod_bias", -MAX_LEVEL, MAX_LEVEL)
+        arrays = [np.asarray(getattr(layout, name)) for name in names[:4]]
+        if any(a.dtype.kind not in "fiu" for a in arrays):
+            raise TypeError("the layout's cx, cy, size and level must hold numbers, got dtypes "
+                            f"{', '.join(str(a.dtype) for a in arrays)}")
+        cx, cy, size, level = (a.astype(np.float64) for a in arrays)
+        n = cx.shape[0] if cx.ndim == 1 else -1
+        if any(a.shape != (n,) for a in (cx, cy, size, level)):
+            raise ValueError("the layout's cx, cy, size and level must be 1-D of one length, got shapes "
+                             f"{', '.join(str(a.shape) for a in (cx, cy, size, level))}")
         if not (np.isfinite(cx).all() and np.isfinite(cy).all() and np.isfinite(size).all()
-                and np.isfinite(level).all()) or (size <= 0).any():
-            raise ValueError("token centres, sizes and levels must be finite and sizes positive")
-        n = cx.shape[0]
+                and np.isfinite(level).all()) or (size <= 0).any() or (np.abs(level) > MAX_LEVEL).any():
+            raise ValueError(f"token centres, sizes and levels must be finite, sizes positive and levels within "
+                             f"±{MAX_LEVEL:g}")
         shape = (n, self.channels, patch, patch)
-        if out is not None and (tuple(out.shape) != shape or out.dtype != torch.float32):
-            raise ValueError(f"out must be a float32 tensor of shape {shape}, got {tuple(out.shape)} {out.dtype}")
+        if out is not None:
+            if not isinstance(out, torch.Tensor) or out.device.type == "meta":
+                raise TypeError(f"out must be a CPU or CUDA torch tensor, got "
+                                f"{getattr(out, 'device', type(out).__name__)}")
+            if tuple(out.shape) != shape or out.dtype != torch.float32:
+                raise ValueError(f"out must be a float32 tensor of shape {shape}, got {tuple(out.shape)} {out.dtype}")
         result = torch.empty(shape, dtype=torch.float32) if out is None else out
         if n == 0:
             return result
@@ -389,7 +439,13 @@ class Slide:
         `region` = (u0, v0, u1, v1) in uv. Returns HxWxC in the slide's dtype (and the level used, HxW).
         """
         self._check_open()
-        region = tuple(float(v) for v in region)
+        try:
+            if isinstance(region, (str, bytes)):
+                raise TypeError
+            region = tuple(float(v) for v in region)
+        except (TypeError, ValueError):
+            raise TypeError(f"region must be four numbers (u0, v0, u1, v1), got {region!r}") from None
+        lod_bias = finite_float(lod_bias, "lod_bias", -MAX_LEVEL, MAX_LEVEL)
         if len(region) != 4 or not all(np.isfinite(region)) or not (region[0] < region[2] and region[1] < region[3]):
             raise ValueError(f"region must be (u0, v0, u1, v1) with u0 < u1 and v0 < v1, got {region!r}")
         span = ((region[2] - region[0]) * self.width, (region[3] - region[1]) * self.height)
@@ -461,8 +517,10 @@ class Slide:
             min_level = 0
             while cells(min_level) > AUTO_RELEVANCE_CELLS:
                 min_level += 1
-        elif not isinstance(min_level, (int, np.integer)) or isinstance(min_level, bool) or min_level < 0:
-            raise ValueError(f"min_level must be a non-negative int, got {min_level!r}")
+        elif (not isinstance(min_level, (int, np.integer)) or isinstance(min_level, bool)
+              or not 0 <= min_level < self.levels):
+            raise ValueError(f"min_level must be an int in 0..{self.levels - 1} (this slide's levels), got "
+                             f"{min_level!r}")
         elif cells(min_level) > MAX_RELEVANCE_CELLS:
             finest = next(k for k in range(64) if cells(k) <= MAX_RELEVANCE_CELLS)
             raise ValueError(f"min_level {min_level} needs a relevance grid of {cells(min_level)} cells over this "
@@ -492,7 +550,7 @@ class Slide:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise RuntimeError("this Slide is closed")
+            raise ClosedError("this Slide is closed")
         self.context.check_open()
 
     def close(self) -> None:
