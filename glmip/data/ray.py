@@ -12,11 +12,12 @@ whatever CUDA_VISIBLE_DEVICES says). That GPU path has not run yet; the CPU (llv
 
 Convention:
     Input batch columns: "path" (files) or "image" (decoded arrays, as `ray.data.read_images` gives),
-    and optionally "index" (the input's position; default: running count within the batch) and "id".
-    Output columns, one row per input: index, id, tokens ((N, C, P, P) uint8/float16, ragged), cx, cy,
-    size, level (ragged (N,)), width, height, error ("" when tokenized, else the reason it was skipped),
-    actor (the actor's pid) and contexts (how many GL Contexts that actor holds: 1 unless Ray called it
-    from several threads).
+    and optionally "index" (the input's position; default: running count within the batch), "id" and
+    "label" (passed through). Output columns, one row per input: index, id, tokens ((N, C, P, P)
+    uint8/float16, ragged), cx, cy, size, level (ragged (N,)), width, height, error ("" when
+    tokenized, else the reason it was skipped), actor (the actor's pid), contexts (how many GL
+    Contexts that actor holds: 1 unless Ray called it from several threads), and label when given.
+    Settings that fail on every image (`Tokenizer.check`) fail the actor's construction, once.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from .dataset import Decoded, Skipped, decode
-from .shards import TOKEN_DTYPES, Record, ShardWriter, shard_options, tokenize_items
+from .shards import TOKEN_DTYPES, Record, ShardWriter, json_label, shard_options, tokenize_items
 from .tokenizer import Tokenizer
 
 __all__ = ["GlmipTokenize", "ray_write_shards", "rows_to_entries"]
@@ -57,6 +58,7 @@ class GlmipTokenize:
             raise TypeError("pass a Tokenizer or its options, not both")
         self.tokenizer = tokenizer if tokenizer is not None else Tokenizer(**options)
         self.dtype = dtype
+        self.tokenizer.check()  # also makes this actor's Context, kept for its life
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, np.ndarray]:
         sources = batch.get("path", batch.get("image"))
@@ -67,6 +69,8 @@ class GlmipTokenize:
         entries: list[Decoded | Skipped] = []
         for position, (index, source) in enumerate(zip(indices, sources, strict=True)):
             item = str(source) if isinstance(source, (str, np.str_)) else np.asarray(source)
+            if "label" in batch:
+                item = (item, batch["label"][position])
             entry = decode(item, index, self.tokenizer.channels)
             if "id" in batch:
                 entry = replace(entry, id=str(batch["id"][position]))
@@ -74,7 +78,8 @@ class GlmipTokenize:
         results = tokenize_items(self.tokenizer, entries, self.dtype)  # the Context: made on the first batch
         empty = np.zeros((0,), np.float32)
         records = [r if isinstance(r, Record) else None for r in results]
-        return {
+        labels = {"label": batch["label"]} if "label" in batch else {}
+        return {**labels,
             "index": np.array([r.index for r in results], np.int64),
             "id": np.array([r.id for r in results], dtype=object),
             "tokens": _ragged([r.tokens if r is not None else np.zeros((0,), self.dtype) for r in records]),
@@ -96,25 +101,34 @@ def rows_to_entries(batch: dict[str, Any]) -> list[Record | Skipped]:
             entries.append(Skipped(index, name, error))
             continue
         layout = {key: np.asarray(batch[key][row]) for key in _LAYOUT}
+        label = json_label(batch["label"][row], name) if "label" in batch else None
         entries.append(Record(index, name, np.asarray(batch["tokens"][row]), layout,
-                              (int(batch["width"][row]), int(batch["height"][row]))))
+                              (int(batch["width"][row]), int(batch["height"][row])), label, "label" in batch))
     return entries
 
 
 def ray_write_shards(items: Sequence[Any], out_dir: str | os.PathLike, tokenizer: Tokenizer, *,
                      shard_size: int = 256, dtype: str = "float16", concurrency: int = 1, num_gpus: float = 0,
-                     batch_size: int = 16, ids: Sequence[str] | None = None) -> dict[str, Any]:
+                     batch_size: int = 16, ids: Sequence[str] | None = None,
+                     labels: Sequence[Any] | None = None) -> dict[str, Any]:
     """`items` (paths, as a Ray dataset `from_items`) through `GlmipTokenize` actors into the shard format
     of `write_shards`, in `out_dir`; returns the manifest. Needs `ray.init()` (or a cluster address) first.
 
     The actors tokenize; this process (the driver) receives the token columns and writes the shards,
     so `out_dir` must be where the driver can write. Finished shards of an earlier run are kept.
+    labels: one JSON label per item, stored in each sample. `num_gpus`: per actor (0 on a CPU-only
+    cluster, where a request for GPUs would wait forever).
     """
     import ray
 
     if isinstance(items, (str, bytes, os.PathLike)) or not isinstance(items, Sequence) or len(items) == 0:
         raise ValueError("items must be a non-empty sequence of image paths")
     ids = [os.fspath(item) for item in items] if ids is None else list(ids)
+    if labels is not None and (isinstance(labels, (str, bytes)) or not isinstance(labels, Sequence)
+                               or len(labels) != len(items)):
+        raise ValueError(f"labels must be a sequence of one label per item ({len(items)})")
+    labels = None if labels is None else [json_label(label, ids[i]) for i, label in enumerate(labels)]
+    tokenizer.check()
     writer = ShardWriter(out_dir, inputs=len(items), shard_size=shard_size, options=shard_options(tokenizer, dtype))
     pending = writer.pending()
     if pending:
@@ -124,6 +138,8 @@ def ray_write_shards(items: Sequence[Any], out_dir: str | os.PathLike, tokenizer
             compute=ray.data.ActorPoolStrategy(size=concurrency), num_gpus=num_gpus, batch_format="numpy")
         for batch in tokens.iter_batches(batch_size=batch_size, batch_format="numpy"):
             for entry in rows_to_entries(batch):
+                if labels is not None and isinstance(entry, Record):  # the driver holds them: no trip through Ray
+                    entry = replace(entry, label=labels[entry.index], labelled=True)
                 writer.add(entry)
     writer.write_manifest()
     return writer.manifest()
