@@ -40,6 +40,7 @@ import numbers
 import os
 import random
 import sys
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
@@ -103,7 +104,8 @@ def quantise(tokens: torch.Tensor, dtype: str) -> np.ndarray:
 
 
 def dequantise(stored: np.ndarray) -> torch.Tensor:
-    values = torch.from_numpy(np.ascontiguousarray(stored))
+    """Stored tokens as float32: uint8 as value / 255, float16 widened (a read-only array, as Ray gives, is copied)."""
+    values = torch.from_numpy(np.array(stored) if not stored.flags.writeable else np.ascontiguousarray(stored))
     return values.float() / 255 if values.dtype == torch.uint8 else values.float()
 
 
@@ -640,9 +642,10 @@ class ShardDataset(torch.utils.data.IterableDataset):
         if not manifest_path.is_file() and (root / LEGACY_MANIFEST).is_file():
             manifest_path = root / LEGACY_MANIFEST
         if not manifest_path.is_file():
-            raise ValueError(f"{str(out_dir)!r} has no {MANIFEST}; it is not a glmip shard directory")
+            raise ShardError(root, None, f"no {MANIFEST}: not a glmip shard directory (or not written yet)")
         self.manifest = load_manifest(manifest_path)
         self.paths = [root / s["name"] for s in self.manifest["shards"] if s["name"]]
+        self.expected = {str(root / s["name"]): int(s["images"]) for s in self.manifest["shards"] if s["name"]}
         for path in self.paths:
             if not path.is_file():
                 raise ShardError(path, None, f"listed in {manifest_path.name} but missing; write the shards again "
@@ -695,11 +698,40 @@ class ShardDataset(torch.utils.data.IterableDataset):
                 if position % world == rank:
                     yield shard
 
+        assigned: list[str] = []
+
         def by_worker(source: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
             for position, shard in enumerate(source):
                 if position % workers == worker:
                     where.update(shard=shard["url"], member=None)
+                    assigned.append(shard["url"])
                     yield shard
+
+        def counted(source: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+            """Samples held back one at a time, so that a shard whose sample count is not the manifest's
+            (a truncated file ends silently in a tar stream) raises before its last, partial sample."""
+            counts: Counter[str] = Counter()
+            checked: set[str] = set()
+            held = None
+
+            def check(upto: str | None) -> None:
+                for url in assigned if upto is None else assigned[:assigned.index(upto)]:
+                    if url not in checked:
+                        checked.add(url)
+                        if counts[url] != self.expected[url]:
+                            raise ShardError(url, None, f"holds {counts[url]} sample(s) where the manifest lists "
+                                                        f"{self.expected[url]}: truncated or overwritten")
+
+            for sample in source:
+                url = sample.get("__url__")
+                check(url)
+                if held is not None:
+                    yield held
+                held = sample
+                counts[url] += 1
+            check(None)
+            if held is not None:
+                yield held
 
         def seen(name: str) -> bool:
             where["member"] = name
@@ -711,7 +743,7 @@ class ShardDataset(torch.utils.data.IterableDataset):
                     yield {**shard, "stream": stream}
 
         stages: list[Any] = [webdataset.SimpleShardList(urls), by_node, by_worker, opened,
-                             partial(tar_file_expander, select_files=seen), group_by_keys]
+                             partial(tar_file_expander, select_files=seen), group_by_keys, counted]
         if self.buffer:
             rng = random.Random(f"{self.seed}/{epoch}/{salt}/{rank}/{worker}")
             stages.append(webdataset.shuffle(self.buffer, initial=self.buffer, rng=rng))
