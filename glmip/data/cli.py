@@ -49,11 +49,13 @@ def input_files(input_dir: str, out_dir: str | None = None) -> list[Path]:
 def _label_rows(path: Path) -> list[tuple[str, Any, int]]:
     """(path, label, line number) of each entry of a labels file (see the module's convention)."""
     rows: list[tuple[str, Any, int]] = []
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".jsonl", ".ndjson"):
+        raise ValueError(f"the labels file {str(path)!r} must be .csv or .jsonl (JSON lines), got {suffix or 'none'}")
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
         raise ValueError(f"cannot read the labels file {str(path)!r}: {error}") from None
-    suffix = path.suffix.lower()
     if suffix == ".csv":
         for number, cells in enumerate(csv.reader(text.splitlines()), start=1):
             if not cells or not "".join(cells).strip():
@@ -67,7 +69,7 @@ def _label_rows(path: Path) -> list[tuple[str, Any, int]]:
             except ValueError:
                 label = cells[1]
             rows.append((cells[0], label, number))
-    elif suffix in (".jsonl", ".ndjson"):
+    else:
         for number, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 continue
@@ -79,8 +81,6 @@ def _label_rows(path: Path) -> list[tuple[str, Any, int]]:
                 raise ValueError(f"{path}:{number}: each line is an object with a \"path\" string and a label")
             label = entry["label"] if "label" in entry else {k: v for k, v in entry.items() if k != "path"}
             rows.append((entry["path"], label, number))
-    else:
-        raise ValueError(f"the labels file {str(path)!r} must be .csv or .jsonl (JSON lines), got {suffix or 'none'}")
     if not rows:
         raise ValueError(f"the labels file {str(path)!r} holds no labels")
     return rows

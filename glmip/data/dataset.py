@@ -89,6 +89,9 @@ def _apply(transform: Callable[[Any], Any], array: np.ndarray, name: str) -> np.
     """`transform` on the image as a (C, H, W) tensor, its result back as an (H, W, C) array."""
     tensor = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)
     result = transform(tensor)
+    if not isinstance(result, (torch.Tensor, np.ndarray)) and not type(result).__module__.startswith("PIL."):
+        raise TypeError(f"{name}: the transform returned {type(result).__name__}, which is not an image; return a "
+                        "(C, H, W) tensor, an (H, W, C) array or a PIL image")
     try:
         return as_image_array(result)
     except (ValueError, TypeError) as error:
