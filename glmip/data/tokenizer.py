@@ -44,6 +44,7 @@ RELEVANCE_WORDS = ("uniform", "saliency")
 _DTYPE_RANK = {"uint8": 0, "uint16": 1, "float32": 2}
 _UNORM_MAX = {"uint8": 255, "uint16": 65535}
 _LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R 601, as PIL's convert("L")
+TOKEN_FILTERS = (Filter.TRILINEAR, Filter.ANISOTROPIC)  # what glmip.sampling.tokens_batch samples with
 # A TokenBatch counts tokens in int32 (cu_seqlens), so no budget above this can be honoured.
 MAX_BUDGET = 2**31 - 1
 
@@ -147,6 +148,16 @@ def conform(array: np.ndarray, channels: int | None, dtype: str | None) -> np.nd
     Convention (dtype): uint8 -> uint16 multiplies by 257 and ints -> float32 divide by 255 / 65535,
     so the normalised values glmip samples stay the same; narrowing is refused.
     """
+    if not isinstance(array, np.ndarray) or array.ndim != 3 or not 1 <= array.shape[2] <= 4:
+        raise ValueError(f"conform takes an (H, W, C) numpy image with C in 1..4, got "
+                         f"{getattr(array, 'shape', type(array).__name__)}")
+    if array.dtype.name not in _DTYPE_RANK:
+        raise TypeError(f"image dtype {array.dtype} is not one of {', '.join(_DTYPE_RANK)}")
+    if dtype is not None and dtype not in _DTYPE_RANK:
+        raise ValueError(f"dtype must be one of {', '.join(_DTYPE_RANK)} or None, got {dtype!r}")
+    if channels is not None and (not isinstance(channels, int) or isinstance(channels, bool)
+                                 or not 1 <= channels <= 4):
+        raise ValueError(f"channels must be 1..4 or None, got {channels!r}")
     have = array.shape[2]
     if dtype is not None and array.dtype.name != dtype:
         source = array.dtype.name
@@ -156,8 +167,6 @@ def conform(array: np.ndarray, channels: int | None, dtype: str | None) -> np.nd
                  else array.astype(np.float32) / np.float32(_UNORM_MAX[source]))
     if channels is None or channels == have:
         return np.ascontiguousarray(array)
-    if not 1 <= channels <= 4:
-        raise ValueError(f"channels must be 1..4 or None, got {channels!r}")
     colour = array[..., :1].repeat(3, axis=2) if have <= 2 else array[..., :3]
     alpha = array[..., have - 1:] if have in (2, 4) else None
     if channels <= 2:
@@ -182,6 +191,11 @@ def prepare_images(images: Sequence[Any], channels: int | None = 3) -> list[np.n
 
     Raises ValueError/TypeError (naming the image) for an image glmip cannot read.
     """
+    if isinstance(images, (str, bytes, os.PathLike)) or not isinstance(images, Sequence):
+        raise TypeError(f"images must be a list of images, got {type(images).__name__}")
+    if channels is not None and (not isinstance(channels, int) or isinstance(channels, bool)
+                                 or not 1 <= channels <= 4):
+        raise ValueError(f"channels must be 1..4 or None, got {channels!r}")
     arrays = []
     for index, image in enumerate(images):
         try:
@@ -220,10 +234,15 @@ class Tokenizer:
                                      or not 1 <= channels <= 4):
             raise ValueError(f"channels must be 1..4 or None, got {channels!r}")
         method = PyramidMethod.parse(method).value if isinstance(method, str) else _refuse("method", method)
-        filter = parse_enum(Filter, filter, "token filter").value if isinstance(filter, str) \
-            else _refuse("filter", filter)
+        if not isinstance(filter, str):
+            _refuse("filter", filter)
+        if parse_enum(Filter, filter, "token filter") not in TOKEN_FILTERS:
+            raise ValueError(f"tokens are sampled with {' or '.join(repr(f.value) for f in TOKEN_FILTERS)}, got "
+                             f"{filter!r}")
         if not isinstance(srgb, bool):
             raise TypeError(f"srgb must be True or False, got {srgb!r}")
+        if srgb and channels in (1, 2):
+            raise ValueError(f"srgb=True decodes RGB(A) colour; it cannot go with channels={channels} (grey)")
         for name, index in (("device", device), ("cuda_device", cuda_device)):
             if index is not None:
                 limits.non_negative_int(index, name)
