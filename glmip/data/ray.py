@@ -17,7 +17,8 @@ Convention:
     uint8/float16, ragged), cx, cy, size, level (ragged (N,)), width, height, error ("" when
     tokenized, else the reason it was skipped), actor (the actor's pid), contexts (how many GL
     Contexts that actor holds: 1 unless Ray called it from several threads), and label when given.
-    Settings that fail on every image (`Tokenizer.check`) fail the actor's construction, once.
+    Settings that fail on every image (`Tokenizer.check`, on each actor's first batch) fail the dataset
+    with one ValueError instead of an error row per input.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ class GlmipTokenize:
             raise TypeError("pass a Tokenizer or its options, not both")
         self.tokenizer = tokenizer if tokenizer is not None else Tokenizer(**options)
         self.dtype = dtype
-        self.tokenizer.check()  # also makes this actor's Context, kept for its life
+        self._checked = False
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, np.ndarray]:
         sources = batch.get("path", batch.get("image"))
@@ -75,7 +76,10 @@ class GlmipTokenize:
             if "id" in batch:
                 entry = replace(entry, id=str(batch["id"][position]))
             entries.append(entry)
-        results = tokenize_items(self.tokenizer, entries, self.dtype)  # the Context: made on the first batch
+        if not self._checked:  # on Ray's calling thread, whose Context the actor then keeps
+            self.tokenizer.check()
+            self._checked = True
+        results = tokenize_items(self.tokenizer, entries, self.dtype)
         empty = np.zeros((0,), np.float32)
         records = [r if isinstance(r, Record) else None for r in results]
         labels = {"label": batch["label"]} if "label" in batch else {}
