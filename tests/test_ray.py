@@ -94,3 +94,17 @@ def test_read_webdataset_on_the_folder_as_written(ctx, cluster, paths, tmp_path)
     (want, want_labels, want_ids), = list(read_shards(out, batch_size=16, with_labels=True, with_ids=True))
     assert torch.equal(batch.tokens, want.tokens) and batch.image_sizes == want.image_sizes
     assert labels == want_labels == [f"label {i}" for i in range(len(paths) - 1)] and ids == want_ids == paths[:-1]
+
+
+def test_readme_recipe_on_a_cpu_only_cluster(ctx, cluster, paths, tmp_path):
+    """The README's recipe picks num_gpus=0 here and finishes; asking for a GPU the cluster lacks is refused
+    at once instead of waiting for it forever."""
+    gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+    assert gpus == 0
+    ds = ray.data.from_items([{"index": i, "path": p} for i, p in enumerate(paths[:2])])
+    tokens = ds.map_batches(GlmipTokenize, fn_constructor_kwargs={"tokenizer": Tokenizer(BUDGET, PATCH)},
+                            batch_size=16, compute=ray.data.ActorPoolStrategy(min_size=1, max_size=8), num_gpus=gpus)
+    assert sorted(row["index"] for row in tokens.take_all()) == [0, 1]
+    with pytest.raises(ValueError, match="CPU-only"):
+        ray_write_shards(paths, tmp_path / "gpu", Tokenizer(BUDGET, PATCH), num_gpus=1)
+    assert not (tmp_path / "gpu").exists()

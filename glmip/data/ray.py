@@ -1,11 +1,12 @@
 """glmip on Ray Data (the `ray` extra): `GlmipTokenize` for `ds.map_batches`, and `ray_write_shards`.
 
+    gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0   # 0 on a CPU-only cluster
     ds = ray.data.from_items([{"index": i, "path": p} for i, p in enumerate(paths)])
     out = ds.map_batches(GlmipTokenize, fn_constructor_kwargs={"tokenizer": Tokenizer(256)},
-                         concurrency=4, num_gpus=1, batch_size=16)
+                         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=4), num_gpus=gpus, batch_size=16)
 
-Ray runs the class as stateful actors: each builds its GL Context once, in `__init__`, and keeps it
-for its life. With `num_gpus=1` Ray sets the actor's `CUDA_VISIBLE_DEVICES`; the Tokenizer then asks
+Ray runs the class as stateful actors: each builds its GL Context once, on its first batch, and
+keeps it for its life. With `num_gpus=1` Ray sets the actor's `CUDA_VISIBLE_DEVICES`; the Tokenizer then asks
 torch for its current CUDA device (0 of the visible ones) and `Context(cuda_device=0)` picks the EGL
 device with that GPU's UUID, so GL renders on the GPU Ray gave the actor (EGL numbers every GPU,
 whatever CUDA_VISIBLE_DEVICES says). That GPU path has not run yet; the CPU (llvmpipe) path is tested.
@@ -120,8 +121,9 @@ def ray_write_shards(items: Sequence[Any], out_dir: str | os.PathLike, tokenizer
 
     The actors tokenize; this process (the driver) receives the token columns and writes the shards,
     so `out_dir` must be where the driver can write. Finished shards of an earlier run are kept.
-    labels: one JSON label per item, stored in each sample. `num_gpus`: per actor (0 on a CPU-only
-    cluster, where a request for GPUs would wait forever).
+    labels: one JSON label per item, stored in each sample. concurrency: the most actors (the pool
+    starts with one and grows as the cluster has room). num_gpus: per actor; more than the cluster
+    has is refused (Ray would wait for them forever), so pass 0 on a CPU-only cluster.
     """
     import ray
 
@@ -132,6 +134,14 @@ def ray_write_shards(items: Sequence[Any], out_dir: str | os.PathLike, tokenizer
                                or len(labels) != len(items)):
         raise ValueError(f"labels must be a sequence of one label per item ({len(items)})")
     labels = None if labels is None else [json_label(label, ids[i]) for i, label in enumerate(labels)]
+    if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
+        raise ValueError(f"concurrency must be a positive int (the most actors), got {concurrency!r}")
+    if not isinstance(num_gpus, (int, float)) or isinstance(num_gpus, bool) or not 0 <= num_gpus <= 64:
+        raise ValueError(f"num_gpus (per actor) must be a number from 0 to 64, got {num_gpus!r}")
+    cluster_gpus = ray.cluster_resources().get("GPU", 0)
+    if num_gpus > 0 and cluster_gpus < num_gpus:  # Ray would wait for them forever, without a word
+        raise ValueError(f"num_gpus={num_gpus} per actor, but the Ray cluster has {cluster_gpus:g} GPU(s); pass "
+                         "num_gpus=0 on a CPU-only cluster")
     tokenizer.check()
     writer = ShardWriter(out_dir, inputs=len(items), shard_size=shard_size, options=shard_options(tokenizer, dtype))
     pending = writer.pending()
@@ -139,7 +149,8 @@ def ray_write_shards(items: Sequence[Any], out_dir: str | os.PathLike, tokenizer
         rows = [{"index": i, "path": os.fspath(items[i]), "id": ids[i]} for i in pending]
         tokens = ray.data.from_items(rows).map_batches(
             GlmipTokenize, fn_constructor_kwargs={"tokenizer": tokenizer, "dtype": dtype}, batch_size=batch_size,
-            compute=ray.data.ActorPoolStrategy(size=concurrency), num_gpus=num_gpus, batch_format="numpy")
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=concurrency), num_gpus=num_gpus,
+            batch_format="numpy")
         for batch in tokens.iter_batches(batch_size=batch_size, batch_format="numpy"):
             for entry in rows_to_entries(batch):
                 if labels is not None and isinstance(entry, Record):  # the driver holds them: no trip through Ray
