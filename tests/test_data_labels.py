@@ -101,16 +101,6 @@ def test_dataset_index_checked():
     assert dataset[-1].index == 0
 
 
-def test_torchvision_v2_transforms_work(ctx):
-    v2 = pytest.importorskip("torchvision.transforms.v2")
-    images = arrays(3)
-    augment = v2.Compose([v2.RandomHorizontalFlip(p=1.0), v2.RandomResizedCrop((24, 32), antialias=True)])
-    torch.manual_seed(0)
-    batch, labels = Collate(Tokenizer(BUDGET, PATCH))([Dataset(list(zip(images, [0, 1, 2], strict=True)),
-                                                               transform=augment)[i] for i in range(3)])
-    assert batch.image_sizes == [(32, 24)] * 3 and labels.tolist() == [0, 1, 2]
-
-
 def test_relevance_map_tokenizer(ctx):
     """A relevance map is a documented option: it used to fail with numpy's "truth value ... ambiguous"."""
     relevance = np.random.default_rng(0).random((6, 6))

@@ -306,3 +306,10 @@ def test_corrupt_shard_directory_raises_shard_error(copy, kind):
     assert isinstance(error, ValueError) and Path(error.shard).name == shard, (kind, error)
     assert error.member == member and error.reason, (kind, error)
     assert shard in str(error) and (member is None or member in str(error)), str(error)
+
+
+def test_a_directory_whose_inputs_were_all_skipped_reads_empty(tmp_path):
+    manifest = write_shards([np.zeros((0, 3, 3), np.uint8), "no/such/file.png"], tmp_path, Tokenizer(BUDGET, PATCH),
+                            progress=False)
+    assert manifest["images"] == 0 and len(manifest["skipped"]) == 2
+    assert list(read_shards(tmp_path, shuffle=True)) == [] and read_shards(tmp_path).images == 0

@@ -392,7 +392,10 @@ def write_shards(items: Sequence[Any], out_dir: str | os.PathLike, tokenizer: To
         raise ValueError(f"dtype must be one of {', '.join(TOKEN_DTYPES)}, got {dtype!r}")
     workers, batch_size = _check_count(workers, "workers", 0), _check_count(batch_size, "batch_size", 1)
     _check_count(shard_size, "shard_size", 1)
-    ids = [item_id(item, i) for i, item in enumerate(items)] if ids is None else [str(i) for i in ids]
+    if ids is not None and (isinstance(ids, (str, bytes)) or not isinstance(ids, Sequence)
+                            or not all(isinstance(i, str) for i in ids)):
+        raise TypeError(f"ids must be a sequence of strings, one per item, got {type(ids).__name__}")
+    ids = [item_id(item, i) for i, item in enumerate(items)] if ids is None else list(ids)
     if len(ids) != len(items):
         raise ValueError(f"got {len(ids)} ids for {len(items)} items")
     if labels is not None:
@@ -678,6 +681,8 @@ class ShardDataset(torch.utils.data.IterableDataset):
         from webdataset.tariterators import group_by_keys, tar_file_expander
 
         rank, world = self._node()
+        if not self.paths:  # every input was skipped: an empty epoch
+            return
         if len(self.paths) < world:
             raise ValueError(f"{len(self.paths)} shard(s) cannot be split across {world} ranks; write more, smaller "
                              "shards (--shard-size)")
