@@ -313,3 +313,14 @@ def test_a_directory_whose_inputs_were_all_skipped_reads_empty(tmp_path):
                             progress=False)
     assert manifest["images"] == 0 and len(manifest["skipped"]) == 2
     assert list(read_shards(tmp_path, shuffle=True)) == [] and read_shards(tmp_path).images == 0
+
+
+def test_persistent_workers_advance_the_epoch_from_the_one_set(ctx, shards):
+    """set_epoch before a persistent loader starts reaches its workers once; each later pass is the next
+    epoch, so the two passes differ (a copy stuck at the epoch it was given would repeat its order)."""
+    dataset = read_shards(shards, batch_size=2, with_labels=True, shuffle=3, seed=4, rank=0, world_size=1)
+    dataset.set_epoch(5)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=2, persistent_workers=True,
+                                         timeout=TIMEOUT_S)
+    passes = [labels_read(loader) for _ in range(2)]
+    assert all(sorted(order) == list(range(COUNT)) for order in passes) and passes[0] != passes[1]

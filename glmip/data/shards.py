@@ -607,6 +607,9 @@ class ShardDataset(torch.utils.data.IterableDataset):
     every permutation. Each epoch's order depends on (seed, epoch): call `set_epoch(epoch)` before each
     epoch as with `DistributedSampler` (required for the same order on every rank with
     non-persistent DataLoader workers; without it, each pass over this object advances the epoch).
+    With `persistent_workers=True` each worker keeps the copy it was given, which later `set_epoch`
+    calls in the main process do not reach: there each pass advances the epoch by one from the
+    last one set, the same way on every rank.
     Shards are split by rank — `rank`/`world_size`, else torch.distributed's, else the RANK and
     WORLD_SIZE torchrun sets — and then by DataLoader worker (`get_worker_info`), so every image is
     read once per epoch across all of them; use `batch_size=None` in the DataLoader. Batches span
@@ -663,8 +666,10 @@ class ShardDataset(torch.utils.data.IterableDataset):
         return int(self.manifest["images"])
 
     def set_epoch(self, epoch: int) -> None:
-        """The epoch whose shard and sample order the next pass reads (with `shuffle`)."""
+        """The epoch whose shard and sample order the next pass reads (with `shuffle`); later passes
+        without another call read epoch + 1, epoch + 2, ..."""
         self._epoch = _check_count(epoch, "epoch", 0)
+        self._passes = 0
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -688,7 +693,7 @@ class ShardDataset(torch.utils.data.IterableDataset):
                              "shards (--shard-size)")
         info = torch.utils.data.get_worker_info()
         worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
-        epoch = self._epoch if self._epoch is not None else self._passes
+        epoch = (self._epoch or 0) + self._passes
         self._passes += 1
         # Without set_epoch, a DataLoader's fresh workers would replay the same epoch; its per-epoch base seed
         # (the same in every worker of one epoch) tells epochs apart where no other rank must agree.
