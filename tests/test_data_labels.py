@@ -164,3 +164,11 @@ def test_manifest_totals_in_the_cli_summary(ctx, folder, tmp_path, capsys):
     summary = capsys.readouterr().out
     manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
     assert f"{manifest['images']} images, {manifest['tokens']} tokens" in summary and "_manifest.json" in summary
+
+
+def test_cli_help_shows_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["tokenize", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "samples per token side (default: 16)" in text and "images per shard (default: 256)" in text
+    assert "--labels FILE" in text

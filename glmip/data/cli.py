@@ -173,24 +173,29 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         help="labels to store in each sample: CSV rows path,label or JSON lines {\"path\", \"label\"} "
                              "(paths relative to INPUT_DIR)")
     parser.add_argument("--budget", type=int, required=True, help="most tokens per image")
-    parser.add_argument("--patch", type=int, default=16, help="samples per token side")
+    parser.add_argument("--patch", type=int, default=16, help="samples per token side (default: %(default)s)")
     parser.add_argument("--gaze", help="relevance around a gaze point X,Y (fractions of width and height)")
-    parser.add_argument("--radius", type=float, default=0.12, help="gaze falloff, a fraction of the larger side")
+    parser.add_argument("--radius", type=float, default=0.12,
+                        help="gaze falloff, a fraction of the larger side (default: %(default)s)")
     parser.add_argument("--saliency", action="store_true", help="relevance from the built-in saliency (no weights)")
     parser.add_argument("--query", help="relevance of image regions to this text (needs --clip-model)")
     parser.add_argument("--clip-model", help="local directory of a transformers CLIP model (never downloaded)")
     parser.add_argument("--uniform", action="store_true", help="uniform relevance (the default)")
     parser.add_argument("--relevant", help="token range MIN-MAX for relevant regions, e.g. 64-400")
     parser.add_argument("--background", help="token range MIN-MAX for the rest, e.g. 16-64")
-    parser.add_argument("--threshold", type=float, default=0.5, help="relevance that makes a token relevant")
+    parser.add_argument("--threshold", type=float, default=0.5,
+                        help="relevance that makes a token relevant (default: %(default)s)")
     parser.add_argument("--channels", type=int, choices=[1, 2, 3, 4], default=3,
-                        help="channel count every image is brought to (grey repeated, alpha dropped or added)")
+                        help="channel count every image is brought to (grey repeated, alpha dropped or added; "
+                             "default: %(default)s)")
     parser.add_argument("--method", choices=["hardware", "box", "lanczos"], default="hardware",
-                        help="pyramid filter")
-    parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (0: this process)")
-    parser.add_argument("--batch-size", type=int, default=16, help="images tokenized together")
-    parser.add_argument("--dtype", choices=TOKEN_DTYPES, default="float16", help="stored token dtype")
-    parser.add_argument("--shard-size", type=int, default=256, help="images per shard")
+                        help="pyramid filter (default: %(default)s)")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="DataLoader worker processes (0: this process; default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=16, help="images tokenized together (default: %(default)s)")
+    parser.add_argument("--dtype", choices=TOKEN_DTYPES, default="float16",
+                        help="stored token dtype (default: %(default)s)")
+    parser.add_argument("--shard-size", type=int, default=256, help="images per shard (default: %(default)s)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(run=cmd_tokenize)
     return parser
