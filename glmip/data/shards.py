@@ -433,7 +433,7 @@ def write_shards(items: Sequence[Any], out_dir: str | os.PathLike, tokenizer: To
 
 # -- decoding samples ------------------------------------------------------------------------------
 def _value(sample: Mapping[str, Any], suffix: str) -> Any:
-    """A member of a sample by suffix ("tokens.npy"), as webdataset ("tokens.npy") or Ray ("tokens.npy") key it."""
+    """A member of a sample by suffix: "tokens.npy" as webdataset and Ray key it, or ".tokens.npy" (torchdata's)."""
     for key in (suffix, "." + suffix):
         if key in sample:
             return sample[key]
