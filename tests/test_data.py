@@ -176,11 +176,11 @@ def test_shards_round_trip_and_manifest(ctx, folder, corrupt, tmp_path, dtype):
                             dtype=dtype, batch_size=3, progress=False)
     assert manifest["complete"] and manifest["inputs"] == 9 and manifest["images"] == 7
     assert [s["id"] for s in manifest["skipped"]] == corrupt and all(s["reason"] for s in manifest["skipped"])
-    assert _shard_files(tmp_path / "out") == ["manifest.json", "shard-000000.tar", "shard-000001.tar"]
+    assert _shard_files(tmp_path / "out") == ["_manifest.json", "shard-000000.tar", "shard-000001.tar"]
     assert [s["name"] for s in manifest["shards"]] == ["shard-000000.tar", "shard-000001.tar", None]  # all skipped
     want = expected(folder).tokens
     want = want.half().float() if dtype == "float16" else torch.round(want.clamp(0, 1) * 255) / 255
-    batches = list(read_shards(tmp_path / "out", batch_size=100, with_ids=True))
+    batches = list(read_shards(tmp_path / "out", batch_size=4, with_ids=True))
     assert [ids for _, ids in batches] == [folder[0:4], folder[4:7]]
     got = torch.cat([batch.tokens for batch, _ in batches])
     assert torch.equal(got, want)
@@ -217,10 +217,10 @@ KILL_SCRIPT = textwrap.dedent("""
     members = 0
     add = tarfile.TarFile.addfile
 
-    def addfile(self, *args, **kwargs):  # SIGKILL while shard 1 is half written (3 members an image)
+    def addfile(self, *args, **kwargs):  # SIGKILL while shard 1 is half written (6 members an image)
         global members
         members += 1
-        if members == 9 + 4:
+        if members == 18 + 8:
             os.kill(os.getpid(), signal.SIGKILL)
         return add(self, *args, **kwargs)
 
@@ -238,7 +238,7 @@ def test_writer_killed_mid_shard_leaves_no_half_shard_and_resumes(ctx, folder, t
     names = _shard_files(out)
     assert "shard-000000.tar" in names and "shard-000001.tar" not in names
     assert any(name.startswith(".shard-000001.tar.tmp.") for name in names), names  # the half shard, unnamed
-    assert [s["name"] for s in json.loads((out / "manifest.json").read_text())["shards"]] == ["shard-000000.tar"]
+    assert [s["name"] for s in json.loads((out / "_manifest.json").read_text())["shards"]] == ["shard-000000.tar"]
     assert sum(len(batch) for batch in read_shards(out)) == 3
     inode = os.stat(out / "shard-000000.tar").st_ino
     tokenizer = Tokenizer(BUDGET, PATCH)
@@ -264,7 +264,7 @@ def test_cli_tokenize_happy_path(ctx, folder, corrupt, tmp_path, capsys):
     assert code == 0, captured.err
     assert "4 images" in captured.out and "2 skipped" in captured.out
     assert "img/s" in captured.err and "skipped" in captured.err and "Traceback" not in captured.err
-    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
     assert manifest["options"]["dtype"] == "uint8" and len(manifest["skipped"]) == 2
     files = sorted(str(p) for p in source.iterdir())
     images = [f for f in files if f.endswith(("0.png", "1.jpg", "2.png", "3.png"))]

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 import glmip
-from glmip.data import Gaze, Tokenizer, prepare_images, read_shards, write_shards
+from glmip.data import Gaze, Tokenizer, collate_samples, prepare_images, read_shards, write_shards
 
 ray = pytest.importorskip("ray", reason="the ray extra (pip install 'glmip[ray]') is not installed")
 from glmip.data.ray import GlmipTokenize, ray_write_shards  # noqa: E402
@@ -71,6 +71,40 @@ def test_ray_shards_equal_local_shards(ctx, cluster, paths, tmp_path):
                                 dtype="uint8")
     local = write_shards(paths, tmp_path / "local", tokenizer, shard_size=2, dtype="uint8", progress=False)
     assert manifest["shards"] == local["shards"] and manifest["images"] == len(paths) - 1
-    assert json.loads((tmp_path / "ray" / "manifest.json").read_text())["skipped"][0]["id"] == paths[-1]
+    assert json.loads((tmp_path / "ray" / "_manifest.json").read_text())["skipped"][0]["id"] == paths[-1]
     for from_ray, from_local in zip(read_shards(tmp_path / "ray"), read_shards(tmp_path / "local"), strict=True):
         assert torch.equal(from_ray.tokens, from_local.tokens) and from_ray.image_sizes == from_local.image_sizes
+
+
+def test_read_webdataset_on_the_folder_as_written(ctx, cluster, paths, tmp_path):
+    """`ray.data.read_webdataset(OUT)` reads ray_write_shards' folder as it is (the manifest and temporary
+    files out of its way): tokens and layouts are Arrow tensor columns, not pickled objects, the labels
+    come through, and glmip's decoder turns the rows into the TokenBatch read_shards gives."""
+    out = tmp_path / "ray"
+    ray_write_shards(paths, out, Tokenizer(BUDGET, PATCH), shard_size=2, concurrency=1, batch_size=2,
+                     labels=[f"label {i}" for i in range(len(paths))])
+    (out / ".shard-000099.tar.tmp.1").write_bytes(b"half a shard")
+    ds = ray.data.read_webdataset(str(out))
+    schema = ds.schema()
+    types = dict(zip(schema.names, schema.types, strict=True))
+    for column in ("tokens.npy", "cx.npy", "level.npy"):
+        assert "Tensor" in type(types[column]).__name__, (column, types[column])
+    rows = sorted(ds.take_all(), key=lambda row: row["__key__"])
+    batch, labels, ids = collate_samples(rows, with_labels=True, with_ids=True)
+    (want, want_labels, want_ids), = list(read_shards(out, batch_size=16, with_labels=True, with_ids=True))
+    assert torch.equal(batch.tokens, want.tokens) and batch.image_sizes == want.image_sizes
+    assert labels == want_labels == [f"label {i}" for i in range(len(paths) - 1)] and ids == want_ids == paths[:-1]
+
+
+def test_readme_recipe_on_a_cpu_only_cluster(ctx, cluster, paths, tmp_path):
+    """The README's recipe picks num_gpus=0 here and finishes; asking for a GPU the cluster lacks is refused
+    at once instead of waiting for it forever."""
+    gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+    assert gpus == 0
+    ds = ray.data.from_items([{"index": i, "path": p} for i, p in enumerate(paths[:2])])
+    tokens = ds.map_batches(GlmipTokenize, fn_constructor_kwargs={"tokenizer": Tokenizer(BUDGET, PATCH)},
+                            batch_size=16, compute=ray.data.ActorPoolStrategy(min_size=1, max_size=8), num_gpus=gpus)
+    assert sorted(row["index"] for row in tokens.take_all()) == [0, 1]
+    with pytest.raises(ValueError, match="CPU-only"):
+        ray_write_shards(paths, tmp_path / "gpu", Tokenizer(BUDGET, PATCH), num_gpus=1)
+    assert not (tmp_path / "gpu").exists()

@@ -18,6 +18,8 @@ Convention:
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
 import threading
 from collections.abc import Sequence
@@ -27,10 +29,13 @@ from typing import Any
 
 import numpy as np
 
+from .. import limits
 from ..allocate import ClassBudgets
 from ..context import Context
 from ..image import as_image_array
+from ..pyramid import PyramidMethod
 from ..relevance import gaze, saliency
+from ..sampling import Filter, parse_enum
 from ..tokenize import tokenize
 
 __all__ = ["Tokenizer", "Gaze", "Query", "conform", "prepare_images", "relevance_name"]
@@ -39,6 +44,9 @@ RELEVANCE_WORDS = ("uniform", "saliency")
 _DTYPE_RANK = {"uint8": 0, "uint16": 1, "float32": 2}
 _UNORM_MAX = {"uint8": 255, "uint16": 65535}
 _LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R 601, as PIL's convert("L")
+TOKEN_FILTERS = (Filter.TRILINEAR, Filter.ANISOTROPIC)  # what glmip.sampling.tokens_batch samples with
+# A TokenBatch counts tokens in int32 (cu_seqlens), so no budget above this can be honoured.
+MAX_BUDGET = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -51,10 +59,15 @@ class Gaze:
     radius: float = 0.12
 
     def __post_init__(self) -> None:
+        for name in ("x", "y", "radius"):
+            value = getattr(self, name)
+            if not isinstance(value, numbers.Real) or isinstance(value, bool):
+                raise TypeError(f"the gaze {name} must be a real number, got {value!r} ({type(value).__name__})")
         if not (0.0 <= self.x <= 1.0 and 0.0 <= self.y <= 1.0):
             raise ValueError(f"a gaze point is uv in [0, 1]^2, got ({self.x}, {self.y})")
-        if not self.radius > 0:
-            raise ValueError(f"the gaze radius must be positive, got {self.radius}")
+        if not (math.isfinite(self.radius) and self.radius > 0):
+            raise ValueError(f"the gaze radius must be a finite positive fraction of the larger side, got "
+                             f"{self.radius}")
 
 
 @dataclass(frozen=True)
@@ -75,6 +88,26 @@ class Query:
                              "(glmip never downloads one)")
         if isinstance(self.model, (str, Path)) and not Path(self.model).is_dir():
             raise ValueError(f"the query model must be a local directory saved by transformers, got {self.model!r}")
+
+
+def _refuse(name: str, value: Any) -> Any:
+    raise TypeError(f"{name} must be a string, got {value!r} ({type(value).__name__})")
+
+
+def _check_out_device(device: Any) -> None:
+    """`out_device` must name a torch device this process has ("cpu", "cuda", "cuda:1", a torch.device)."""
+    if not isinstance(device, str) and type(device).__name__ != "device":
+        raise TypeError(f"out_device must be a device name such as 'cpu' or 'cuda:0', got {device!r}")
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise ValueError(f"out_device {device!r} is not a torch device; use 'cpu', 'cuda' or 'cuda:N'") from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"out_device {device!r} needs CUDA, which this torch build or machine does not have")
+    if parsed.type not in ("cpu", "cuda"):
+        raise ValueError(f"out_device must be a CPU or CUDA device, got {device!r}")
 
 
 def relevance_name(relevance: Any) -> str:
@@ -98,7 +131,7 @@ def _check_relevance(relevance: Any) -> Any:
         return relevance
     if isinstance(relevance, (Gaze, Query)):
         return relevance
-    if isinstance(relevance, np.ndarray) and relevance.ndim == 2:
+    if isinstance(relevance, np.ndarray):
         from ..maps import as_relevance
 
         return as_relevance(relevance)
@@ -115,6 +148,16 @@ def conform(array: np.ndarray, channels: int | None, dtype: str | None) -> np.nd
     Convention (dtype): uint8 -> uint16 multiplies by 257 and ints -> float32 divide by 255 / 65535,
     so the normalised values glmip samples stay the same; narrowing is refused.
     """
+    if not isinstance(array, np.ndarray) or array.ndim != 3 or not 1 <= array.shape[2] <= 4:
+        raise ValueError(f"conform takes an (H, W, C) numpy image with C in 1..4, got "
+                         f"{getattr(array, 'shape', type(array).__name__)}")
+    if array.dtype.name not in _DTYPE_RANK:
+        raise TypeError(f"image dtype {array.dtype} is not one of {', '.join(_DTYPE_RANK)}")
+    if dtype is not None and dtype not in _DTYPE_RANK:
+        raise ValueError(f"dtype must be one of {', '.join(_DTYPE_RANK)} or None, got {dtype!r}")
+    if channels is not None and (not isinstance(channels, int) or isinstance(channels, bool)
+                                 or not 1 <= channels <= 4):
+        raise ValueError(f"channels must be 1..4 or None, got {channels!r}")
     have = array.shape[2]
     if dtype is not None and array.dtype.name != dtype:
         source = array.dtype.name
@@ -124,8 +167,6 @@ def conform(array: np.ndarray, channels: int | None, dtype: str | None) -> np.nd
                  else array.astype(np.float32) / np.float32(_UNORM_MAX[source]))
     if channels is None or channels == have:
         return np.ascontiguousarray(array)
-    if not 1 <= channels <= 4:
-        raise ValueError(f"channels must be 1..4 or None, got {channels!r}")
     colour = array[..., :1].repeat(3, axis=2) if have <= 2 else array[..., :3]
     alpha = array[..., have - 1:] if have in (2, 4) else None
     if channels <= 2:
@@ -150,6 +191,11 @@ def prepare_images(images: Sequence[Any], channels: int | None = 3) -> list[np.n
 
     Raises ValueError/TypeError (naming the image) for an image glmip cannot read.
     """
+    if isinstance(images, (str, bytes, os.PathLike)) or not isinstance(images, Sequence):
+        raise TypeError(f"images must be a list of images, got {type(images).__name__}")
+    if channels is not None and (not isinstance(channels, int) or isinstance(channels, bool)
+                                 or not 1 <= channels <= 4):
+        raise ValueError(f"channels must be 1..4 or None, got {channels!r}")
     arrays = []
     for index, image in enumerate(images):
         try:
@@ -178,12 +224,29 @@ class Tokenizer:
                  classes: ClassBudgets | None = None, method: str = "hardware", filter: str = "trilinear",
                  srgb: bool = False, device: int | None = None, cuda_device: int | None = None,
                  out_device: str = "cpu") -> None:
-        if not isinstance(budget, (int, np.integer)) or isinstance(budget, bool) or budget < 1:
-            raise ValueError(f"budget must be a positive int, got {budget!r}")
-        if not isinstance(patch, (int, np.integer)) or isinstance(patch, bool) or patch < 1:
-            raise ValueError(f"patch must be a positive int, got {patch!r}")
-        if channels is not None and (not isinstance(channels, int) or not 1 <= channels <= 4):
+        budget, patch = limits.positive_int(budget, "budget"), limits.positive_int(patch, "patch")
+        if budget > MAX_BUDGET:
+            raise ValueError(f"budget must be at most {MAX_BUDGET} (token counts are int32), got {budget}")
+        if patch > limits.MAX_PATCH:
+            raise ValueError(f"patch must be at most glmip.limits.MAX_PATCH = {limits.MAX_PATCH} samples a side, "
+                             f"got {patch}")
+        if channels is not None and (not isinstance(channels, int) or isinstance(channels, bool)
+                                     or not 1 <= channels <= 4):
             raise ValueError(f"channels must be 1..4 or None, got {channels!r}")
+        method = PyramidMethod.parse(method).value if isinstance(method, str) else _refuse("method", method)
+        if not isinstance(filter, str):
+            _refuse("filter", filter)
+        if parse_enum(Filter, filter, "token filter") not in TOKEN_FILTERS:
+            raise ValueError(f"tokens are sampled with {' or '.join(repr(f.value) for f in TOKEN_FILTERS)}, got "
+                             f"{filter!r}")
+        if not isinstance(srgb, bool):
+            raise TypeError(f"srgb must be True or False, got {srgb!r}")
+        if srgb and channels in (1, 2):
+            raise ValueError(f"srgb=True decodes RGB(A) colour; it cannot go with channels={channels} (grey)")
+        for name, index in (("device", device), ("cuda_device", cuda_device)):
+            if index is not None:
+                limits.non_negative_int(index, name)
+        _check_out_device(out_device)
         if classes is not None:
             if not isinstance(classes, ClassBudgets):
                 raise TypeError(f"classes must be a glmip.ClassBudgets, got {type(classes).__name__}")
@@ -243,10 +306,8 @@ class Tokenizer:
     # -- tokenizing ---------------------------------------------------------------------------
     def _relevance_source(self) -> Any:
         spec = self.relevance
-        if spec == "uniform":
-            return None
-        if spec == "saliency":
-            return saliency
+        if isinstance(spec, str):
+            return None if spec == "uniform" else saliency
         if isinstance(spec, Gaze):
             return lambda pyramid: gaze((pyramid.width, pyramid.height), (spec.x, spec.y), spec.radius)
         if isinstance(spec, Query):
@@ -269,6 +330,23 @@ class Tokenizer:
         return tokenize(arrays, self._relevance_source(), self.budget, self.patch, context=context,
                         classes=self.classes, method=self.method, filter=self.filter, device=self.out_device,
                         srgb=self.srgb)
+
+    def check(self) -> None:
+        """Tokenize one small synthetic image, so that settings no image can satisfy (a patch over the
+        device's limits, a query model that does not load, a relevance map glmip refuses) fail once,
+        here, instead of being blamed on every input of a run. `write_shards`, `glmip tokenize` and
+        the Ray actors call it before any work.
+
+        Raises ValueError naming the setting's error; the Context it made stays for the next call.
+        """
+        side = max(32, self.patch)
+        ramp = np.linspace(0, 255, side * side, dtype=np.float64).reshape(side, side, 1)
+        probe = np.ascontiguousarray(np.repeat(ramp, self.channels or 3, axis=2).astype(np.uint8))
+        try:
+            self([probe])
+        except (ValueError, TypeError, OSError, ImportError, KeyError) as error:
+            raise ValueError(f"these tokenizer settings ({self!r}) fail on a plain {side}x{side} image, so they "
+                             f"would fail on every input: {type(error).__name__}: {error}") from None
 
     def __repr__(self) -> str:
         return (f"Tokenizer(budget={self.budget}, patch={self.patch}, relevance={relevance_name(self.relevance)}, "
