@@ -33,8 +33,12 @@ def group_by_region(layout: Any, tokens: Any, region: int = DEFAULT_REGION) -> t
     """Tokens (N, ...) as a padded [regions x tokens] batch for a HIPT-style model.
 
     Returns (ids (R,) int64 of the non-empty regions in ascending order, batch (R, T, ...) with T the
-    most tokens in one region, padding (R, T) bool, True = padding). Within a region tokens keep their
-    layout order. `tokens` is a torch tensor (as `Slide.tokens` gives) or a numpy array.
+    most tokens in one region, valid (R, T) bool, True = a real token). Within a region tokens keep their
+    layout order, first in their row. `tokens` is a torch tensor (as `Slide.tokens` gives) or a numpy array.
+
+    Convention:
+        `valid` is glmip's one mask polarity (as `TokenBatch.valid`, `LodEmbedding.valid`, SDPA's bool
+        `attn_mask`); torch's `key_padding_mask` is `~valid`.
     """
     ids = region_ids(layout, region)
     if len(ids) != tokens.shape[0]:
@@ -47,12 +51,12 @@ def group_by_region(layout: Any, tokens: Any, region: int = DEFAULT_REGION) -> t
         import torch
 
         batch = tokens.new_zeros((len(unique), longest, *tokens.shape[1:]))
-        padding = torch.ones((len(unique), longest), dtype=torch.bool)
+        valid = torch.zeros((len(unique), longest), dtype=torch.bool)
         rows, cols, source = torch.from_numpy(inverse[order]), torch.from_numpy(slot), torch.from_numpy(order)
     else:
         batch = np.zeros((len(unique), longest, *tokens.shape[1:]), tokens.dtype)
-        padding = np.ones((len(unique), longest), bool)
+        valid = np.zeros((len(unique), longest), bool)
         rows, cols, source = inverse[order], slot, order
     batch[rows, cols] = tokens[source]
-    padding[rows, cols] = False
-    return unique, batch, padding
+    valid[rows, cols] = True
+    return unique, batch, valid
