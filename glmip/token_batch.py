@@ -8,7 +8,8 @@ One batch, four views of the same tokens:
              `F.scaled_dot_product_attention`'s bool `attn_mask`, Hugging Face's `attention_mask` and
              timm NaFlex's `patch_valid` (torch's `key_padding_mask` is its negation, `~valid`);
     nested   `nested()` -> a `layout=torch.jagged` nested tensor (B, j, ...) that SDPA takes directly;
-    naflex   `naflex()` -> the dict timm's `NaFlexVit.forward` takes (`patches`, `patch_coord`, `patch_valid`).
+    naflex   `naflex(mean=, std=)` -> the dict timm's `NaFlexVit.forward` takes (`patches`, `patch_coord`,
+             `patch_valid`), normalised with the model's mean and std.
 
 Convention:
     Token k of image b is row `cu_seqlens[b] + k` of every per-token tensor, in its layout's order.
@@ -177,12 +178,20 @@ class TokenBatch:
         # SDPA's nested kernels need contiguous values (a view of a fused qkv projection is not).
         return torch.nested.nested_tensor_from_jagged(packed.contiguous(), offsets=self.cu_seqlens.to(torch.int64))
 
-    def naflex(self, pad_to: int | None = None, channels_last: bool = True) -> dict[str, torch.Tensor]:
-        """The inputs timm's `NaFlexVit.forward(dict)` takes.
+    def naflex(self, pad_to: int | None = None, channels_last: bool = True, *,
+               mean: float | Sequence[float] | None = None,
+               std: float | Sequence[float] | None = None) -> dict[str, torch.Tensor]:
+        """The inputs timm's `NaFlexVit.forward(dict)` takes, normalised as the model expects.
 
-        `patches` (B, L, P*P*C) flattened as timm's `patchify_image`: (row, column, channel) with
-        channel fastest when `channels_last` (NaFlex's default), else (channel, row, column);
-        `patch_coord` (B, L, 2) int64 (row, column) on the level-0 patch grid; `patch_valid` (B, L) bool.
+        `patches` (B, L, P*P*C) = (token - mean) / std per channel, flattened as timm's `patchify_image`:
+        (row, column, channel) with channel fastest when `channels_last` (NaFlex's default), else (channel,
+        row, column); `patch_coord` (B, L, 2) int64 (row, column) on the level-0 patch grid; `patch_valid`
+        (B, L) bool, True = a real token.
+
+        `mean` and `std` (one float, or one per channel) are the model's: timm's `pretrained_cfg["mean"]` /
+        `["std"]`, which `glmip.nn.from_timm(naflex_model)` passes for you. They have no default, since
+        pretrained weights given the raw values see a shifted, rescaled image without a word; `mean=0,
+        std=1` hands out the tokens as sampled ([0, 1] for 8- and 16-bit images).
 
         Convention:
             NaFlex positions are grid coordinates at one scale. A coarse token (level > 0) gets the
@@ -190,7 +199,9 @@ class TokenBatch:
             unless the model has a level embedding, and NaFlex sizes each image's position grid from
             its largest coordinate. Exact only for a uniform level-0 layout.
         """
-        tokens = self.tokens.permute(0, 2, 3, 1) if channels_last else self.tokens
+        shift, scale = _channel_norm(mean, std, self.channels, self.device)
+        tokens = (self.tokens - shift) / scale
+        tokens = tokens.permute(0, 2, 3, 1) if channels_last else tokens
         pixels = self.centres.double() * torch.tensor(self.image_sizes, dtype=torch.float64,
                                                      device=self.device)[self.batch_index()]
         coord = (pixels / self.patch).floor().long().flip(1)  # x, y -> row, column
@@ -240,6 +251,27 @@ class TokenBatch:
         if not isinstance(pad_to, (int, np.integer)) or isinstance(pad_to, bool) or pad_to < self.max_seqlen:
             raise ValueError(f"pad_to must be an int >= max_seqlen ({self.max_seqlen}), got {pad_to!r}")
         return int(pad_to)
+
+
+def _channel_norm(mean: Any, std: Any, channels: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """`naflex`'s mean and std as (1, C, 1, 1) float32 tensors, after checking them."""
+    if mean is None or std is None:
+        raise ValueError(f"naflex needs the model's normalisation: mean= and std= (one float or {channels} per "
+                         "channel, e.g. timm's pretrained_cfg['mean'] / ['std']; glmip.nn.from_timm(model) passes "
+                         f"them), got mean={mean!r}, std={std!r}; mean=0, std=1 keeps the sampled values")
+    values = []
+    for name, value in (("mean", mean), ("std", std)):
+        try:
+            flat = np.atleast_1d(np.asarray(value, dtype=np.float64))
+        except (TypeError, ValueError):
+            flat = None
+        if flat is None or flat.ndim != 1 or len(flat) not in (1, channels) or not np.isfinite(flat).all() or (
+                name == "std" and (flat <= 0).any()):
+            raise ValueError(f"naflex {name} must be one finite float or {channels} (one per channel)"
+                             f"{', all > 0' if name == 'std' else ''}, got {value!r}")
+        values.append(torch.tensor(np.broadcast_to(flat, (channels,)), dtype=torch.float32,
+                                   device=device).view(1, -1, 1, 1))
+    return values[0], values[1]
 
 
 def _check_finite(packed: torch.Tensor, counts: list[int]) -> None:

@@ -113,7 +113,7 @@ def test_naflex_inputs_match_timm_patchify_and_run_naflexvit():
     pixels = torch.rand(3, 48, 64, generator=torch.Generator().manual_seed(5))
     batch = TokenBatch.from_parts([pixel_patches(pixels, 16), pixel_patches(pixels[:, :32, :32], 16)],
                                   [uniform_layout(64, 48, 16), uniform_layout(32, 32, 16)])
-    inputs = batch.naflex()
+    inputs = batch.naflex(mean=0, std=1)
     patches, coord, valid = patchify_image(pixels, (16, 16))
     assert torch.equal(inputs["patches"][0], patches) and torch.equal(inputs["patch_coord"][0], coord)
     assert inputs["patch_valid"][0].all() and inputs["patch_valid"][1].sum() == 4 and valid.all()
