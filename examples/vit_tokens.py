@@ -50,7 +50,7 @@ def main(argv: Sequence[str] | None = None, ctx: glmip.Context | None = None) ->
     parser.add_argument("--budget", type=int, default=256, help="most tokens per view")
     parser.add_argument("--gaze", type=parse_point, default=(0.45, 0.35), help="first view's gaze point, uv X,Y")
     parser.add_argument("--steps", type=int, default=5, help="optimiser steps")
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate")
     parser.add_argument("--grad-checkpointing", action="store_true", help="recompute blocks in the backward pass")
     parser.add_argument("--patch-drop", type=float, default=0.0, help="timm's patch_drop_rate (real tokens only)")
     args = parser.parse_args(argv)

@@ -192,7 +192,8 @@ def test_grad_checkpointing_recomputes_blocks_and_agrees_with_the_plain_model():
     calls = {"plain": 0, "checkpointed": 0}
     for key, model in (("plain", plain), ("checkpointed", checkpointed)):
         for block in model.vit.blocks:
-            block.register_forward_hook(lambda *_, key=key: calls.__setitem__(key, calls[key] + 1))
+            # a pre-hook: recomputation stops once the tensors it needs exist, before a block's forward hook
+            block.register_forward_pre_hook(lambda *_, key=key: calls.__setitem__(key, calls[key] + 1))
     batch, labels = two_views(), torch.tensor([3, 4])
     outputs = []
     for model in (plain, checkpointed):
