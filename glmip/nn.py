@@ -139,7 +139,7 @@ def interpolate_grid(grid: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
 
 
 class LodPatchEmbed(nn.Module):
-    """glmip tokens (N, C, P, P) + their `TokenLayout` -> ViT embeddings (B, prefix + N, D) + padding mask.
+    """glmip tokens (N, C, P, P) + their `TokenLayout` -> ViT embeddings (B, prefix + N, D) + `valid` mask.
 
     embedding = proj(normalised patch) + position(token centre) + level_embed(level), with
     `prefix_tokens` learned tokens (class, registers) in front. `position`: 'grid' (a learned
