@@ -1,12 +1,15 @@
 """glmip: GPU mipmap pyramids with OpenGL, sampled at a per-region level of detail, for ViTs.
 
 The public surface is what `__all__` lists here, plus the public modules `glmip.reference`
-(the numpy oracle), `glmip.bridge` (GL ↔ torch), `glmip.nn` (torch modules), `glmip.errors`
-and `glmip.gl` (the GL layer, for those who extend glmip).
+(the numpy oracle), `glmip.bridge` (GL ↔ torch), `glmip.nn` (torch modules), `glmip.models`,
+`glmip.data` (training data pipelines), `glmip.slides` (gigapixel slides), `glmip.viewer`, `glmip.errors`
+and `glmip.gl` (the GL layer, for those who extend glmip). Each is an attribute after `import glmip`
+alone, imported on first use, so `import glmip` imports neither torch nor tifffile.
 """
 
 from __future__ import annotations
 
+from importlib import import_module
 from pathlib import Path
 
 from .allocate import ClassBudgets, TokenLayout, allocate, allocate_batch
@@ -26,9 +29,15 @@ __version__ = "0.1.0"
 DEFAULT_IMAGE = Path(__file__).resolve().parent / "assets" / "coffee.png"
 
 
+# Public submodules that `import glmip` leaves unimported (torch, tifffile, the viewer's GLFW), loaded on first access.
+_SUBMODULES = ("bridge", "data", "errors", "gl", "models", "nn", "reference", "slides", "viewer")
+
+
 def __getattr__(name: str):
-    """`glmip.LodPatchEmbed`, `glmip.TokenBatch` and `glmip.Slide` without importing torch.nn or tifffile on
-    `import glmip`."""
+    """`glmip.LodPatchEmbed`, `glmip.TokenBatch`, `glmip.Slide` and the public submodules (`glmip.data`,
+    `glmip.nn`, `glmip.slides`, ...) without importing torch.nn or tifffile on `import glmip`."""
+    if name in _SUBMODULES:
+        return import_module(f".{name}", __name__)
     if name == "LodPatchEmbed":
         from .nn import LodPatchEmbed
 
@@ -42,6 +51,10 @@ def __getattr__(name: str):
 
         return Slide
     raise AttributeError(f"module 'glmip' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__) | set(_SUBMODULES))
 
 
 __all__ = [

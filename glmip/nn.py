@@ -1,10 +1,12 @@
-"""Variable-resolution ViT tokens into embeddings: `LodPatchEmbed`, loadable from a timm ViT.
+"""Variable-resolution ViT tokens into embeddings: `LodPatchEmbed`, and timm ViTs that train on them.
 
 Every glmip token is `patch` x `patch` samples at its own level, so one patch projection
 serves all levels; what tells tokens apart is where their centre lies and which level they
 were sampled at. `LodPatchEmbed` adds both to the projection and pads a batch of images with
-different token counts into one tensor with a validity mask. `forward_timm` runs a timm ViT's
-blocks and head on a `TokenBatch` with the mask applied in attention and pooling.
+different token counts into one tensor with a validity mask. `from_timm(vit)` makes a timm ViT
+a module on `TokenBatch`es that owns its `LodPatchEmbed` (loaded from the ViT's own embedding,
+trained with the rest, saved in its state dict); `forward_timm` is its forward: the ViT's blocks
+and head with the mask applied in attention and pooling, patch dropout and gradient checkpointing.
 
 Convention:
     tokens: float (N, C, P, P) as `Pyramid.tokens` returns them, row 0 = top. Their values are
@@ -30,12 +32,14 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from .token_batch import TokenBatch
 
 __all__ = ["Position", "LodEmbedding", "attention_mask", "attention_bias", "masked_mean", "masked_max",
-           "attention_pool", "resample_grid", "sincos_position", "interpolate_grid", "LodPatchEmbed", "forward_timm"]
+           "attention_pool", "resample_grid", "sincos_position", "interpolate_grid", "LodPatchEmbed", "from_timm",
+           "TimmViT", "TimmNaFlex", "forward_timm"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # timm's IMAGENET_DEFAULT_MEAN / _STD
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -135,7 +139,7 @@ def interpolate_grid(grid: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
 
 
 class LodPatchEmbed(nn.Module):
-    """glmip tokens (N, C, P, P) + their `TokenLayout` -> ViT embeddings (B, prefix + N, D) + padding mask.
+    """glmip tokens (N, C, P, P) + their `TokenLayout` -> ViT embeddings (B, prefix + N, D) + `valid` mask.
 
     embedding = proj(normalised patch) + position(token centre) + level_embed(level), with
     `prefix_tokens` learned tokens (class, registers) in front. `position`: 'grid' (a learned
@@ -337,13 +341,134 @@ class LodPatchEmbed(nn.Module):
             raise ValueError(f"{where}the layout's patch is {layout_patch}, this embedding's is {self.patch}")
 
 
-def forward_timm(vit: nn.Module, batch: TokenBatch, embed: LodPatchEmbed | None = None, *,
+class TimmViT(nn.Module):
+    """A timm `VisionTransformer` that runs on `TokenBatch`es and owns its glmip embedding: `from_timm(vit)`.
+
+    `embed` is a `LodPatchEmbed` loaded from the ViT's patch projection, `pos_embed` and class/register
+    tokens, so at the start the model embeds a uniform level-0 layout exactly as timm embeds the image;
+    `vit` is the ViT itself, its blocks, norms, pooling and head. Both are submodules: their weights are
+    in `state_dict()` (`embed.*`, `vit.*`), in `parameters()` for the optimiser, and move with `.to()`.
+    `forward(batch)` is `forward_timm(vit, batch, embed)`: the ViT's `grad_checkpointing`
+    (`set_grad_checkpointing`) and patch dropout (`patch_drop_rate`, on each image's real tokens only)
+    apply in training as they do in timm's own forward.
+    """
+
+    def __init__(self, vit: nn.Module, embed: LodPatchEmbed) -> None:
+        super().__init__()
+        self.vit, self.embed = vit, embed
+
+    @property
+    def mean(self) -> tuple[float, ...]:
+        """The per-channel mean the embedding subtracts (the model's `pretrained_cfg` unless overridden)."""
+        return tuple(self.embed.mean.flatten().tolist())
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        return tuple(self.embed.std.flatten().tolist())
+
+    def forward(self, batch: TokenBatch, *, pre_logits: bool = False, features: bool = False) -> torch.Tensor:
+        """Logits (B, classes); pooled features (B, D) with `pre_logits`; normed tokens (B, prefix + L, D)
+        with `features` (L shrinks under patch dropout in training)."""
+        return forward_timm(self.vit, batch, self.embed, pre_logits=pre_logits, features=features)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block in the backward pass instead of keeping its activations (timm's switch)."""
+        _set_grad_checkpointing(self.vit, enable)
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names kept out of weight decay (read by timm's `create_optimizer_v2`): the position
+        grid, prefix tokens and level embedding, and what the ViT itself lists."""
+        own = {"embed.pos_grid", "embed.prefix", "embed.level_embed.weight"} & {n for n, _ in self.named_parameters()}
+        listed = self.vit.no_weight_decay() if hasattr(self.vit, "no_weight_decay") else set()
+        return own | {f"vit.{name}" for name in listed if f"vit.{name}" in dict(self.named_parameters())}
+
+
+class TimmNaFlex(nn.Module):
+    """A timm `NaFlexVit` on `TokenBatch`es: `forward(batch)` is `vit(batch.naflex(mean=..., std=...))`.
+
+    NaFlexVit embeds patches itself, so its embedding is its own submodule already; this wrapper passes
+    the model's mean and std (its `pretrained_cfg`, unless given to `from_timm`) so no pretrained weight
+    ever sees unnormalised values. NaFlex positions are level-0 grid cells: coarse tokens lose their
+    scale (see `TokenBatch.naflex`).
+    """
+
+    def __init__(self, vit: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.vit = vit
+        self.mean, self.std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+    def forward(self, batch: TokenBatch, pad_to: int | None = None) -> torch.Tensor:
+        if not isinstance(batch, TokenBatch):
+            raise TypeError(f"{type(self).__name__} takes a glmip.TokenBatch, got {type(batch).__name__}")
+        return self.vit(batch.naflex(pad_to, mean=self.mean, std=self.std))
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        _set_grad_checkpointing(self.vit, enable)
+
+
+def from_timm(vit: nn.Module, *, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+              **embed_options: Any) -> TimmViT | TimmNaFlex:
+    """A timm ViT as a module that takes `TokenBatch`es and trains end to end, its embedding included.
+
+    A `VisionTransformer` (and its relatives that `LodPatchEmbed.from_timm` loads) becomes a `TimmViT`:
+    its patch projection, `pos_embed`, `cls_token` and `reg_token` move into a `LodPatchEmbed` (`.embed`,
+    a copy of their current values, pretrained or not), and the model takes `vit` over: those four
+    attributes of `vit` become None, so no parameter sits unused (DDP) and nothing is saved twice. A
+    `NaFlexVit` becomes a `TimmNaFlex`, which feeds it `batch.naflex(...)`.
+
+    `mean` / `std` default to the model's `pretrained_cfg` (ImageNet's where it has none);
+    `embed_options` (`levels`, `dynamic_size`, `input_scale`, `grid_size`, `no_embed_class`) go to
+    `LodPatchEmbed.from_timm`. Typical use::
+
+        model = glmip.nn.from_timm(timm.create_model("vit_small_patch16_224", pretrained=True))
+        optimiser = torch.optim.AdamW(model.parameters())
+        loss = F.cross_entropy(model(batch), labels)
+
+    Raises what `LodPatchEmbed.from_timm` raises for a model it cannot embed (rotary or relative
+    positions, hybrid backbones), before changing anything.
+    """
+    if not isinstance(vit, nn.Module):
+        raise TypeError(f"from_timm takes a timm model (an nn.Module), got {type(vit).__name__}; for a state "
+                        "dict, use LodPatchEmbed.from_timm")
+    config = getattr(vit, "pretrained_cfg", None) or {}
+    mean = tuple(mean if mean is not None else config.get("mean", IMAGENET_MEAN))
+    std = tuple(std if std is not None else config.get("std", IMAGENET_STD))
+    if getattr(vit, "embeds", None) is not None and getattr(vit, "patch_embed", None) is None:
+        if embed_options:
+            raise TypeError(f"{type(vit).__name__} embeds patches itself; {', '.join(sorted(embed_options))} "
+                            "apply to LodPatchEmbed only")
+        channels = getattr(vit, "in_chans", len(mean))
+        _channel_norm_check(mean, std, channels)
+        return TimmNaFlex(vit, mean, std)
+    if getattr(vit, "patch_embed", None) is None:
+        raise TypeError(f"{type(vit).__name__} has no patch_embed (was it already taken over by from_timm?); "
+                        "pass a timm VisionTransformer or NaFlexVit")
+    if "include_prefix" in embed_options:
+        raise TypeError("from_timm always carries the model's prefix tokens over (include_prefix)")
+    _check_blocks_take_masks(vit)
+    embed = LodPatchEmbed.from_timm(vit, mean=mean, std=std, **embed_options)
+    vit.patch_embed = None
+    for name in ("pos_embed", "cls_token", "reg_token"):
+        if hasattr(vit, name):
+            setattr(vit, name, None)
+    return TimmViT(vit, embed)
+
+
+def forward_timm(vit: nn.Module, batch: TokenBatch, embed: LodPatchEmbed | None = None, *, freeze: bool = False,
                  pre_logits: bool = False, features: bool = False) -> torch.Tensor:
     """Run a timm `VisionTransformer` on a `TokenBatch`: embed, blocks with padding masked, norm, pool, head.
 
     Returns logits (B, classes); with `pre_logits` the pooled features after `fc_norm` (B, D); with
-    `features` the normed token features (B, prefix + L, D) and no pooling. `embed` defaults to
-    `LodPatchEmbed.from_timm(vit)` (pass one to reuse it, or a trained one).
+    `features` the normed token features (B, prefix + L, D) and no pooling. `from_timm(vit)` wraps this
+    with an embedding the model owns, which is the way to train. `embed` is the `LodPatchEmbed` to use;
+    without one, `freeze=True` embeds with a frozen copy of the ViT's own patch and position embedding,
+    rebuilt on every call and never trained (inference with an untouched timm model).
+
+    As timm's forward, in training: `vit.pos_drop` and `vit.patch_drop` apply after the embedding, and
+    with `vit.grad_checkpointing` each block is recomputed in the backward pass (timm itself skips
+    checkpointing when given a mask; here the mask goes into each checkpointed block). Patch dropout
+    keeps max(1, int(n * (1 - p))) of each image's n real tokens, chosen at random (in order with
+    `ordered`), never padding, and the prefix tokens always; the batch is re-padded to the most kept.
 
     Every image gives what it gives alone: attention gets the additive mask of `attention_bias`
     (padding keys at -inf), and the pooling follows timm's `pool` with the mask applied: 'token'
@@ -352,20 +477,26 @@ def forward_timm(vit: nn.Module, batch: TokenBatch, embed: LodPatchEmbed | None 
     """
     if not isinstance(batch, TokenBatch):
         raise TypeError(f"forward_timm takes a glmip.TokenBatch, got {type(batch).__name__}")
-    blocks = getattr(vit, "blocks", None)
-    if blocks is None:
-        raise TypeError(f"{type(vit).__name__} has no blocks; forward_timm runs timm VisionTransformer-like models")
-    for block in blocks:
-        if "attn_mask" not in inspect.signature(block.forward).parameters:
-            raise TypeError(f"{type(block).__name__}.forward takes no attn_mask, so padding would leak into "
-                            "attention; use a timm whose Block takes attn_mask (tested with timm 1.0.31)")
-    embed = LodPatchEmbed.from_timm(vit) if embed is None else embed
+    if embed is None and not freeze:
+        raise TypeError("forward_timm needs an embedding: build the model with glmip.nn.from_timm(vit), which owns "
+                        "a trainable one, and call model(batch); or pass embed=LodPatchEmbed.from_timm(vit); or "
+                        "freeze=True for a frozen copy of the ViT's own embedding (no gradient reaches it)")
+    if embed is not None and freeze:
+        raise ValueError("freeze=True builds a frozen copy of the ViT's embedding; it does not go with embed=")
+    blocks = _check_blocks_take_masks(vit)
+    if embed is None:
+        embed = LodPatchEmbed.from_timm(vit).requires_grad_(False)
     x, valid = embed(batch)
-    x = vit.patch_drop(x) if hasattr(vit, "patch_drop") else x
+    x = vit.pos_drop(x) if hasattr(vit, "pos_drop") else x
+    x, valid = _drop_patches(getattr(vit, "patch_drop", None), x, valid, batch.lengths, embed.prefix_tokens)
     x = vit.norm_pre(x) if hasattr(vit, "norm_pre") else x
     mask = attention_bias(valid, x.dtype)
+    checkpointing = bool(getattr(vit, "grad_checkpointing", False)) and torch.is_grad_enabled()
     for block in blocks:
-        x = block(x, attn_mask=mask)
+        if checkpointing:
+            x = torch.utils.checkpoint.checkpoint(block, x, attn_mask=mask, use_reentrant=False)
+        else:
+            x = block(x, attn_mask=mask)
     x = vit.norm(x)
     if features:
         return x
@@ -501,6 +632,56 @@ def _refuse_unsupported(vit: nn.Module) -> None:
                 "relative_position" in p for p, _ in module.named_parameters(recurse=False)):
             raise ValueError(f"{name} uses relative position biases ({module_name}: {type(module).__name__}) "
                              "indexed by grid offsets, undefined between tokens of different sizes; not supported")
+
+
+def _check_blocks_take_masks(vit: nn.Module) -> nn.Module:
+    """The ViT's blocks, after checking that each takes `attn_mask` (else padding would leak into attention)."""
+    blocks = getattr(vit, "blocks", None)
+    if blocks is None:
+        raise TypeError(f"{type(vit).__name__} has no blocks; forward_timm runs timm VisionTransformer-like models")
+    for block in blocks:
+        if "attn_mask" not in inspect.signature(block.forward).parameters:
+            raise TypeError(f"{type(block).__name__}.forward takes no attn_mask, so padding would leak into "
+                            "attention; use a timm whose Block takes attn_mask (tested with timm 1.0.31)")
+    return blocks
+
+
+def _drop_patches(drop: nn.Module | None, x: torch.Tensor, valid: torch.Tensor, lengths: Sequence[int],
+                  prefix: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """timm's patch dropout on a padded batch: (B, prefix + L, D) and valid -> (B, prefix + K, D) and valid.
+
+    Image b keeps max(1, int(n_b * (1 - prob))) of its n_b real tokens (timm's count for an image alone),
+    drawn uniformly among them; padding rows are never kept and the prefix always is. K = the most kept.
+    """
+    if drop is None or isinstance(drop, nn.Identity):
+        return x, valid
+    if not hasattr(drop, "prob"):
+        raise TypeError(f"patch_drop is a {type(drop).__name__}; forward_timm knows timm's PatchDropout (prob, "
+                        "ordered) and nn.Identity")
+    if not drop.training or drop.prob == 0:
+        return x, valid
+    keep = [max(1, int(n * (1.0 - drop.prob))) for n in lengths]
+    body, body_valid = x[:, prefix:], valid[:, prefix:]
+    scores = torch.rand(body_valid.shape, device=x.device).masked_fill(~body_valid, 2.0)  # padding sorts last
+    index = scores.argsort(1)[:, :max(keep)]
+    kept = torch.arange(max(keep), device=x.device)[None] < torch.tensor(keep, device=x.device)[:, None]
+    if getattr(drop, "ordered", False):
+        index = index.masked_fill(~kept, body.shape[1]).sort(1).values.clamp(max=body.shape[1] - 1)
+    body = body.gather(1, index[..., None].expand(-1, -1, body.shape[2])).masked_fill(~kept[..., None], 0)
+    return torch.cat([x[:, :prefix], body], 1), torch.cat([valid[:, :prefix], kept], 1)
+
+
+def _set_grad_checkpointing(vit: nn.Module, enable: bool) -> None:
+    if hasattr(vit, "set_grad_checkpointing"):
+        vit.set_grad_checkpointing(enable)
+    else:
+        vit.grad_checkpointing = bool(enable)
+
+
+def _channel_norm_check(mean: Sequence[float], std: Sequence[float], channels: int) -> None:
+    if len(mean) != channels or len(std) != channels or min(std) <= 0:
+        raise ValueError(f"mean and std need one value per channel ({channels}) and std > 0, "
+                         f"got mean={tuple(mean)}, std={tuple(std)}")
 
 
 def _check_valid(valid: torch.Tensor) -> None:

@@ -8,7 +8,8 @@ One batch, four views of the same tokens:
              `F.scaled_dot_product_attention`'s bool `attn_mask`, Hugging Face's `attention_mask` and
              timm NaFlex's `patch_valid` (torch's `key_padding_mask` is its negation, `~valid`);
     nested   `nested()` -> a `layout=torch.jagged` nested tensor (B, j, ...) that SDPA takes directly;
-    naflex   `naflex()` -> the dict timm's `NaFlexVit.forward` takes (`patches`, `patch_coord`, `patch_valid`).
+    naflex   `naflex(mean=, std=)` -> the dict timm's `NaFlexVit.forward` takes (`patches`, `patch_coord`,
+             `patch_valid`), normalised with the model's mean and std.
 
 Convention:
     Token k of image b is row `cu_seqlens[b] + k` of every per-token tensor, in its layout's order.
@@ -194,15 +195,20 @@ class TokenBatch:
         # SDPA's nested kernels need contiguous values (a view of a fused qkv projection is not).
         return torch.nested.nested_tensor_from_jagged(packed.contiguous(), offsets=self.cu_seqlens.to(torch.int64))
 
-    def naflex(self, pad_to: int | None = None, channels_last: bool = True, mean: Sequence[float] | None = None,
-               std: Sequence[float] | None = None) -> dict[str, torch.Tensor]:
-        """The inputs timm's `NaFlexVit.forward(dict)` takes.
+    def naflex(self, pad_to: int | None = None, channels_last: bool = True, *,
+               mean: float | Sequence[float] | None = None,
+               std: float | Sequence[float] | None = None) -> dict[str, torch.Tensor]:
+        """The inputs timm's `NaFlexVit.forward(dict)` takes, normalised as the model expects.
 
-        `patches` (B, L, P*P*C) flattened as timm's `patchify_image`: (row, column, channel) with
-        channel fastest when `channels_last` (NaFlex's default), else (channel, row, column);
-        `patch_coord` (B, L, 2) int64 (row, column) on the level-0 patch grid; `patch_valid` (B, L) bool.
-        `mean`, `std` (one value per channel, e.g. the model's `pretrained_cfg` values) normalise the
-        patches as the pretrained weights expect: (token - mean) / std; None keeps the [0, 1] values.
+        `patches` (B, L, P*P*C) = (token - mean) / std per channel, flattened as timm's `patchify_image`:
+        (row, column, channel) with channel fastest when `channels_last` (NaFlex's default), else (channel,
+        row, column); `patch_coord` (B, L, 2) int64 (row, column) on the level-0 patch grid; `patch_valid`
+        (B, L) bool, True = a real token.
+
+        `mean` and `std` (one float, or one per channel) are the model's: timm's `pretrained_cfg["mean"]` /
+        `["std"]`, which `glmip.nn.from_timm(naflex_model)` passes for you. They have no default, since
+        pretrained weights given the raw values see a shifted, rescaled image without a word; `mean=0,
+        std=1` hands out the tokens as sampled ([0, 1] for 8- and 16-bit images).
 
         Convention:
             NaFlex positions are grid coordinates at one scale. A coarse token (level > 0) gets the
@@ -210,14 +216,8 @@ class TokenBatch:
             unless the model has a level embedding, and NaFlex sizes each image's position grid from
             its largest coordinate. Exact only for a uniform level-0 layout.
         """
-        tokens = self.tokens
-        if (mean is None) != (std is None):
-            raise ValueError("pass both mean and std (one value per channel), or neither")
-        if mean is not None:
-            shift, scale = (_per_channel(v, name, self.channels, tokens) for v, name in ((mean, "mean"), (std, "std")))
-            if not bool((scale > 0).all()):
-                raise ValueError(f"std must be positive per channel, got {list(std)!r}")  # type: ignore[arg-type]
-            tokens = (tokens - shift[None, :, None, None]) / scale[None, :, None, None]
+        shift, scale = _channel_norm(mean, std, self.channels, self.device)
+        tokens = (self.tokens - shift) / scale
         tokens = tokens.permute(0, 2, 3, 1) if channels_last else tokens
         pixels = self.centres.double() * torch.tensor(self.image_sizes, dtype=torch.float64,
                                                      device=self.device)[self.batch_index()]
@@ -329,6 +329,27 @@ class TokenBatch:
         return int(pad_to)
 
 
+def _channel_norm(mean: Any, std: Any, channels: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """`naflex`'s mean and std as (1, C, 1, 1) float32 tensors, after checking them."""
+    if mean is None or std is None:
+        raise ValueError(f"naflex needs the model's normalisation: mean= and std= (one float or {channels} per "
+                         "channel, e.g. timm's pretrained_cfg['mean'] / ['std']; glmip.nn.from_timm(model) passes "
+                         f"them), got mean={mean!r}, std={std!r}; mean=0, std=1 keeps the sampled values")
+    values = []
+    for name, value in (("mean", mean), ("std", std)):
+        try:
+            flat = np.atleast_1d(np.asarray(value, dtype=np.float64))
+        except (TypeError, ValueError):
+            flat = None
+        if flat is None or flat.ndim != 1 or len(flat) not in (1, channels) or not np.isfinite(flat).all() or (
+                name == "std" and (flat <= 0).any()):
+            raise ValueError(f"naflex {name} must be one finite float or {channels} (one per channel)"
+                             f"{', all > 0' if name == 'std' else ''}, got {value!r}")
+        values.append(torch.tensor(np.broadcast_to(flat, (channels,)), dtype=torch.float32,
+                                   device=device).view(1, -1, 1, 1))
+    return values[0], values[1]
+
+
 def _check_finite(packed: torch.Tensor, counts: list[int]) -> None:
     """Raise ValueError naming the first image whose tokens hold NaN or infinite values.
 
@@ -379,16 +400,6 @@ def _check_image(index: int, tokens: Any, layout: Any, shape: tuple[int, int] | 
 def _per_token(layouts: Sequence[TokenLayout], name: str, device: torch.device) -> torch.Tensor:
     values = np.concatenate([np.asarray(getattr(layout, name), dtype=np.float64) for layout in layouts])
     return torch.from_numpy(values.astype(np.float32)).to(device)
-
-
-def _per_channel(values: Any, what: str, channels: int, like: torch.Tensor) -> torch.Tensor:
-    """`values` (C numbers) as a finite tensor of `like`'s dtype and device."""
-    if isinstance(values, (str, bytes)) or not hasattr(values, "__len__") or len(values) != channels:
-        raise ValueError(f"{what} must hold one number per channel ({channels}), got {values!r}")
-    if not all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
-               and np.isfinite(v) for v in values):
-        raise TypeError(f"{what} must hold finite numbers, got {values!r}")
-    return torch.tensor([float(v) for v in values], dtype=like.dtype, device=like.device)
 
 
 def _as_device(device: Any) -> torch.device:

@@ -385,6 +385,57 @@ class MaskedBlock(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+class PatchDropoutLike(nn.Module):
+    """timm's PatchDropout as forward_timm reads it (prob, ordered); timm itself cannot load here."""
+
+    def __init__(self, prob: float, ordered: bool) -> None:
+        super().__init__()
+        self.prob, self.ordered = prob, ordered
+
+
+class MaskedTimmBlock(MaskedBlock):
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return super().forward(x, attn_mask)
+
+
+def timm_like_vit(patch_drop: float = 0.0, ordered: bool = False) -> TimmLike:
+    """TimmLike with timm VisionTransformer's trunk attributes: blocks taking attn_mask, norms, 'avg' pool, head."""
+    torch.manual_seed(0)
+    vit = TimmLike(timm_state(32, 16, (4, 4)), (4, 4), no_embed_class=False)
+    vit.blocks = nn.Sequential(MaskedTimmBlock(32, 2), MaskedTimmBlock(32, 2))
+    vit.norm, vit.fc_norm, vit.head, vit.global_pool = nn.LayerNorm(32), nn.Identity(), nn.Linear(32, 5), "avg"
+    vit.patch_drop = PatchDropoutLike(patch_drop, ordered) if patch_drop else nn.Identity()
+    return vit
+
+
+def test_from_timm_owns_the_embedding_and_patch_dropout_keeps_real_tokens_in_order():
+    g = torch.Generator().manual_seed(1)
+    batch = TokenBatch.from_parts([torch.rand(n, 3, 16, 16, generator=g) for n in (49, 25)],
+                                  [uniform_layout(112, 112), uniform_layout(80, 80)])
+    vit = timm_like_vit()
+    model = glmip.nn.from_timm(vit)
+    assert vit.patch_embed is None and vit.pos_embed is None and vit.cls_token is None
+    assert "embed.pos_grid" in model.state_dict() and "vit.pos_embed" not in model.state_dict()
+    torch.nn.functional.cross_entropy(model(batch), torch.tensor([0, 1])).backward()
+    assert [name for name, p in model.named_parameters() if p.grad is None] == []
+    dropping = glmip.nn.from_timm(timm_like_vit(0.5, ordered=True)).train()
+    seen = {}
+    dropping.vit.blocks[0].register_forward_pre_hook(lambda _, args, kwargs: seen.update(x=args[0], **kwargs),
+                                                     with_kwargs=True)
+    with torch.no_grad():
+        embedded, _ = dropping.embed(batch)
+        dropping(batch)
+    valid = seen["attn_mask"][:, 0, 0] == 0
+    assert seen["x"].shape[1] == 1 + 24 and valid.sum(1).tolist() == [1 + 24, 1 + 12]
+    for image, length in ((0, 49), (1, 25)):
+        kept = seen["x"][image, 1:][valid[image, 1:]]
+        where = (kept[:, None] == embedded[image, 1:1 + length][None]).all(-1).float().argmax(1)
+        assert (kept[:, None] == embedded[image, 1:1 + length][None]).all(-1).any(1).all()
+        assert where.tolist() == sorted(set(where.tolist())), "ordered: kept tokens in layout order, no repeats"
+    with pytest.raises(TypeError, match=r"from_timm\(vit\)"):
+        glmip.nn.forward_timm(timm_like_vit(), batch)
+
+
 def test_token_batch_input_equals_lists():
     rng = np.random.default_rng(11)
     module = LodPatchEmbed(16, 3, 32, position="grid", grid_size=(4, 6), prefix_tokens=2)
@@ -512,18 +563,26 @@ def test_from_timm_refuses_rope_relpos_and_hybrid():
 
 
 # -- the example ---------------------------------------------------------------------------------
-def test_example_runs_end_to_end(ctx, capsys):
+def test_example_trains_a_timm_vit_through_from_timm(ctx, capsys):
+    """The example trains the model from_timm returns: its embedding moves, the loss is finite, and after
+    training a view in the padded batch still gets the logits it gets alone."""
+    _import_timm()
     spec = importlib.util.spec_from_file_location("vit_tokens_example", EXAMPLE)
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
-    result = example.main(["--budget", "16", "--depth", "1"], ctx=ctx)
+    result = example.main(["--budget", "16", "--depth", "1", "--steps", "3"], ctx=ctx)
     printed = capsys.readouterr().out
     counts = [len(layout) for layout in result["layouts"]]
     assert counts[0] <= 16 and counts[1] <= 8 and counts[0] != counts[1]
-    assert result["logits"].shape == (2, 1000) and torch.isfinite(result["logits"]).all()
-    assert result["valid"].shape == (2, 1 + max(counts))
-    assert int((~result["valid"]).sum()) == abs(counts[0] - counts[1])
-    assert f"{counts[0]} tokens" in printed and "time:" in printed
-    with torch.inference_mode():  # the padded view's logits equal running it alone
-        alone, _ = result["model"](result["tokens"][1:], result["layouts"][1:])
+    model = result["model"]
+    assert isinstance(model, glmip.nn.TimmViT) and "embed.proj.weight" in model.state_dict()
+    assert len(result["losses"]) == 3 and np.isfinite(result["losses"]).all() and result["moved"] > 0
+    assert result["logits"].shape == (2, 2) and torch.isfinite(result["logits"]).all()
+    assert f"{counts[0]} tokens" in printed and "loss per step" in printed and "time:" in printed
+    with torch.inference_mode():
+        tokens, layout = result["batch"][1]
+        alone = model(TokenBatch.from_parts([tokens], [layout]))
     assert torch.allclose(alone[0], result["logits"][1], atol=1e-4)
+    dropped = example.main(["--budget", "16", "--depth", "1", "--steps", "1", "--patch-drop", "0.5",
+                            "--grad-checkpointing"], ctx=ctx)
+    assert np.isfinite(dropped["losses"]).all() and dropped["model"].vit.grad_checkpointing

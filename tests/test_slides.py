@@ -211,6 +211,8 @@ def test_region_ids_and_grouping():
     assert ids.tolist() == [0, 1, 2, 3] and batch.shape == (4, 2, 1)
     assert batch[0, :, 0].tolist() == [0.0, 4.0] and valid.tolist() == [[True, True], [True, False],
                                                                            [True, False], [True, False]]
+    _, numpy_batch, numpy_valid = group_by_region(layout, tokens.numpy())
+    assert numpy_valid.tolist() == valid.tolist() and numpy_batch[valid.numpy()].tolist() == batch[valid].tolist()
     with pytest.raises(ValueError, match="region must be a positive int"):
         region_ids(layout, region=0)
 

@@ -139,7 +139,7 @@ def test_naflex_inputs_follow_timm_patchify_order():
     layout = uniform_layout(width, height, patch)
     small = uniform_layout(4, 4, patch)
     batch = TokenBatch.from_parts([tokens, tokens[:1]], [layout, small])
-    inputs = batch.naflex()
+    inputs = batch.naflex(mean=0, std=1)
     assert set(inputs) == {"patches", "patch_coord", "patch_valid"}
     assert inputs["patches"].shape == (2, 6, patch * patch * 3)
     assert inputs["patch_coord"].shape == (2, 6, 2) and inputs["patch_coord"].dtype == torch.int64
@@ -148,7 +148,7 @@ def test_naflex_inputs_follow_timm_patchify_order():
     expected = image.view(3, 2, patch, 3, patch).permute(1, 3, 2, 4, 0).reshape(-1, patch * patch * 3)
     assert torch.equal(inputs["patches"][0], expected)
     assert inputs["patch_coord"][0].tolist() == [[r, c] for r in range(2) for c in range(3)]
-    channels_first = batch.naflex(channels_last=False)["patches"][0]
+    channels_first = batch.naflex(channels_last=False, mean=0, std=1)["patches"][0]
     assert torch.equal(channels_first, image.view(3, 2, patch, 3, patch).permute(1, 3, 0, 2, 4).reshape(6, -1))
 
 
@@ -156,7 +156,23 @@ def test_naflex_coarse_token_gets_the_level0_cell_of_its_centre():
     layout = glmip.TokenLayout(cx=np.array([16.0, 40.0]), cy=np.array([16.0, 8.0]), size=np.array([32.0, 16.0]),
                                level=np.array([1, 0]), patch=16, image_size=(48, 32))
     batch = TokenBatch.from_parts([torch.rand(2, 3, 16, 16)], [layout])
-    assert batch.naflex()["patch_coord"][0].tolist() == [[1, 1], [0, 2]]
+    assert batch.naflex(mean=0, std=1)["patch_coord"][0].tolist() == [[1, 1], [0, 2]]
+
+
+def test_naflex_normalises_with_the_given_mean_and_std_and_has_no_silent_default():
+    batch = make_batch([2, 3])
+    mean, std = (0.5, 0.25, 0.125), (0.2, 0.4, 0.8)
+    patches = batch.naflex(mean=mean, std=std, channels_last=False)["patches"]
+    expected = (batch.tokens - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    assert torch.allclose(patches[0, :2], expected[:2].flatten(1))
+    assert torch.allclose(patches[1], expected[2:].flatten(1))
+    assert torch.equal(batch.naflex(mean=0.5, std=2)["patches"], batch.naflex(mean=[0.5] * 3, std=[2] * 3)["patches"])
+    with pytest.raises(ValueError, match="naflex needs the model's normalisation: mean= and std="):
+        batch.naflex()
+    for bad in ({"mean": (0.5, 0.5), "std": 1}, {"mean": 0, "std": (1, 0, 1)}, {"mean": "grey", "std": 1},
+                {"mean": float("nan"), "std": 1}):
+        with pytest.raises(ValueError, match="must be one finite float or 3"):
+            batch.naflex(**bad)
 
 
 def test_save_load_round_trip_keeps_layouts_and_fractional_levels(tmp_path):

@@ -35,9 +35,12 @@ def group_by_region(layout: Any, tokens: Any, region: int = DEFAULT_REGION) -> t
     """Tokens (N, ...) as a padded [regions x tokens] batch for a HIPT-style model.
 
     Returns (ids (R,) int64 of the non-empty regions in ascending order, batch (R, T, ...) with T the
-    most tokens in one region, valid (R, T) bool, True = a real token, as `TokenBatch.valid` and SDPA's
-    bool mask; `~valid` for `nn.MultiheadAttention`'s key_padding_mask). Within a region tokens keep
-    their layout order. `tokens` is a torch tensor (as `Slide.tokens` gives) or a numpy array.
+    most tokens in one region, valid (R, T) bool, True = a real token). Within a region tokens keep their
+    layout order, first in their row. `tokens` is a torch tensor (as `Slide.tokens` gives) or a numpy array.
+
+    Convention:
+        `valid` is glmip's one mask polarity (as `TokenBatch.valid`, `LodEmbedding.valid`, SDPA's bool
+        `attn_mask`); torch's `key_padding_mask` is `~valid`.
     """
     ids = region_ids(layout, region)
     if not hasattr(tokens, "shape") or not hasattr(tokens, "__getitem__") or len(tokens.shape) == 0:
