@@ -24,9 +24,10 @@ from .limits import MAX_PATCH, check_context, positive_int
 from .relevance import batch_relevance_pyramids
 
 if TYPE_CHECKING:
+    from .pyramid import PyramidBatch
     from .token_batch import TokenBatch
 
-__all__ = ["tokenize", "thread_context"]
+__all__ = ["tokenize", "tokenize_pyramids", "check_token_settings", "thread_context"]
 
 _contexts = threading.local()
 
@@ -56,11 +57,19 @@ def tokenize(images: Any, relevance: Any = None, budget: int = 256, patch: int =
     device: where the tokens go ('cpu' or a CUDA device). context: a `glmip.Context` to use (default:
     this thread's cached one, see `thread_context`).
     """
+    if context is not None:
+        check_context(context)
+    check_token_settings(budget, patch, filter, device)
+    ctx = thread_context() if context is None else context
+    with ctx.pyramids(images, method=method, srgb=srgb) as batch:
+        return tokenize_pyramids(batch, relevance, budget, patch, classes=classes, filter=filter, device=device)
+
+
+def check_token_settings(budget: int, patch: int, filter: str, device: Any) -> None:
+    """`tokenize`'s checks on its settings alone (ValueError/TypeError naming the value), before any work."""
     from .bridge import check_destination
     from .sampling import Filter, parse_enum
 
-    if context is not None:
-        check_context(context)
     for name, value in (("budget", budget), ("patch", patch)):
         positive_int(value, name)
     if patch > MAX_PATCH:
@@ -69,11 +78,22 @@ def tokenize(images: Any, relevance: Any = None, budget: int = 256, patch: int =
     if parse_enum(Filter, filter, "filter") not in (Filter.TRILINEAR, Filter.ANISOTROPIC):
         raise ValueError(f"tokens are sampled with 'trilinear' or 'anisotropic', got {filter!r}")
     check_destination(None, (0,), device)
-    ctx = thread_context() if context is None else context
-    with ctx.pyramids(images, method=method, srgb=srgb) as batch:
-        pyramids = batch_relevance_pyramids(relevance, batch.image_sizes, patch, ctx, batch=batch)
-        layouts = allocate_batch(pyramids, budget, patch, classes=classes)
-        tokens = batch.tokens(layouts, patch, filter, device=device)
+
+
+def tokenize_pyramids(batch: PyramidBatch, relevance: Any = None, budget: int = 256, patch: int = 16, *,
+                      classes: ClassBudgets | None = None, filter: str = "trilinear",
+                      device: Any = "cpu") -> TokenBatch:
+    """`tokenize`'s work after the pyramids: relevance, one allocation and one token dispatch per array
+    for a `PyramidBatch` already built (by `ctx.pyramids`), which stays open for the caller to sample
+    again or close. Arguments as `tokenize`."""
+    from .pyramid import PyramidBatch
     from .token_batch import TokenBatch
 
+    if not isinstance(batch, PyramidBatch):
+        raise TypeError(f"batch must be a glmip.PyramidBatch (ctx.pyramids(images)), got {type(batch).__name__}")
+    check_token_settings(budget, patch, filter, device)
+    ctx = batch.context
+    pyramids = batch_relevance_pyramids(relevance, batch.image_sizes, patch, ctx, batch=batch)
+    layouts = allocate_batch(pyramids, budget, patch, classes=classes)
+    tokens = batch.tokens(layouts, patch, filter, device=device)
     return TokenBatch.from_sampled(tokens, layouts)

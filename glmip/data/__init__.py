@@ -6,8 +6,9 @@
 that uses it; `Dataset` + `Collate` make a DataLoader yield `TokenBatch`es (and labels) tokenized in
 its workers, after an optional augmentation; `write_shards` / `glmip tokenize` write WebDataset token
 shards that `read_shards` streams back shuffled and split across ranks and workers, and that
-`collate_samples` decodes for a webdataset or Ray pipeline of one's own;
-`glmip.data.ray.GlmipTokenize` runs the tokenizer as Ray Data actors (the `ray` extra).
+`collate_samples` decodes for a webdataset or Ray pipeline of one's own; `TokenStream` tokenizes a
+loader's batches in the main process with the next batch prepared ahead (the way to feed a training
+loop on one GPU); `glmip.data.ray.GlmipTokenize` runs the tokenizer as Ray Data actors (the `ray` extra).
 (This folder also holds glmip's bundled sample image, coffee.png.)
 """
 
@@ -20,7 +21,7 @@ from .tokenizer import Gaze, Query, Tokenizer, conform, prepare_images
 
 _LAZY = {"Dataset": "dataset", "Collate": "dataset", "Decoded": "dataset", "Skipped": "dataset",
          "write_shards": "shards", "read_shards": "shards", "ShardWriter": "shards", "ShardDataset": "shards",
-         "ShardError": "shards", "decode_sample": "shards", "collate_samples": "shards"}
+         "ShardError": "shards", "decode_sample": "shards", "collate_samples": "shards", "TokenStream": "stream"}
 
 
 def __getattr__(name: str) -> Any:
@@ -31,4 +32,4 @@ def __getattr__(name: str) -> Any:
 
 __all__ = ["Tokenizer", "Gaze", "Query", "conform", "prepare_images", "Dataset", "Collate", "Decoded", "Skipped",
            "write_shards", "read_shards", "ShardWriter", "ShardDataset", "ShardError", "decode_sample",
-           "collate_samples"]
+           "collate_samples", "TokenStream"]

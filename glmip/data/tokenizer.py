@@ -25,7 +25,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -36,7 +36,10 @@ from ..image import as_image_array
 from ..pyramid import PyramidMethod
 from ..relevance import gaze, saliency
 from ..sampling import Filter, parse_enum
-from ..tokenize import tokenize
+from ..tokenize import tokenize, tokenize_pyramids
+
+if TYPE_CHECKING:
+    from ..pyramid import PyramidBatch
 
 __all__ = ["Tokenizer", "Gaze", "Query", "conform", "prepare_images", "relevance_name"]
 
@@ -330,6 +333,18 @@ class Tokenizer:
         return tokenize(arrays, self._relevance_source(), self.budget, self.patch, context=context,
                         classes=self.classes, method=self.method, filter=self.filter, device=self.out_device,
                         srgb=self.srgb)
+
+    def stage(self, images: Any) -> PyramidBatch:
+        """The first half of a call: the batch's pyramids built on this thread's Context (upload and mip
+        build issued, nothing read back), for `finish` later. `images`: a list `prepare_images` has
+        conformed, a BxHxWxC array or a BxCxHxW tensor (host or CUDA, taken as it is)."""
+        return self.context.pyramids(images, method=self.method, srgb=self.srgb)
+
+    def finish(self, batch: PyramidBatch) -> Any:
+        """The second half: relevance, allocation and tokens of a staged batch, a `TokenBatch` on
+        `out_device` (the batch stays open; its owner closes it)."""
+        return tokenize_pyramids(batch, self._relevance_source(), self.budget, self.patch, classes=self.classes,
+                                 filter=self.filter, device=self.out_device)
 
     def check(self) -> None:
         """Tokenize one small synthetic image, so that settings no image can satisfy (a patch over the
