@@ -1,7 +1,7 @@
 """Benchmark: what a batch costs through `glmip.tokenize` — GL calls, blocking reads, images per second —
 against an earlier glmip (a git commit, run from its own tree in the same run) and a torch-only peer.
 
-Three parts, one run, one machine:
+Four parts, one run, one machine:
 - **GL calls and blocking reads per batch** (with Debian's `apitrace`, where installed): a child process
   tokenizes B same-size images (B = 1, 16, 64, 256) and a batch of 4 distinct sizes, traced once with
   one call and once with two; the difference is one call's cost. Blocking reads are the calls that
@@ -11,8 +11,11 @@ Three parts, one run, one machine:
   and from the `--baseline` commit's tree (checked out with `git worktree` into a temporary folder).
 - **Against the torch peer at 1024², budget 256** (gaze): an `avg_pool2d` pyramid of the batch,
   glmip's allocator on the numpy relevance pyramid (no GL) and trilinear `grid_sample` tokens on
-  the same layouts, timed at 1 and 2 torch threads with the faster kept (the setting is recorded);
-  and the share of glmip's time spent in allocation.
+  the same layouts, timed at every thread count a user would pick (`harness.measure_peer`: 1, 2, the
+  default, every core) with the fastest kept (each recorded); and the share of glmip's time spent in
+  allocation.
+- **A training loop's feed**: PNG files tokenized batch by batch with a `Tokenizer`, against the same
+  batches through `glmip.data.TokenStream` (decode of the next batch overlapping this one's tokenizing).
 
 Run from the repository root: `python -m bench.batch` (`--quick` for a smoke run). JSON in
 bench/results/batch-<device>.json, plot in docs/batch-throughput.png.
@@ -22,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -152,19 +154,6 @@ def peer(images: torch.Tensor, maps: list[np.ndarray], budget: int, patch: int) 
                for b, layout in enumerate(layouts))
 
 
-def best_threads(case: Any, repeats: int) -> tuple[float, int]:
-    """(median seconds, threads) of `case` at its fastest of 1 and 2 torch threads."""
-    saved = torch.get_num_threads()
-    results = []
-    try:
-        for threads in sorted({1, min(2, os.cpu_count() or 1)}):
-            torch.set_num_threads(threads)
-            results.append((harness.measure(case, repeats).median, threads))
-    finally:
-        torch.set_num_threads(saved)
-    return min(results)
-
-
 # -- the run -------------------------------------------------------------------------------
 def gaze_maps(size: int, count: int) -> list[np.ndarray]:
     return [glmip.gaze((size, size), (0.3 + 0.4 * (i % 3) / 2, 0.6)) for i in range(count)]
@@ -188,7 +177,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                             (256, 64, 64, "gaze")]
         if args.quick:
             throughput_cases = [(64, 16, 32, "none"), (256, 64, 8, "gaze")]
-        steps = (len(trace_cases) * 2 if tracer else 0) + 2 * len(throughput_cases) + 3
+        steps = (len(trace_cases) * 2 if tracer else 0) + 2 * len(throughput_cases) + 5
         with tqdm(total=steps, unit="case", desc="batch bench") as bar:
             if tracer:
                 for sizes, relevance in trace_cases:
@@ -213,6 +202,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                              "speedup": before["median_s"] / now["median_s"]})
             report["throughput"] = rows
             report["peer"] = peer_run(args, bar)
+            report["stream"] = stream_run(args, bar)
     finally:
         subprocess.run(["git", "worktree", "remove", "--force", str(baseline_tree)], cwd=ROOT, capture_output=True)
     return report
@@ -232,12 +222,45 @@ def peer_run(args: argparse.Namespace, bar: Any) -> dict[str, Any]:
             glmip.allocate_batch(maps, budget, 16, image_sizes=[(size, size)] * count, context=ctx)
         allocation = (time.perf_counter() - start) / args.repeats
     bar.update()
-    peer_s, threads = best_threads(lambda: peer(stack, maps, budget, 16), args.repeats)
+    best = harness.measure_peer(lambda: peer(stack, maps, budget, 16), args.repeats)
     bar.update()
+    peer_s = best.timing.median
     return {"size": size, "budget": budget, "images": count, "relevance": "gaze", "glmip_s": timing.median,
             "glmip_images_per_s": count / timing.median, "allocation_s": allocation,
-            "allocation_share": allocation / timing.median, "peer_s": peer_s, "peer_threads": threads,
+            "allocation_share": allocation / timing.median, "peer_s": peer_s, "peer_threads": best.threads,
+            "peer_median_s_by_threads": {str(k): v for k, v in best.median_s_by_threads.items()},
             "peer_images_per_s": count / peer_s, "vs_peer": peer_s / timing.median}
+
+
+def stream_run(args: argparse.Namespace, bar: Any) -> dict[str, Any]:
+    """A training loop's feed from image files: `TokenStream` (decode of batch k+1 on a worker thread while
+    batch k is tokenized) against calling the same `Tokenizer` on each batch in turn, same files, same run."""
+    from PIL import Image
+
+    from glmip.data import Tokenizer, TokenStream
+
+    batches, per_batch, size = (3, 4, 256) if args.quick else (8, 16, 512)
+    rng = np.random.default_rng(1)
+    with tempfile.TemporaryDirectory() as folder:
+        files = []
+        for index in range(batches * per_batch):
+            path = Path(folder) / f"{index:03d}.png"
+            ramp = np.linspace(0, 255, size, dtype=np.float64)
+            pixels = (ramp[None, :, None] + rng.normal(0, 24, (size, size, 3))).clip(0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(path)
+            files.append(str(path))
+        source = [files[i:i + per_batch] for i in range(0, len(files), per_batch)]
+        tokenizer = Tokenizer(budget=64, patch=16)
+        tokenizer(source[0])  # compile the programs once, outside both timings
+        loop = harness.measure(lambda: [tokenizer(batch) for batch in source], args.repeats)
+        bar.update()
+        stream = harness.measure(lambda: list(TokenStream(source, tokenizer)), args.repeats)
+        bar.update()
+        tokenizer.close()
+    images = batches * per_batch
+    return {"size": size, "batches": batches, "images_per_batch": per_batch, "budget": 64, "format": "png",
+            "loop_s": loop.median, "stream_s": stream.median, "loop_images_per_s": images / loop.median,
+            "stream_images_per_s": images / stream.median, "speedup": loop.median / stream.median}
 
 
 def table(report: dict[str, Any]) -> str:
@@ -258,6 +281,13 @@ def table(report: dict[str, Any]) -> str:
          "× peer", "allocation"],
         [[f"{p['size']}²", str(p["budget"]), str(p["images"]), f"{p['glmip_images_per_s']:.1f}",
           f"{p['peer_images_per_s']:.1f}", f"{p['vs_peer']:.2f}×", f"{100 * p['allocation_share']:.0f}%"]], left=3))
+    if "stream" in report:
+        st = report["stream"]
+        lines.append(harness.markdown_table(
+            ["files", "batches", "images/s, Tokenizer per batch", "images/s, TokenStream", "speed-up"],
+            [[f"{st['batches'] * st['images_per_batch']} PNG of {st['size']}²", str(st["batches"]),
+              f"{st['loop_images_per_s']:.1f}", f"{st['stream_images_per_s']:.1f}", f"{st['speedup']:.2f}×"]],
+            left=2))
     return "\n\n".join(lines)
 
 
