@@ -24,7 +24,7 @@ def test_torchvision_v2_transforms_work(ctx):
                                          batch_size=3, num_workers=2, collate_fn=Collate(Tokenizer(BUDGET, PATCH)),
                                          timeout=120)
     (batch, labels), = list(loader)
-    assert batch.image_sizes == [(32, 24)] * 3 and labels.tolist() == [0, 1, 2]
+    assert list(batch.image_sizes) == [(32, 24)] * 3 and labels.tolist() == [0, 1, 2]
     by_hand = [augment(torch.from_numpy(image).permute(2, 0, 1)).permute(1, 2, 0).numpy() for image in images]
     assert torch.equal(batch.tokens, glmip.tokenize([np.ascontiguousarray(a) for a in by_hand], None, BUDGET,
                                                     PATCH).tokens)
