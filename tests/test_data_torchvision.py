@@ -30,4 +30,4 @@ def test_torchvision_v2_transforms_work(ctx):
                                                     PATCH).tokens)
     random_crop = v2.RandomResizedCrop((16, 20), antialias=True)  # random ops run too; their sizes are fixed
     batch, _ = Collate(Tokenizer(BUDGET, PATCH))([Dataset([(images[0], 0)], transform=random_crop)[0]])
-    assert batch.image_sizes == [(20, 16)]
+    assert list(batch.image_sizes) == [(20, 16)]
