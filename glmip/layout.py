@@ -13,7 +13,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["TokenLayout", "ClassBudgets"]
+__all__ = ["TokenLayout", "ClassBudgets", "LAYOUT_ARRAYS"]
+
+# The per-token arrays of a TokenLayout, in the order token tables and saved files hold them.
+LAYOUT_ARRAYS = ("cx", "cy", "size", "level")
 
 
 @dataclass(frozen=True)

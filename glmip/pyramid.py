@@ -283,13 +283,7 @@ class PyramidBatch:
         dtype (numpy, or torch with out="torch"), each array read back in one call; for several sizes
         a list of (h_b, w_b, C) arrays."""
         self._check_open()
-        if not isinstance(i, (int, np.integer)) or isinstance(i, bool):
-            raise TypeError(f"level index must be an int, got {type(i).__name__}")
-        levels = min(len(a.sizes) for a in self.arrays)
-        if not 0 <= i < levels:
-            raise ValueError(f"level {i} does not exist; every image of this batch has levels 0..{levels - 1}")
-        if out not in ("numpy", "torch"):
-            raise ValueError(f"out must be 'numpy' or 'torch', got {out!r}")
+        _check_level_request(i, out, min(len(a.sizes) for a in self.arrays), "every image of this batch has")
         import torch
 
         blocks = []
@@ -430,12 +424,7 @@ class Pyramid:
     def level(self, i: int, out: str = "numpy") -> Any:
         """Level `i` as `HxWxC` in the image's dtype, row 0 the image's top; `out` "numpy" or "torch"."""
         self._check_open()
-        if not isinstance(i, (int, np.integer)) or isinstance(i, bool):
-            raise TypeError(f"level index must be an int, got {type(i).__name__}")
-        if not 0 <= i < self.levels:
-            raise ValueError(f"level {i} does not exist; this pyramid has levels 0..{self.levels - 1}")
-        if out not in ("numpy", "torch"):
-            raise ValueError(f"out must be 'numpy' or 'torch', got {out!r}")
+        _check_level_request(i, out, self.levels, "this pyramid has")
         from .bridge import level_to_tensor
 
         tensor = level_to_tensor(self, int(i)).tensor
@@ -511,3 +500,13 @@ class Pyramid:
         state = "closed" if self._closed else f"{self.levels} levels, {self.nbytes / 2**20:.2f} MiB"
         return (f"glmip.Pyramid({self.width}x{self.height}x{self.channels} {self.dtype}, "
                 f"method={self.method.value!r}, srgb={self.srgb}, {state})")
+
+
+def _check_level_request(i: Any, out: Any, levels: int, owner: str) -> None:
+    """`level(i, out)`'s checks: `i` an int in 0..levels-1, `out` "numpy" or "torch"."""
+    if not isinstance(i, (int, np.integer)) or isinstance(i, bool):
+        raise TypeError(f"level index must be an int, got {type(i).__name__}")
+    if not 0 <= i < levels:
+        raise ValueError(f"level {i} does not exist; {owner} levels 0..{levels - 1}")
+    if out not in ("numpy", "torch"):
+        raise ValueError(f"out must be 'numpy' or 'torch', got {out!r}")

@@ -29,6 +29,7 @@ from .gl.programs import (
     scratch,
     set_if_used,
 )
+from .layout import LAYOUT_ARRAYS
 from .limits import (
     MAX_LEVEL,
     MAX_OUTPUT_PIXELS,
@@ -204,9 +205,6 @@ def tokens(pyramid: MipTexture, layout: Any, patch: int | None = None, filter: s
     return tokens_batch([pyramid], [layout], patch, filter, lod_bias, out)
 
 
-_LAYOUT_ARRAYS = ("cx", "cy", "size", "level")
-
-
 def _images_of(source: Any) -> list[tuple[Any, int, tuple[int, int]]]:
     """(array texture, layer, (width, height)) of every image of `source`: a `PyramidBatch` or a list
     of `Pyramid`s (each a layer of some batch)."""
@@ -236,12 +234,12 @@ def _token_tables(layouts: Any, sizes: list[tuple[int, int]]) -> tuple[np.ndarra
     columns: list[list[np.ndarray]] = [[], [], [], []]
     counts = np.empty(len(layouts), np.int64)
     for index, layout in enumerate(layouts):
-        if not all(hasattr(layout, name) for name in _LAYOUT_ARRAYS):
+        if not all(hasattr(layout, name) for name in LAYOUT_ARRAYS):
             raise TypeError(f"layout {index} must be a glmip.TokenLayout (cx, cy, size, level arrays), got "
                             f"{type(layout).__name__}")
-        arrays = [np.asarray(getattr(layout, name)) for name in _LAYOUT_ARRAYS]
+        arrays = [np.asarray(getattr(layout, name)) for name in LAYOUT_ARRAYS]
         if any(a.ndim != 1 or a.shape != arrays[0].shape or a.dtype.kind not in "fiu" for a in arrays):
-            found = ", ".join(f"{n} {a.shape} {a.dtype}" for n, a in zip(_LAYOUT_ARRAYS, arrays, strict=True))
+            found = ", ".join(f"{n} {a.shape} {a.dtype}" for n, a in zip(LAYOUT_ARRAYS, arrays, strict=True))
             raise ValueError(f"layout {index}: cx, cy, size and level must be 1-D number arrays of one length, got "
                              f"{found}")
         made_for = getattr(layout, "image_size", None)
@@ -326,20 +324,25 @@ def tokens_batch(source: Any, layouts: Any, patch: int | None = None, filter: st
         defines["SHADER_ANISO"] = 1
     program = ctx.program("tokens.comp", **defines)
     gl = ctx.gl
+    order = np.argsort(per_token_array, kind="stable")  # each array's tokens one run, for one offset each
+    starts = np.searchsorted(per_token_array[order], np.arange(len(distinct) + 1))
+    table_buffer = ctx.persistent_buffer("token_table", table.nbytes)
+    table_buffer.write(np.ascontiguousarray(table[order]))
+    targets_buffer = ctx.persistent_buffer("token_targets", targets.nbytes)
+    targets_buffer.write(np.ascontiguousarray(targets[order]))
     samples = ctx.persistent_buffer("tokens", nbytes)
     sampler = ctx.sampler(*TRILINEAR, WRAP_MODES["clamp"])
     program["images"] = 0
     program["patch_size"] = patch
     program["lod_bias"] = float(lod_bias)
     set_if_used(program, "max_anisotropy", float(gl.max_anisotropy))
+    table_buffer.bind_to_storage_buffer(0)
+    targets_buffer.bind_to_storage_buffer(1)
     samples.bind_to_storage_buffer(2)
     for key, array in distinct.items():
-        members = slice(None) if len(distinct) == 1 else per_token_array == key
-        count = total if len(distinct) == 1 else int(np.count_nonzero(members))
-        with scratch(ctx) as buffers, bound_array(ctx, array.name, sampler):
-            buffers += [gl.buffer(table[members]), gl.buffer(np.ascontiguousarray(targets[members]))]
-            buffers[0].bind_to_storage_buffer(0)
-            buffers[1].bind_to_storage_buffer(1)
+        count = int(starts[key + 1] - starts[key])
+        with bound_array(ctx, array.name, sampler):
+            program["token_offset"] = int(starts[key])
             program["token_count"] = count
             program["texture_size"] = (float(array.width), float(array.height))
             dispatch_flat(program, count * patch * patch, _LOCAL)

@@ -35,11 +35,10 @@ import numpy as np
 import torch
 
 from .errors import CorruptFileError
-from .layout import TokenLayout
+from .layout import LAYOUT_ARRAYS, TokenLayout
 
 SAVE_FORMAT = "glmip.TokenBatch"
 SAVE_VERSION = 1
-_LAYOUT_ARRAYS = ("cx", "cy", "size", "level")
 
 
 __all__ = ["TokenBatch"]
@@ -115,7 +114,7 @@ class TokenBatch:
         cu_seqlens = torch.from_numpy(np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)).to(device)
         image_sizes = tuple((int(layout.image_size[0]), int(layout.image_size[1])) for layout in layouts)
         columns = {name: np.concatenate([np.asarray(getattr(layout, name), dtype=np.float64) for layout in layouts])
-                   for name in _LAYOUT_ARRAYS}
+                   for name in LAYOUT_ARRAYS}
         extent = np.repeat(np.asarray(image_sizes, np.float64), counts, axis=0)
         centres = np.stack([columns["cx"] / extent[:, 0], columns["cy"] / extent[:, 1]], axis=1).astype(np.float32)
         return cls(tokens=tokens, cu_seqlens=cu_seqlens, max_seqlen=int(counts.max()), layouts=tuple(layouts),
@@ -271,7 +270,7 @@ class TokenBatch:
             raise ValueError(f"cannot write {str(target)!r}: the folder {str(target.parent)!r} does not exist")
         if target.is_dir():
             raise ValueError(f"cannot write {str(target)!r}: it is a folder; give a file path")
-        layouts = [{**{name: torch.from_numpy(np.ascontiguousarray(getattr(layout, name))) for name in _LAYOUT_ARRAYS},
+        layouts = [{**{name: torch.from_numpy(np.ascontiguousarray(getattr(layout, name))) for name in LAYOUT_ARRAYS},
                     "relevant": None if layout.relevant is None else torch.from_numpy(np.asarray(layout.relevant)),
                     "image_size": [int(v) for v in layout.image_size], "patch": int(layout.patch)}
                    for layout in self.layouts]
@@ -373,7 +372,7 @@ def _check_image(index: int, tokens: Any, layout: Any, shape: tuple[int, int] | 
         raise TypeError(f"{where}tokens are a meta tensor (no data); pass tokens with values, e.g. Pyramid.tokens")
     if tokens.ndim != 4 or tokens.shape[2] != tokens.shape[3]:
         raise ValueError(f"{where}tokens must have shape (N, C, P, P), got {tuple(tokens.shape)}")
-    missing = [name for name in (*_LAYOUT_ARRAYS, "patch", "image_size") if not hasattr(layout, name)]
+    missing = [name for name in (*LAYOUT_ARRAYS, "patch", "image_size") if not hasattr(layout, name)]
     if missing:
         raise TypeError(f"{where}layout must be a glmip.TokenLayout, got {type(layout).__name__} without "
                         f"{', '.join(missing)}")
@@ -385,10 +384,10 @@ def _check_image(index: int, tokens: Any, layout: Any, shape: tuple[int, int] | 
     if shape is not None and shape != (channels, patch):
         raise ValueError(f"{where}tokens have C={channels}, P={patch}; image 0 has C={shape[0]}, P={shape[1]} "
                          "(one batch holds one channel count and one patch size)")
-    arrays = [np.asarray(getattr(layout, name), dtype=np.float64) for name in _LAYOUT_ARRAYS]
+    arrays = [np.asarray(getattr(layout, name), dtype=np.float64) for name in LAYOUT_ARRAYS]
     if any(a.shape != (n,) for a in arrays):
         raise ValueError(f"{where}{n} tokens but the layout has " + ", ".join(
-            f"{name} {a.shape}" for name, a in zip(_LAYOUT_ARRAYS, arrays, strict=True)) + "; they must match")
+            f"{name} {a.shape}" for name, a in zip(LAYOUT_ARRAYS, arrays, strict=True)) + "; they must match")
     if not all(np.isfinite(a).all() for a in arrays) or arrays[3].min() < 0:
         raise ValueError(f"{where}the layout holds NaN, infinite or negative levels, or non-finite centres/sizes")
     width, height = layout.image_size
@@ -472,7 +471,7 @@ def _read_layout(path: Path, index: int, item: Any) -> TokenLayout:
     where = f"layouts[{index}]"
     if not isinstance(item, dict):
         raise CorruptFileError(path, where, f"must be a dict, got {type(item).__name__}")
-    arrays = [_member(path, item, name, torch.Tensor, "a tensor", where).numpy() for name in _LAYOUT_ARRAYS]
+    arrays = [_member(path, item, name, torch.Tensor, "a tensor", where).numpy() for name in LAYOUT_ARRAYS]
     patch = _member(path, item, "patch", int, "an int", where)
     size = _member(path, item, "image_size", (list, tuple), "a [width, height] list", where)
     if len(size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in size):

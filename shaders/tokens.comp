@@ -13,6 +13,7 @@ layout(local_size_x = 64) in;
 
 uniform sampler2DArray images;
 uniform uint token_count;
+uniform uint token_offset;  // this array's first row in `tokens` and `targets` (a batch's tokens, grouped by array)
 uniform int patch_size;
 uniform float lod_bias;
 uniform float max_anisotropy;
@@ -30,9 +31,9 @@ void main() {
     uint k = i / per_token;
     if (k >= token_count) return;
     uint s = i % per_token;
-    uvec2 target = targets[k];
+    uvec2 target = targets[token_offset + k];
     vec2 cell = vec2(float(int(s) % patch_size), float(int(s) / patch_size));
-    vec4 token = tokens[k];
+    vec4 token = tokens[token_offset + k];
     vec2 uv = (token.xy + ((cell + 0.5) / float(patch_size) - 0.5) * token.z) / texture_size;
     float layer = float(target.x);
 #if defined(SHADER_ANISO)
