@@ -20,7 +20,7 @@ README = ROOT / "README.md"
 FRONT_PAGE_LINES = 250
 BLOCK_TIMEOUT_S = 300
 FENCE = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
-ISSUE_NUMBER = re.compile(r"\bissues?\b|#\d+", re.IGNORECASE)
+ISSUE_NUMBER = re.compile(r"\bissues?\b|#\d+\b", re.IGNORECASE)
 
 
 def python_blocks(text: str) -> list[tuple[int, str]]:
