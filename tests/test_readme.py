@@ -60,3 +60,12 @@ def test_no_issue_numbers_in_user_facing_text(page: Path):
     lines = page.read_text(encoding="utf-8").splitlines()
     hits = [f"{page.name}:{n}: {text.strip()}" for n, text in enumerate(lines, 1) if ISSUE_NUMBER.search(text)]
     assert not hits, "\n".join(hits)
+
+
+def test_readme_links_resolve():
+    """The front page's links into docs/ (and its picture) point at files that exist."""
+    targets = re.findall(r"\]\(([^)\s]+)\)", README.read_text(encoding="utf-8"))
+    local = [t.split("#")[0] for t in targets if "://" not in t and not t.startswith("#")]
+    assert local, "the README links into docs/"
+    missing = [t for t in local if not (ROOT / t).exists()]
+    assert not missing, f"README.md links to missing files: {missing}"
