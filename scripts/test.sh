@@ -6,6 +6,6 @@ set -euo pipefail
 # shellcheck disable=SC1091
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 ruff check glmip tests bench examples
-NO_MKDOCS_2_WARNING=1 mkdocs build --strict --quiet
+NO_MKDOCS_2_WARNING=1 mkdocs build --strict  # not --quiet: it hides the warnings strict counts
 python -m pytest -q "$@"
 bash scripts/integration.sh
