@@ -11,7 +11,7 @@ torch's current stream instead, with no host round trip (`BridgePath.CUDA_GL`); 
 RGB (3 channels) or sRGB formats cannot be registered with CUDA and are read back. `prefer`
 chooses: "auto" (interop where available), "interop" (a ValueError saying why when it is not),
 "readback". Each Transfer names the path taken. The interop path has run on one GPU (an
-H100, the README's "On NVIDIA"); its tests (tests/test_interop.py) are skipped without one.
+H100, docs/gpu.md, "On NVIDIA"); its tests (tests/test_interop.py) are skipped without one.
 These calls register the GL object for one transfer; for repeated transfers of one buffer, keep a
 `glmip.gl.interop.GLBufferResource`.
 `Context.info()["interop"]` says which paths this machine offers and why.

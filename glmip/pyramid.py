@@ -200,7 +200,7 @@ class PyramidBatch:
     `method`, `srgb`: as `Pyramid`. Build once, sample many: `tokens(layouts)`, `level(i)`, and
     `batch[b]` (a `Pyramid` view of image b, no copy) for everything a single pyramid offers.
 
-    Shape: B = len(batch); level i of image b is (sizes[b][i][1], sizes[b][i][0], C).
+    Shape: B = len(batch); level i of image b is `(sizes[b][i][1], sizes[b][i][0], C)`.
     """
 
     def __init__(self, context: GLContext, images: Any, method: str | PyramidMethod = "hardware",

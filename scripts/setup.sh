@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up for a fresh Debian machine, sourced by scripts/demo.sh and scripts/test.sh:
 # apt packages only where missing, a virtual environment in .venv, torch pinned (CPU build
-# where there is no NVIDIA driver), glmip installed editable with its test tools.
+# where there is no NVIDIA driver), glmip installed editable with its test and docs tools.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"

@@ -97,7 +97,7 @@ def test_read_webdataset_on_the_folder_as_written(ctx, cluster, paths, tmp_path)
 
 
 def test_readme_recipe_on_a_cpu_only_cluster(ctx, cluster, paths, tmp_path):
-    """The README's recipe picks num_gpus=0 here and finishes; asking for a GPU the cluster lacks is refused
+    """The Ray recipe of docs/data.md picks num_gpus=0 here and finishes; asking for a GPU the cluster lacks is refused
     at once instead of waiting for it forever."""
     gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
     assert gpus == 0

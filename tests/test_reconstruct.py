@@ -16,7 +16,7 @@ from glmip.allocate import TokenLayout, allocate
 from glmip.reconstruct import covering_tokens, reconstruct
 
 LEVEL0_TOLERANCE_LSB = 0.5  # level-0 tokens sample texel centres: the 8-bit value comes back after rounding
-COARSE_TOLERANCE_LSB = 1.0  # the box pyramid's own tolerance (README: within 1 LSB of the exact area mean)
+COARSE_TOLERANCE_LSB = 1.0  # the box pyramid's own tolerance (docs/pyramids.md: within 1 LSB of the exact area mean)
 
 
 def grid_layout(width: int, height: int, side: float, level: float, patch: int) -> TokenLayout:

@@ -3,10 +3,10 @@ current stream, and copied device to device into (or from) torch CUDA tensors; n
 
 Written against cuda-python's runtime bindings (`cuda.bindings.runtime`, 12.x/13.x; `cuda.cudart`
 for older releases). It has run on one GPU: an H100 (driver 580.159.04, cuda-bindings from that
-machine's image), where tests/test_interop.py passed (the README's "On NVIDIA"). Those tests are
+machine's image), where tests/test_interop.py passed (docs/gpu.md, "On NVIDIA"). Those tests are
 skipped without an NVIDIA GL context and CUDA; scripts/gpu-run.sh runs them on a lent GPU machine.
 
-What CUDA can map (see DESIGN.md): a GL *buffer* maps as a device pointer, so buffer -> tensor is
+What CUDA can map (see docs/design.md): a GL *buffer* maps as a device pointer, so buffer -> tensor is
 one `cudaMemcpyAsync`; a GL *texture* maps only as an opaque cudaArray per mip level, so level ->
 tensor is one `cudaMemcpy2DFromArrayAsync`, and tensor -> texture one `cudaMemcpy2DToArrayAsync`.
 CUDA registers R/RG/RGBA textures of 8/16-bit unorm, 16F and 32F (cudaGraphicsGLRegisterImage); not
