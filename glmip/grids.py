@@ -62,6 +62,8 @@ class LevelGrid:
         valid:     (B, N) bool, True = a real (kept) cell, False = padding (its token is zeros).
         grid:      (B, 2) int64, (rows, cols) of each image's full grid at this level.
         shape:     (rows, cols), Python ints: the largest full grid of the batch (static for torch.compile).
+        relevance: (B, N) float32, each cell's mean relevance (0 at padding) when the call was given a
+                   relevance map, else None: the per-token bias of `glmip.hierarchy.CrossScaleAttention`.
     """
 
     level: int
@@ -71,6 +73,7 @@ class LevelGrid:
     valid: torch.Tensor
     grid: torch.Tensor
     shape: tuple[int, int]
+    relevance: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -164,8 +167,10 @@ def _relevance_maps(relevance: Any, count: int) -> list[np.ndarray]:
 
 
 def _kept_cells(masks: Any, relevance: Any, threshold: Any, budget: Any, levels: list[int], patch: int,
-                level_sizes: list[list[tuple[int, int]]]) -> list[list[np.ndarray] | None]:
-    """Per level: None (every cell) or, per image, the kept cells' flat indices in its grid (row-major)."""
+                level_sizes: list[list[tuple[int, int]]]
+                ) -> tuple[list[list[np.ndarray] | None], list[list[np.ndarray]] | None]:
+    """Per level: None (every cell) or, per image, the kept cells' flat indices in its grid (row-major); and,
+    where relevance is given, per level and image the (rows, cols) mean relevance of every cell."""
     count = len(level_sizes)
     grid = [[(-(-size[li][1] // patch), -(-size[li][0] // patch)) for size in level_sizes]
             for li in range(len(levels))]
@@ -189,6 +194,8 @@ def _kept_cells(masks: Any, relevance: Any, threshold: Any, budget: Any, levels:
         maps = _relevance_maps(relevance, count)
         rules = _per_level(threshold if budget is None else budget, len(levels),
                            "threshold" if budget is None else "budget")
+        scores_of = [[cell_relevance(maps[b], sizes[level], patch) for b, sizes in enumerate(level_sizes)]
+                     for level in levels]
         per_level = []
         for li, rule in enumerate(rules):
             if rule is None:
@@ -199,8 +206,8 @@ def _kept_cells(masks: Any, relevance: Any, threshold: Any, budget: Any, levels:
             else:
                 rule = positive_int(rule, f"budget of level {levels[li]}")
             mask = np.zeros((count, *largest[li]), bool)
-            for b, sizes in enumerate(level_sizes):
-                scores = cell_relevance(maps[b], sizes[levels[li]], patch)
+            for b in range(count):
+                scores = scores_of[li][b]
                 if budget is None:
                     keep = scores >= rule
                 else:
@@ -211,7 +218,7 @@ def _kept_cells(masks: Any, relevance: Any, threshold: Any, budget: Any, levels:
                 mask[b, :keep.shape[0], :keep.shape[1]] = keep
             per_level.append(mask)
     else:
-        return [None] * len(levels)
+        return [None] * len(levels), None
     kept: list[list[np.ndarray] | None] = []
     for li, mask in enumerate(per_level):
         if mask is None:
@@ -226,7 +233,7 @@ def _kept_cells(masks: Any, relevance: Any, threshold: Any, budget: Any, levels:
                                  "(lower the threshold, raise the budget, or leave the level unmasked)")
             cells.append(own)
         kept.append(cells)
-    return kept
+    return kept, scores_of if relevance is not None else None
 
 
 # -- the call ---------------------------------------------------------------------------------------
@@ -278,11 +285,12 @@ def grids(batch: PyramidBatch, levels: Any, patch: int | None = None, *, as_imag
     if as_images and (masks is not None or relevance is not None or threshold is not None or budget is not None):
         raise ValueError("masks, relevance, threshold and budget select token cells; level images are always whole "
                          "(pass as_images=False for a sparse pyramid)")
-    kept = _kept_cells(masks, relevance, threshold, budget, levels, patch or 1, image_levels)
+    kept, scores = _kept_cells(masks, relevance, threshold, budget, levels, patch or 1, image_levels)
 
     channels = batch.channels
     tile = patch if not as_images else IMAGE_TILE
-    plans = (_image_plan if as_images else _token_plan)(batch, levels, patch, kept, image_levels)
+    plans = (_image_plan(batch, levels, patch, image_levels) if as_images
+             else _token_plan(batch, levels, patch, kept, scores, image_levels))
     total = sum(int(np.prod(shape)) for shape, _ in plans)
     check_count(total // max(channels, 1), f"texels of the requested grids ({total // channels})", MAX_TOKEN_SAMPLES,
                 "request fewer levels or images per call, or raise glmip.limits.MAX_TOKEN_SAMPLES")
@@ -319,14 +327,17 @@ def grids(batch: PyramidBatch, levels: Any, patch: int | None = None, *, as_imag
             results.append(LevelGrid(levels[li], int(patch), values,
                                      torch.from_numpy(meta["positions"]).to(values.device),
                                      torch.from_numpy(meta["valid"]).to(values.device),
-                                     torch.from_numpy(meta["grid"]).to(values.device), meta["shape"]))
+                                     torch.from_numpy(meta["grid"]).to(values.device), meta["shape"],
+                                     None if meta["relevance"] is None
+                                     else torch.from_numpy(meta["relevance"]).to(values.device)))
     return results
 
 
 def _token_plan(batch: PyramidBatch, levels: list[int], patch: int, kept: list[list[np.ndarray] | None],
-                image_levels: list[list[tuple[int, int]]]) -> list[tuple[tuple[int, ...], dict[str, Any]]]:
-    """Per level: the output shape (B, N, C, P, P) and its cells: per image, (x0, y0) of each of its N slots
-    (padding slots far outside), its positions, valid mask and grid."""
+                scores: list[list[np.ndarray]] | None, image_levels: list[list[tuple[int, int]]]
+                ) -> list[tuple[tuple[int, ...], dict[str, Any]]]:
+    """Per level: the output shape (B, N, C, P, P) and its cells: per image, the positions of its N slots
+    (-1 at padding), valid mask, grid and (with relevance) each cell's mean relevance."""
     count, channels = len(batch), batch.channels
     plans = []
     for li, level in enumerate(levels):
@@ -336,17 +347,20 @@ def _token_plan(batch: PyramidBatch, levels: list[int], patch: int, kept: list[l
         n = max(len(c) for c in chosen)
         positions = np.full((count, n, 2), -1, np.int64)
         valid = np.zeros((count, n), bool)
+        relevance = None if scores is None else np.zeros((count, n), np.float32)
         for b, cells in enumerate(chosen):
             positions[b, :len(cells), 0] = cells // grid[b, 1]
             positions[b, :len(cells), 1] = cells % grid[b, 1]
             valid[b, :len(cells)] = True
-        meta = {"level": level, "positions": positions, "valid": valid, "grid": grid,
+            if relevance is not None:
+                relevance[b, :len(cells)] = scores[li][b].ravel()[cells]
+        meta = {"level": level, "positions": positions, "valid": valid, "grid": grid, "relevance": relevance,
                 "shape": (int(grid[:, 0].max()), int(grid[:, 1].max()))}
         plans.append(((count, n, channels, patch, patch), meta))
     return plans
 
 
-def _image_plan(batch: PyramidBatch, levels: list[int], patch: int | None, kept: Any,
+def _image_plan(batch: PyramidBatch, levels: list[int], patch: int | None,
                 image_levels: list[list[tuple[int, int]]]) -> list[tuple[tuple[int, ...], dict[str, Any]]]:
     """Per level: the output shape (B, C, H, W) (largest level, padded to a multiple of `patch` when given)."""
     count, channels = len(batch), batch.channels

@@ -186,9 +186,11 @@ def test_threshold_and_budget_keep_the_most_relevant_cells_below_the_coarsest_le
             top = np.sort(np.argsort(-scores.ravel(), kind="stable")[:5])
             kept = by_budget[li].positions[b].numpy()
             np.testing.assert_array_equal(kept[:, 0] * scores.shape[1] + kept[:, 1], top)
+            np.testing.assert_allclose(by_budget[li].relevance[b].numpy(), scores.ravel()[top], rtol=1e-6)
             chosen = np.flatnonzero(scores.ravel() >= (0.5, 0.2)[li])
             got = by_threshold[li].positions[b][by_threshold[li].valid[b]].numpy()
             np.testing.assert_array_equal(got[:, 0] * scores.shape[1] + got[:, 1], chosen)
+    assert dense[0].relevance is None and by_budget[2].relevance.shape == (2, 12)
     row, col = by_budget[0].positions[1, 0].tolist()
     torch.testing.assert_close(by_budget[0].tokens[1, 0], dense[0].tokens[1, row * 16 + col])
 
