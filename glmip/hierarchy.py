@@ -58,10 +58,9 @@ def pool_to_parents(x: torch.Tensor, positions: torch.Tensor, valid: torch.Tenso
     slots = rows * cols
     row = torch.minimum(positions[..., 0].clamp(min=0) // 2, parent_grid[:, None, 0] - 1)
     col = torch.minimum(positions[..., 1].clamp(min=0) // 2, parent_grid[:, None, 1] - 1)
-    index = torch.where(valid, row * cols + col, slots)  # invalid children go to a dump slot
-    weight = valid.to(x.dtype)[..., None]
-    sums = x.new_zeros(batch, slots + 1, dim).scatter_add(1, index[..., None].expand(-1, -1, dim), x * weight)
-    counts = x.new_zeros(batch, slots + 1, 1).scatter_add(1, index[..., None], weight)
+    index = torch.where(valid, row * cols + col, slots)  # invalid children go to a dump slot, never read
+    sums = x.new_zeros(batch, slots + 1, dim).scatter_add(1, index[..., None].expand(-1, -1, dim), x)
+    counts = x.new_zeros(batch, slots + 1, 1).scatter_add(1, index[..., None], torch.ones_like(x[..., :1]))
     means = sums / counts.clamp(min=1.0)
     parent_index = parent_positions[..., 0] * cols + parent_positions[..., 1]
     parent_index = torch.where(parent_positions[..., 0] >= 0, parent_index, slots)
