@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 
 __all__ = ["LevelGrid", "LevelImage", "grids", "cell_relevance", "IMAGE_TILE"]
 
-IMAGE_TILE = 16  # texels a side of the work cells level images are cut into (any size works; 16 x 16 = 256 lanes)
+IMAGE_TILE = 16  # texels a side of the cells level images are cut into, one shader invocation each
 _FAR = 1 << 30  # x0 of padding cells: past any level, so the shader writes zeros there
 _LOCAL = 64
 
@@ -288,7 +288,6 @@ def grids(batch: PyramidBatch, levels: Any, patch: int | None = None, *, as_imag
     kept, scores = _kept_cells(masks, relevance, threshold, budget, levels, patch or 1, image_levels)
 
     channels = batch.channels
-    tile = patch if not as_images else IMAGE_TILE
     plans = (_image_plan(batch, levels, patch, image_levels) if as_images
              else _token_plan(batch, levels, patch, kept, scores, image_levels))
     total = sum(int(np.prod(shape)) for shape, _ in plans)
@@ -304,14 +303,13 @@ def grids(batch: PyramidBatch, levels: Any, patch: int | None = None, *, as_imag
     sampler = ctx.sampler(*NEAREST_MIPMAP, WRAP_MODES["clamp"])
     gl = ctx.gl
     program["images"] = 0
-    program["tile"] = tile
     samples.bind_to_storage_buffer(2)
     for array, table in cells_by_array:
         with scratch(ctx) as buffers, bound_array(ctx, array.name, sampler):
             buffers.append(gl.buffer(table))
             buffers[0].bind_to_storage_buffer(0)
             program["cell_count"] = table.shape[0] // 2
-            dispatch_flat(program, table.shape[0] // 2 * tile * tile, _LOCAL)
+            dispatch_flat(program, table.shape[0] // 2, _LOCAL)
     gl.memory_barrier(moderngl.BUFFER_UPDATE_BARRIER_BIT)
     flat = persistent_buffer_to_tensor(ctx, "tokens", (total,), device=device).tensor
 
@@ -379,47 +377,44 @@ def _cells_by_array(batch: PyramidBatch, plans: list[tuple[tuple[int, ...], dict
     """The cell table (2 uvec4 a cell: layer, level, x0, y0 / base, stride_c, stride_y, w | h << 16) of each
     array texture, every requested level of its images in one table."""
     where = batch.where
-    per_image: list[list[np.ndarray]] = [[] for _ in range(len(batch))]
+    images = np.arange(len(batch))[:, None]
+    per_level = []  # (B, cells, 2, 4) per level
     start = 0
     for shape, meta in plans:
-        start_of_level = start
-        start += int(np.prod(shape))
         if "positions" in meta:
             _, n, channels, patch, _ = shape
-            block = channels * patch * patch
-            for b in range(len(batch)):
-                positions, valid = meta["positions"][b], meta["valid"][b]
-                x0 = np.where(valid, positions[:, 1] * patch, _FAR)
-                y0 = np.where(valid, positions[:, 0] * patch, _FAR)
-                base = start_of_level + (b * n + np.arange(n)) * block
-                per_image[b].append(_rows(where[b, 1], meta["level"], x0, y0, base, patch * patch, patch,
-                                          patch, patch))
+            positions, valid = meta["positions"], meta["valid"]
+            x0 = np.where(valid, positions[..., 1] * patch, _FAR)
+            y0 = np.where(valid, positions[..., 0] * patch, _FAR)
+            base = start + (images * n + np.arange(n)) * (channels * patch * patch)
+            per_level.append(_rows(where[:, 1:], meta["level"], x0, y0, base, patch * patch, patch, patch, patch))
         else:
             _, channels, height, width = shape
             ty, tx = np.meshgrid(np.arange(0, height, IMAGE_TILE), np.arange(0, width, IMAGE_TILE), indexing="ij")
-            tx, ty = tx.ravel(), ty.ravel()
-            for b in range(len(batch)):
-                base = start_of_level + b * channels * height * width + ty * width + tx
-                per_image[b].append(_rows(where[b, 1], meta["level"], tx, ty, base, height * width, width,
-                                          np.minimum(IMAGE_TILE, width - tx), np.minimum(IMAGE_TILE, height - ty)))
+            tx, ty = tx.ravel()[None, :], ty.ravel()[None, :]
+            base = start + images * (channels * height * width) + ty * width + tx
+            per_level.append(_rows(where[:, 1:], meta["level"], np.broadcast_to(tx, base.shape),
+                                   np.broadcast_to(ty, base.shape), base, height * width, width,
+                                   np.minimum(IMAGE_TILE, width - tx), np.minimum(IMAGE_TILE, height - ty)))
+        start += int(np.prod(shape))
     tables = []
     for index, array in enumerate(batch.arrays):
-        members = np.flatnonzero(where[:, 0] == index)
-        tables.append((array, np.ascontiguousarray(np.concatenate([r for b in members for r in per_image[b]]))))
+        members = where[:, 0] == index
+        tables.append((array, np.ascontiguousarray(np.concatenate([rows[members].reshape(-1, 4)
+                                                                   for rows in per_level]))))
     return tables
 
 
-def _rows(layer: int, level: int, x0: Any, y0: Any, base: Any, stride_c: int, stride_y: int, width: Any,
-          height: Any) -> np.ndarray:
-    """Cells as consecutive pairs of uvec4 rows of the table: (2 · cells, 4) uint32."""
-    x0 = np.asarray(x0, np.int64)
-    rows = np.empty((x0.size, 2, 4), np.uint32)
-    rows[:, 0, 0] = layer
-    rows[:, 0, 1] = level
-    rows[:, 0, 2] = x0
-    rows[:, 0, 3] = y0
-    rows[:, 1, 0] = base
-    rows[:, 1, 1] = stride_c
-    rows[:, 1, 2] = stride_y
-    rows[:, 1, 3] = np.asarray(width, np.uint32) | (np.asarray(height, np.uint32) << 16)
-    return rows.reshape(-1, 4)
+def _rows(layer: np.ndarray, level: int, x0: np.ndarray, y0: np.ndarray, base: np.ndarray, stride_c: int,
+          stride_y: int, width: Any, height: Any) -> np.ndarray:
+    """The cells of every image as pairs of uvec4 rows: (B, cells, 2, 4) uint32 (layer is (B, 1))."""
+    rows = np.empty((*base.shape, 2, 4), np.uint32)
+    rows[..., 0, 0] = layer
+    rows[..., 0, 1] = level
+    rows[..., 0, 2] = x0
+    rows[..., 0, 3] = y0
+    rows[..., 1, 0] = base
+    rows[..., 1, 1] = stride_c
+    rows[..., 1, 2] = stride_y
+    rows[..., 1, 3] = np.asarray(width, np.uint32) | (np.asarray(height, np.uint32) << 16)
+    return rows
