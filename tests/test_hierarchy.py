@@ -200,3 +200,18 @@ def test_cross_scale_attention_refuses_mismatched_shapes():
         block(torch.randn(2, 3, 16), torch.randn(1, 5, 16))
     with pytest.raises(ValueError, match="relevance must be \\(2, 5\\)"):
         block(torch.randn(2, 3, 16), torch.randn(2, 5, 16), None, torch.rand(2, 4))
+
+
+def test_the_multiscale_example_runs_headless(ctx, tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "multiscale.py"
+    spec = importlib.util.spec_from_file_location("multiscale_example", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    found = example.main(["--patch", "16", "--budget", "10,6,4"], ctx=ctx)
+    assert [int(g.valid.sum()) for g in found["sparse"]] == [10, 6, 4, 20]
+    assert [int(g.valid.sum()) for g in found["dense"]] == [950, 247, 70, 20]
+    assert tuple(found["logits"]["sparse"].shape) == (1, 10)
+    assert "sparse tokens: 10 (level 0)" in capsys.readouterr().out
