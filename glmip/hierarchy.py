@@ -24,7 +24,7 @@ from torch import nn
 
 from .models import Block
 
-__all__ = ["MipViT", "CrossScaleAttention", "sincos_positions", "pool_to_parents"]
+__all__ = ["MipViT", "CrossScaleAttention", "sincos_positions", "pool_to_parents", "to_feature_map"]
 
 
 def sincos_positions(positions: torch.Tensor, dim: int, scale: float = 1.0) -> torch.Tensor:
@@ -66,6 +66,21 @@ def pool_to_parents(x: torch.Tensor, positions: torch.Tensor, valid: torch.Tenso
     parent_index = torch.where(parent_positions[..., 0] >= 0, parent_index, slots)
     pooled = torch.gather(means, 1, parent_index[..., None].expand(-1, -1, dim))
     return pooled * (parent_positions[..., :1] >= 0).to(x.dtype)
+
+
+def to_feature_map(x: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor,
+                   shape: tuple[int, int]) -> torch.Tensor:
+    """Per-cell features back on their grid, for conv consumers (an FPN): (B, N, D) -> (B, D, rows, cols).
+
+    positions (B, N, 2) (row, col) and valid (B, N) as `LevelGrid`; shape = (rows, cols), Python ints (the
+    batch's largest grid, `LevelGrid.shape`). Cells no valid token names (dropped by a sparse pyramid, or
+    past a smaller image's grid) are 0; each cell is named at most once.
+    """
+    batch, _, dim = x.shape
+    rows, cols = shape
+    index = torch.where(valid, positions[..., 0] * cols + positions[..., 1], rows * cols)
+    cells = x.new_zeros(batch, rows * cols + 1, dim).scatter(1, index[..., None].expand(-1, -1, dim), x)
+    return cells[:, :-1].transpose(1, 2).reshape(batch, dim, rows, cols)
 
 
 class MipViT(nn.Module):

@@ -215,3 +215,24 @@ def test_the_multiscale_example_runs_headless(ctx, tmp_path, capsys):
     assert [int(g.valid.sum()) for g in found["dense"]] == [950, 247, 70, 20]
     assert tuple(found["logits"]["sparse"].shape) == (1, 10)
     assert "sparse tokens: 10 (level 0)" in capsys.readouterr().out
+
+
+def test_to_feature_map_puts_each_valid_cell_back_and_zeros_the_rest(ctx):
+    from glmip.hierarchy import to_feature_map
+
+    with ctx.pyramids(images(8, [(32, 24), (16, 16)])) as batch:
+        dense = batch.grids([0], 4)[0]
+        mask = np.zeros((2, 6, 8), bool)
+        mask[0, 2, 5] = mask[1, 3, 1] = mask[1, 0, 0] = True
+        sparse = batch.grids([0], 4, masks=[mask])[0]
+    features = dense.tokens.flatten(2)
+    grid = to_feature_map(features, dense.positions, dense.valid, dense.shape)
+    assert tuple(grid.shape) == (2, 3 * 16, 6, 8)
+    torch.testing.assert_close(grid[0].permute(1, 2, 0).reshape(48, -1), features[0], rtol=0, atol=0)
+    torch.testing.assert_close(grid[1, :, :4, :4].permute(1, 2, 0).reshape(16, -1), features[1, :16], rtol=0, atol=0)
+    assert not grid[1, :, 4:].any() and not grid[1, :, :, 4:].any()
+    kept = to_feature_map(sparse.tokens.flatten(2), sparse.positions, sparse.valid, sparse.shape)
+    expected = torch.zeros_like(grid)
+    for b, r, c in ((0, 2, 5), (1, 3, 1), (1, 0, 0)):
+        expected[b, :, r, c] = grid[b, :, r, c]
+    torch.testing.assert_close(kept, expected, rtol=0, atol=0)
