@@ -42,7 +42,8 @@ from .maps import as_relevance
 if TYPE_CHECKING:
     import torch
 
-    from .pyramid import PyramidBatch
+# The batch is a `glmip.PyramidBatch`, typed `Any` here: pyramid.py imports this module for its `grids` method.
+PyramidBatch = Any
 
 __all__ = ["LevelGrid", "LevelImage", "grids", "cell_relevance", "IMAGE_TILE"]
 
@@ -140,6 +141,9 @@ def _per_level(value: Any, count: int, what: str) -> list[Any]:
         if len(values) != count:
             raise ValueError(f"{what} needs one value (or None) per level ({count}), got {len(values)}")
         return values
+    if count == 1:
+        raise ValueError(f"a single {what} applies to every level but the coarsest, which keeps all; with one level "
+                         f"that selects nothing: pass [{value!r}] to select cells of the only level")
     return [value] * (count - 1) + [None]
 
 

@@ -159,6 +159,31 @@ def test_masks_keep_exactly_the_named_cells_in_row_major_order(ctx):
     torch.testing.assert_close(coarse.tokens, dense[1].tokens)
 
 
+@settings(max_examples=10, deadline=None)
+@given(sizes=st.lists(st.sampled_from([(9, 7), (16, 16), (17, 33), (40, 24)]), min_size=1, max_size=3),
+       patch=st.integers(1, 4), keep=st.floats(0.05, 0.9), seed=st.integers(0, 2**16))
+def test_random_masks_keep_the_reference_cells_of_mixed_batches(session_context, sizes, patch, keep, seed):
+    rng = np.random.default_rng(seed)
+    pictures = images_of(rng, sizes, 2, "uint16")
+    with session_context.pyramids(pictures, method="box") as batch:
+        shapes = batch.grids([0, 1], patch)
+        masks = [rng.random((len(sizes), *g.shape)) < keep for g in shapes]
+        for mask, g in zip(masks, shapes, strict=True):
+            for b, (rows, cols) in enumerate(g.grid.tolist()):
+                mask[b, rng.integers(rows), rng.integers(cols)] = True  # no level is left empty
+        grids = batch.grids([0, 1], patch, masks=masks)
+        for grid, mask in zip(grids, masks, strict=True):
+            for b in range(len(sizes)):
+                rows, cols = grid.grid[b].tolist()
+                kept = np.flatnonzero(mask[b, :rows, :cols])
+                cells = reference.grid_cells([batch[b].level(i) for i in range(2)], grid.level, patch)
+                assert int(grid.valid[b].sum()) == kept.size and grid.valid[b, :kept.size].all()
+                np.testing.assert_array_equal(grid.positions[b, :kept.size].numpy(),
+                                              np.stack(np.divmod(kept, cols), axis=1))
+                np.testing.assert_allclose(grid.tokens[b, :kept.size].numpy(), cells[kept], atol=FLOAT_ATOL)
+                assert not grid.tokens[b, kept.size:].any()
+
+
 def test_cell_relevance_is_the_area_mean_over_the_cell_inside_the_level():
     rng = np.random.default_rng(7)
     relevance = rng.random((7, 11))
@@ -228,6 +253,7 @@ def test_threshold_and_budget_keep_the_most_relevant_cells_below_the_coarsest_le
     (lambda b: b.grids([0, 1], 4, as_images=True, relevance=np.ones((20, 32)), budget=2), ValueError,
      "level images are always whole"),
     (lambda b: b.grids([0], 4, device="gpu"), ValueError, "device must be"),
+    (lambda b: b.grids([1], 4, relevance=np.ones((20, 32)), budget=3), ValueError, "pass [3] to select cells"),
 ])
 def test_bad_requests_are_refused_before_anything_is_allocated(ctx, monkeypatch, call, error, words):
     """Refused before the output buffer is asked for, any scratch buffer made or any texture created."""
