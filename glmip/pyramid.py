@@ -308,6 +308,14 @@ class PyramidBatch:
 
         return tokens_batch(self, layouts, patch, filter, lod_bias, out=out, device=device)
 
+    def grids(self, levels: Any, patch: int | None = None, **options: Any) -> list[Any]:
+        """The patch grids of `levels` of every image: one `glmip.grids.LevelGrid` (B, N_l, C, patch, patch)
+        a level, or `LevelImage` (B, C, H_l, W_l) with as_images=True; optionally only the relevant cells
+        (masks, or relevance with threshold / budget); one dispatch per array texture. See `glmip.grids.grids`."""
+        from .grids import grids
+
+        return grids(self, levels, patch, **options)
+
     # -- life cycle -------------------------------------------------------------------------
     @property
     def closed(self) -> bool:

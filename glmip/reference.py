@@ -18,7 +18,7 @@ __all__ = [
     "srgb_to_linear", "linear_to_srgb", "decode", "encode", "box_weights", "lanczos_weights", "resample",
     "box_pyramid", "lanczos_pyramid", "area_mean_level", "bilinear_weights", "mip_step", "pyramid", "lsb_error",
     "wrap_index", "nearest_texel", "bilinear", "lod_from_gradients", "trilinear", "nearest", "footprint_assembly",
-    "sample", "tokens", "relevance_pyramid", "saliency_features", "saliency",
+    "sample", "tokens", "grid_cells", "relevance_pyramid", "saliency_features", "saliency",
 ]
 
 
@@ -306,6 +306,17 @@ def tokens(levels: list[np.ndarray], cx: np.ndarray, cy: np.ndarray, size: np.nd
     values = trilinear([decode(lv, srgb) for lv in levels], uv, lod)
     n, c = len(cx), levels[0].shape[2]
     return values.reshape(n, patch, patch, c).transpose(0, 3, 1, 2)
+
+
+def grid_cells(levels: list[np.ndarray], level: int, patch: int, srgb: bool = False) -> np.ndarray:
+    """Reference of `glmip.grids` (tokens): level `level` decoded, zero-padded at its bottom and right to a
+    multiple of `patch`, cut into (rows · cols, C, patch, patch) cells in row-major order."""
+    values = decode(levels[level], srgb)
+    h, w, c = values.shape
+    rows, cols = -(-h // patch), -(-w // patch)
+    padded = np.zeros((rows * patch, cols * patch, c))
+    padded[:h, :w] = values
+    return padded.reshape(rows, patch, cols, patch, c).transpose(0, 2, 4, 1, 3).reshape(rows * cols, c, patch, patch)
 
 
 def relevance_pyramid(relevance: np.ndarray, cell: int, image_size: tuple[int, int]) -> list[np.ndarray]:
