@@ -49,12 +49,13 @@ from PIL import Image
 from tqdm import tqdm
 
 import glmip
-from bench.harness import environment, markdown_table, torch_device_label, write_report
+from bench.harness import environment, markdown_table, measure, torch_device_label, write_report
 from bench.tokens import (
     COFFEE_GAZE,
     PATCH,
     ContentErrors,
     content_quadtree,
+    font,
     grid_layout,
     make_scene,
     mse,
@@ -70,6 +71,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RADIUS = 0.12
 CRITERIA = ("uniform", "gaze", "saliency", "detail", "detail+gaze", "detail+(1+gaze)/2", "content")
 PYRAMID_METHOD = "box"
+TIMING_REPEATS = 5  # timed runs of each image's detail and relevance pyramid (after one warm-up), median kept
 BEGIN, END = "<!-- bench.detail tables: begin -->", "<!-- bench.detail tables: end -->"
 
 
@@ -137,12 +139,21 @@ def layouts(pyramid: glmip.Pyramid, picture: Picture, budget: int, detail: Any, 
     }
 
 
-def evaluate(ctx: glmip.Context, picture: Picture, budgets: list[int], bar: tqdm) -> list[dict[str, Any]]:
+def evaluate(ctx: glmip.Context, picture: Picture, budgets: list[int], bar: tqdm,
+             keep: int | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Rows of every criterion at every budget on one image; the budget-`keep` layouts and reconstructions."""
     rows = []
+    kept: dict[str, Any] = {}
     height, width = picture.image.shape[:2]
     region = gaze_disc((width, height), picture.gaze)
     with ctx.pyramid(picture.image, method=PYRAMID_METHOD) as pyramid:
-        detail = detail_pyramid(pyramid, PATCH)
+        timed = measure(lambda: detail_pyramid(pyramid, PATCH), TIMING_REPEATS)
+        detail = timed.result
+        gaze = glmip.gaze((width, height), picture.gaze, RADIUS)
+        relevance_timed = measure(lambda: glmip.relevance_pyramid(gaze, PATCH, (width, height), context=ctx),
+                                  TIMING_REPEATS)
+        cost = {"detail_pyramid_ms": statistics.median(timed.times) * 1e3,
+                "relevance_pyramid_ms": statistics.median(relevance_timed.times) * 1e3}
         saliency = glmip.saliency(pyramid)
         errors = ContentErrors(pyramid, picture.image)
         for budget in budgets:
@@ -150,15 +161,42 @@ def evaluate(ctx: glmip.Context, picture: Picture, budgets: list[int], bar: tqdm
                 bar.set_description(f"{picture.name} {criterion} {budget}")
                 assert len(layout) <= budget and layout.coverage().min() == 1 and layout.coverage().max() == 1
                 picture_8bit = to_uint8(reconstruct(pyramid.tokens(layout), layout))
+                if budget == keep:
+                    kept[criterion] = (layout, picture_8bit)
                 whole, inside = mse(picture_8bit, picture.image), mse(picture_8bit, picture.image, region)
                 rows.append({"image": picture.name, "kind": picture.kind, "size": [width, height],
                              "gaze": list(picture.gaze), "criterion": criterion, "budget": budget,
                              "tokens": len(layout), "mse_whole": whole, "mse_region": inside,
                              "psnr_whole": psnr(whole), "psnr_region": psnr(inside),
                              "psnr_whole_cap": lossless_cap(width * height),
-                             "psnr_region_cap": lossless_cap(int(region.sum()))})
+                             "psnr_region_cap": lossless_cap(int(region.sum())), **cost})
                 bar.update()
-    return rows
+    return rows, kept
+
+
+def layout_picture(picture: Picture, kept: dict[str, Any], budget: int, path: Path) -> None:
+    """One column per criterion at half size: its layout over the image (level colours, the gaze region
+    outlined in white), its reconstruction below."""
+    from PIL import ImageDraw
+
+    columns = [c for c in CRITERIA if c in kept]
+    height, width = picture.image.shape[:2]
+    half = (width // 2, height // 2)
+    label = 20
+    sheet = Image.new("RGB", (half[0] * len(columns), label + 2 * half[1]), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    radius = RADIUS * max(width, height) / 2
+    cx, cy = picture.gaze[0] * half[0], picture.gaze[1] * half[1]
+    for i, criterion in enumerate(columns):
+        layout, reconstruction = kept[criterion]
+        x = i * half[0]
+        draw.text((x + 4, 3), f"{criterion}: {len(layout)}", font=font(13), fill=(0, 0, 0))
+        sheet.paste(Image.fromarray(layout.draw(picture.image)).resize(half, Image.Resampling.BOX), (x, label))
+        sheet.paste(Image.fromarray(reconstruction).resize(half, Image.Resampling.BOX), (x, label + half[1]))
+        draw.ellipse([x + cx - radius, label + cy - radius, x + cx + radius, label + cy + radius],
+                     outline=(255, 255, 255), width=2)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path)
 
 
 def _value(rows: list[dict[str, Any]], image: str, criterion: str, budget: int, key: str) -> float:
@@ -239,6 +277,16 @@ def tables(report: dict[str, Any]) -> str:
         goals = report["summary"][str(budget)]["goals"]
         out.append("\nGoals at " + str(budget) + " tokens: " + "; ".join(
             f"{name}: {'met' if met else 'NOT met'}" for name, met in goals.items()) + ".\n")
+    sizes: dict[tuple[int, int], list[dict[str, Any]]] = {}
+    for row in rows:
+        if row["criterion"] == CRITERIA[0] and row["budget"] == budgets[0]:
+            sizes.setdefault(tuple(row["size"]), []).append(row)
+    out.append(f"Cost on the GPU ({report['device']}), median over the images of each size of each image's median "
+               f"of {TIMING_REPEATS} runs, ms (the gaze's relevance pyramid, built on the GPU from a full-size map, "
+               "for scale):\n")
+    out.append(markdown_table(["image size", "images", "detail pyramid", "relevance pyramid (gaze)"], [
+        [f"{w}x{h}", str(len(group)), f"{statistics.median(r['detail_pyramid_ms'] for r in group):.1f}",
+         f"{statistics.median(r['relevance_pyramid_ms'] for r in group):.1f}"] for (w, h), group in sizes.items()]))
     return "\n".join(out)
 
 
@@ -258,11 +306,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     budgets = sorted(set(args.budgets))
     images = pictures(args.scenes, width, height)
     rows: list[dict[str, Any]] = []
+    shown = next((p for p in images if p.name == args.picture_image), None)
     with glmip.Context() as ctx:
         renderer = str(ctx.info()["renderer"])
         with tqdm(total=len(images) * len(budgets) * len(CRITERIA), unit="layout") as bar:
             for picture in images:
-                rows += evaluate(ctx, picture, budgets, bar)
+                keep = args.picture_budget if picture is shown and args.picture else None
+                picture_rows, kept = evaluate(ctx, picture, budgets, bar, keep)
+                rows += picture_rows
+                if kept:
+                    layout_picture(picture, kept, args.picture_budget, Path(args.picture))
     report: dict[str, Any] = {
         "device": renderer, "torch_device": torch_device_label(), **environment(numpy=np.__version__),
         "config": {"scenes": args.scenes, "size": [width, height], "patch": PATCH, "pyramid": PYRAMID_METHOD,
@@ -281,7 +334,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         },
         "notes": ["PSNR on 8-bit rounded reconstructions, peak 255; region = disc of radius 0.12 x the larger side "
                   "around the gaze point; scenes: gaze at the text panel's centre; photographs: at the centre "
-                  "(coffee: (0.45, 0.35), as bench.tokens)"],
+                  "(coffee: (0.45, 0.35), as bench.tokens)",
+                  "detail_pyramid_ms / relevance_pyramid_ms: median of 5 runs after one warm-up, per image, "
+                  "wall clock including the read-back; llvmpipe shares 2 cores: expect tens of percent noise"],
         "quality": rows,
     }
     report["summary"] = summarise(rows, budgets)
@@ -294,11 +349,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--size", type=int, nargs=2, default=[1024, 768], metavar=("W", "H"))
     parser.add_argument("--budgets", type=int, nargs="+", default=[64, 256])
     parser.add_argument("--out", type=Path, default=None, help="JSON (default bench/results/detail-<device>.json)")
-    parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "allocation.md",
+    parser.add_argument("--picture", default=str(ROOT / "docs" / "allocation-layouts.png"),
+                        help="PNG of every criterion's layout and reconstruction on --picture-image ('' to skip)")
+    parser.add_argument("--picture-image", default="grace_hopper", help="which image the picture shows")
+    parser.add_argument("--picture-budget", type=int, default=64)
+    parser.add_argument("--doc", default=str(ROOT / "docs" / "allocation.md"),
                         help="markdown page whose bench block gets the tables ('' to skip)")
     args = parser.parse_args(argv)
     if args.scenes < 0 or min(args.budgets) < 1 or min(args.size) < 128:
         parser.error("--scenes must be >= 0, --budgets positive, --size at least 128")
+    if args.picture and args.picture_budget not in args.budgets:
+        parser.error(f"--picture-budget {args.picture_budget} is not among --budgets")
     return args
 
 
@@ -311,9 +372,9 @@ def main(argv: list[str] | None = None) -> None:
     text = tables(report)
     print(f"\ndevice: {report['device']}   runtime {report['runtime_s']:.0f} s\n")
     print(text)
-    if str(args.doc):
-        write_doc(args.doc, text)
-    print(f"\nwrote {out}" + (f", {args.doc}" if str(args.doc) else ""))
+    if args.doc:
+        write_doc(Path(args.doc), text)
+    print(f"\nwrote {out}" + "".join(f", {p}" for p in (args.doc, args.picture) if p))
 
 
 if __name__ == "__main__":

@@ -129,7 +129,9 @@ def detail_pyramid(pyramid: Any, patch: int = 16, min_level: int = 0) -> Any:
     if patch > MAX_PATCH:
         raise ValueError(f"patch {patch} is over the limit of {MAX_PATCH} samples a side; "
                          "raise glmip.limits.MAX_PATCH to go past it")
-    if not isinstance(min_level, (int, np.integer)) or isinstance(min_level, bool) or not 0 <= min_level <= 30:
+    if not isinstance(min_level, (int, np.integer)) or isinstance(min_level, bool):
+        raise TypeError(f"min_level must be an int in 0..30, got {min_level!r}")
+    if not 0 <= min_level <= 30:
         raise ValueError(f"min_level must be an int in 0..30, got {min_level!r}")
     patch, min_level = int(patch), int(min_level)
     parts = [(a, 0, a.layers) for a in pyramid.arrays] if batch else [(pyramid.array, pyramid.layer, 1)]

@@ -139,6 +139,8 @@ def test_bad_detail_arguments(ctx):
             detail_pyramid(pyramid, 0)
         with pytest.raises(ValueError, match=r"min_level must be an int in 0..30, got -1"):
             detail_pyramid(pyramid, 4, -1)
+        with pytest.raises(TypeError, match=r"min_level must be an int in 0..30, got 1.5"):
+            detail_pyramid(pyramid, 4, 1.5)
         with pytest.raises(TypeError, match="pyramid must be a glmip.Pyramid"):
             detail_pyramid(np.zeros((8, 8)), 4)
     with pytest.raises(glmip.ClosedError):
