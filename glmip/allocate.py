@@ -73,14 +73,17 @@ def allocate_batch(relevances: Sequence[Any], budget: int = 256, patch: int = 16
         that do not all fit are spread evenly, not packed into the top-left corner).
 
     With `detail` (one `glmip.detail.DetailPyramid` per image, built with this `patch` and `min_level`
-    from the image itself), the score is the relevance-weighted distortion the split removes instead:
-        score(c) = sum over c's quadrants q inside the image of mean(q) x detail(q),
+    from the image itself), cells go by the relevance-weighted distortion a split removes instead:
+        gain(c) = sum over c's quadrants q inside the image of mean(q) x detail(q),
     mean(q) the quadrant's relevance-pyramid mean and detail(q) the energy q loses when represented one
-    level coarser (at c's level), so the greedy minimises sum over tokens of relevance x detail lost. No
-    floor is subtracted (relevance is a weight: uniform relevance gives the content-only quadtree, a
-    gaze weighs detail by closeness to it; a cell of zero relevance or zero detail is never preferred).
-    Caps and ties as above. Every detail pyramid is checked (type, patch, min_level, image size, grid,
-    finite and >= 0) before any relevance pyramid is built.
+    level coarser (at c's level), so each split lowers sum over tokens of relevance x detail lost by its
+    gain; a cell's score is the largest gain of the cell or of any splittable cell below it (a split that
+    opens the way to a large gain further down ranks with that gain; parents so never rank below their
+    kids, and raising relevance somewhere cannot lift a cap on cells elsewhere). No floor is subtracted
+    (relevance is a weight: uniform relevance gives the content-only quadtree, a gaze weighs detail by
+    closeness to it; a subtree of zero relevance or zero detail is split last). Ties as above. Every
+    detail pyramid is checked (type, patch, min_level, image size, grid, finite and >= 0) before any
+    relevance pyramid is built.
     """
     if isinstance(relevances, (np.ndarray, RelevancePyramid)) or hasattr(relevances, "detach") \
             or not isinstance(relevances, Sequence):
@@ -173,6 +176,21 @@ def _detail_gain(means: np.ndarray, energy: np.ndarray, shape: tuple[int, int]) 
     weighted = np.zeros((2 * h, 2 * w))
     weighted[:means.shape[0], :means.shape[1]] = means.astype(np.float64) * energy.astype(np.float64)
     return weighted[0::2, 0::2] + weighted[0::2, 1::2] + weighted[1::2, 0::2] + weighted[1::2, 1::2]
+
+
+def _detail_reach(levels: tuple[np.ndarray, ...], detail: DetailPyramid, root: int) -> dict[int, np.ndarray]:
+    """Per splittable level k (1..root), (h_k, w_k) float64: the largest `_detail_gain` of the cell or of any
+    splittable cell below it, computed from the finest level up."""
+    reach: dict[int, np.ndarray] = {}
+    for k in range(1, root + 1):
+        shape = levels[k].shape[:2]
+        gain = _detail_gain(levels[k - 1][..., 0], detail.levels[k - 1], shape)
+        if k > 1:
+            below = np.zeros((2 * shape[0], 2 * shape[1]))
+            below[:reach[k - 1].shape[0], :reach[k - 1].shape[1]] = reach[k - 1]
+            gain = np.maximum(gain, below.reshape(shape[0], 2, shape[1], 2).max(axis=(1, 3)))
+        reach[k] = gain
+    return reach
 
 
 FLOOR_SHARE = 0.1  # a typical relevance below this share of the peak counts as no background at all
@@ -311,13 +329,14 @@ class _Tree:
         relevant = [level[..., 1].astype(np.float64) >= threshold for level in levels[:root + 1]]
         effective_parts, mass_parts, delta_parts = [], [], []
         effective_above = mass_above = None
+        reach = _detail_reach(levels, detail, root) if detail is not None else {}
         for k in range(root, 0, -1):
             x, y, kids = static.x[static.blocks[k]], static.y[static.blocks[k]], static.kids[static.blocks[k]]
             texels = levels[k]
             if detail is None:
                 score = texels[..., 2].astype(np.float64) * np.maximum(texels[..., 0].astype(np.float64) - floor, 0.0)
             else:
-                score = _detail_gain(levels[k - 1][..., 0], detail.levels[k - 1], texels.shape[:2])
+                score = reach[k]
             if effective_above is not None:
                 h, w = score.shape
                 score = np.minimum(score, np.repeat(np.repeat(effective_above, 2, 0), 2, 1)[:h, :w])

@@ -415,9 +415,10 @@ def allocate_greedy(pyramid, budget: int, patch: int, min_level: int = 0, max_le
     coarsest first, then in the order cells entered the heap. With the defaults it is the rule
     `allocate_batch` computes: score = area x max(mean - median of the finest means, 0), each cell's
     score capped by its parent's, ties by the larger relevance mass, then coarsest first, then by
-    `_spread_rank`. With `detail` (a `glmip.detail.DetailPyramid` of the same grid) the score is the
-    relevance-weighted detail a split removes: the sum over the cell's quadrants inside the image of their
-    relevance mean x their detail energy, added in reading order (no floor; capped by the parent's as above).
+    `_spread_rank`. With `detail` (a `glmip.detail.DetailPyramid` of the same grid) a split's gain is the
+    relevance-weighted detail it restores: the sum over the cell's quadrants inside the image of their
+    relevance mean x their detail energy, added in reading order; a cell's score is the largest gain of
+    itself or any splittable cell below it (no floor; capped by the parent's as above, which then never binds).
     """
     import heapq
 
@@ -433,14 +434,21 @@ def allocate_greedy(pyramid, budget: int, patch: int, min_level: int = 0, max_le
         k = level - min_level
         return pyramid.texel(k, x // (cell << k), y // (cell << k))
 
+    def detail_gain(x: int, y: int, level: int) -> float:
+        total = 0.0
+        for kx, ky, kid_level in children(x, y, level):
+            k = kid_level - min_level
+            column, row = kx // (cell << k), ky // (cell << k)
+            total += float(pyramid.levels[k][row, column, 0]) * float(detail.levels[k][row, column])
+        return total
+
+    def detail_reach(x: int, y: int, level: int) -> float:
+        below = [detail_reach(*kid) for kid in children(x, y, level) if kid[2] > min_level]
+        return max([detail_gain(x, y, level)] + below)
+
     def score(x: int, y: int, level: int) -> float:
         if detail is not None:
-            total = 0.0
-            for kx, ky, kid_level in children(x, y, level):
-                k = kid_level - min_level
-                column, row = kx // (cell << k), ky // (cell << k)
-                total += float(pyramid.levels[k][row, column, 0]) * float(detail.levels[k][row, column])
-            return total
+            return detail_reach(x, y, level)
         mean, _, area = texel(x, y, level)
         return area * max(mean - floor, 0.0) if contrast else mean * area
 
