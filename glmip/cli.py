@@ -308,8 +308,8 @@ def main(argv: list[str] | None = None) -> int:
     tokens.add_argument("--threshold", type=float, default=0.5, help="relevance that makes a token relevant")
     tokens.add_argument("--detail", action="store_true",
                         help="split where relevance x the detail a coarser token would lose is largest, measured on "
-                             "the image's own pyramid (without a relevance source: uniform relevance, the best "
-                             "content quadtree)")
+                             "the image's own pyramid (without a relevance source: uniform relevance, a content-only "
+                             "quadtree)")
     tokens.add_argument("--save-tokens", help="also save the tokens and layout as a torch .pt file")
     tokens.add_argument("-o", "--output", default="glmip-layout.png")
     tokens.set_defaults(run=cmd_tokens)
