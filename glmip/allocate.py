@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .detail import DetailPyramid, check_detail
 from .layout import ClassBudgets, TokenLayout
 from .limits import MAX_PATCH, check_context
 from .relevance import RelevancePyramid, build_relevance_pyramid, prepare_relevance
@@ -24,22 +25,25 @@ __all__ = ["TokenLayout", "ClassBudgets", "allocate", "allocate_batch", "spread_
 
 def allocate(relevance: Any, budget: int = 256, patch: int = 16, min_level: int = 0, max_level: int | None = None,
              image_size: tuple[int, int] | None = None, *, classes: ClassBudgets | None = None,
-             context: GLContext | None = None) -> TokenLayout:
+             context: GLContext | None = None, detail: DetailPyramid | None = None) -> TokenLayout:
     """Split the image into at most `budget` square tokens, finest where relevance stands out most.
 
     `relevance` is a map (any resolution, see `as_relevance`) or a `RelevancePyramid` whose cell is
     `patch << min_level`. `image_size` = (width, height) of level 0, default the relevance map's own.
     One image of `allocate_batch`, which documents the rule; with a `context` the relevance pyramid
-    is built on the GPU, else by its numpy reference.
+    is built on the GPU, else by its numpy reference. `detail`: the image's `glmip.detail.DetailPyramid`
+    (same patch and min_level) to split by relevance-weighted detail lost instead (see `allocate_batch`).
     """
     return allocate_batch([relevance], budget, patch, image_sizes=None if image_size is None else [image_size],
-                          classes=classes, min_level=min_level, max_level=max_level, context=context)[0]
+                          classes=classes, min_level=min_level, max_level=max_level, context=context,
+                          detail=None if detail is None else [detail])[0]
 
 
 def allocate_batch(relevances: Sequence[Any], budget: int = 256, patch: int = 16, *,
                    image_sizes: Sequence[tuple[int, int] | None] | None = None, classes: ClassBudgets | None = None,
                    min_level: int = 0, max_level: int | None = None,
-                   context: GLContext | None = None) -> list[TokenLayout]:
+                   context: GLContext | None = None,
+                   detail: Sequence[DetailPyramid] | None = None) -> list[TokenLayout]:
     """Token layouts for a batch of images, each at most `budget` square tokens, computed together.
 
     `relevances`: one relevance map (see `as_relevance`) or already built `RelevancePyramid` (cell
@@ -67,6 +71,19 @@ def allocate_batch(relevances: Sequence[Any], budget: int = 256, patch: int = 16
         (mean x area, capped likewise), then coarsest level first, then in the level's bit-reversed
         Morton order, which spreads tied cells over the image (tied cells
         that do not all fit are spread evenly, not packed into the top-left corner).
+
+    With `detail` (one `glmip.detail.DetailPyramid` per image, built with this `patch` and `min_level`
+    from the image itself), cells go by the relevance-weighted distortion a split removes instead:
+        gain(c) = sum over c's quadrants q inside the image of mean(q) x detail(q),
+    mean(q) the quadrant's relevance-pyramid mean and detail(q) the energy q loses when represented one
+    level coarser (at c's level), so each split lowers sum over tokens of relevance x detail lost by its
+    gain; a cell's score is the largest gain of the cell or of any splittable cell below it (a split that
+    opens the way to a large gain further down ranks with that gain; parents so never rank below their
+    kids, and raising relevance somewhere cannot lift a cap on cells elsewhere). No floor is subtracted
+    (relevance is a weight: uniform relevance gives the content-only quadtree, a gaze weighs detail by
+    closeness to it; a subtree of zero relevance or zero detail is split last). Ties as above. Every
+    detail pyramid is checked (type, patch, min_level, image size, grid, finite and >= 0) before any
+    relevance pyramid is built.
     """
     if isinstance(relevances, (np.ndarray, RelevancePyramid)) or hasattr(relevances, "detach") \
             or not isinstance(relevances, Sequence):
@@ -97,6 +114,13 @@ def allocate_batch(relevances: Sequence[Any], budget: int = 256, patch: int = 16
     if classes is not None and classes.relevant[0] + classes.background[0] > budget:
         raise ValueError(f"a budget of {budget} tokens is below the class minimums {classes.relevant[0]} + "
                          f"{classes.background[0]} of {classes}; need budget >= their sum")
+    if detail is not None:
+        if isinstance(detail, DetailPyramid) or not isinstance(detail, Sequence):
+            raise TypeError(f"detail must be a list of glmip.detail.DetailPyramid, one per image, got "
+                            f"{type(detail).__name__}")
+        if len(detail) != len(relevances):
+            raise ValueError(f"detail has {len(detail)} pyramids for {len(relevances)} relevance maps; give one per "
+                             "image")
     if image_sizes is None:
         image_sizes = [None] * len(relevances)
     if len(image_sizes) != len(relevances):
@@ -117,21 +141,56 @@ def allocate_batch(relevances: Sequence[Any], budget: int = 256, patch: int = 16
             validated.append(relevance)
         else:  # every map checked before any pyramid is built, and only once
             validated.append(prepare_relevance(relevance, cell, None if size is None else tuple(size)))
+    if detail is not None:
+        for index, (prepared, pyramid_detail) in enumerate(zip(validated, detail, strict=True)):
+            size = prepared.image_size if isinstance(prepared, RelevancePyramid) else prepared[2]
+            check_detail(pyramid_detail, patch, min_level, size, f"detail pyramid {index}")
     for prepared in validated:
         pyramids.append(prepared if isinstance(prepared, RelevancePyramid)
                         else build_relevance_pyramid(*prepared, context))
     if not pyramids:
         return []
     # Images sharing one pyramid object (uniform relevance, one map for all) get one allocation.
-    first_of = {id(p): i for i, p in reversed(list(enumerate(pyramids)))}
+    keys = [id(p) for p in pyramids] if detail is None else [(id(p), id(d)) for p, d in zip(pyramids, detail,
+                                                                                         strict=True)]
+    first_of = {key: i for i, key in reversed(list(enumerate(keys)))}
     distinct = sorted(set(first_of.values()))
-    floors = _floors([pyramids[i].levels[0][..., 0] for i in distinct])
-    trees = [_Tree.build(pyramids[i], budget, patch, min_level, max_level, classes, floor)
-             for i, floor in zip(distinct, floors, strict=True)]
+    if detail is None:
+        floors = _floors([pyramids[i].levels[0][..., 0] for i in distinct])
+        trees = [_Tree.build(pyramids[i], budget, patch, min_level, max_level, classes, floor)
+                 for i, floor in zip(distinct, floors, strict=True)]
+    else:
+        trees = [_Tree.build(pyramids[i], budget, patch, min_level, max_level, classes, 0.0, detail[i])
+                 for i in distinct]
     split = _greedy_splits(trees, budget, classes)
     layouts = {distinct[k]: tree.layout(s, patch, min_level, classes)
                for k, (tree, s) in enumerate(zip(trees, split, strict=True))}
-    return [layouts[first_of[id(p)]] for p in pyramids]
+    return [layouts[first_of[key]] for key in keys]
+
+
+def _detail_gain(means: np.ndarray, energy: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """(h, w) float64 split scores of a level of `shape` from its quadrants' relevance means and detail
+    energies (the finer level's (2h', 2w') texels, h' <= h): the sum of mean x energy over each cell's
+    quadrants, added in the order (top-left, top-right, bottom-left, bottom-right) as the reference does."""
+    h, w = shape
+    weighted = np.zeros((2 * h, 2 * w))
+    weighted[:means.shape[0], :means.shape[1]] = means.astype(np.float64) * energy.astype(np.float64)
+    return weighted[0::2, 0::2] + weighted[0::2, 1::2] + weighted[1::2, 0::2] + weighted[1::2, 1::2]
+
+
+def _detail_reach(levels: tuple[np.ndarray, ...], detail: DetailPyramid, root: int) -> dict[int, np.ndarray]:
+    """Per splittable level k (1..root), (h_k, w_k) float64: the largest `_detail_gain` of the cell or of any
+    splittable cell below it, computed from the finest level up."""
+    reach: dict[int, np.ndarray] = {}
+    for k in range(1, root + 1):
+        shape = levels[k].shape[:2]
+        gain = _detail_gain(levels[k - 1][..., 0], detail.levels[k - 1], shape)
+        if k > 1:
+            below = np.zeros((2 * shape[0], 2 * shape[1]))
+            below[:reach[k - 1].shape[0], :reach[k - 1].shape[1]] = reach[k - 1]
+            gain = np.maximum(gain, below.reshape(shape[0], 2, shape[1], 2).max(axis=(1, 3)))
+        reach[k] = gain
+    return reach
 
 
 FLOOR_SHARE = 0.1  # a typical relevance below this share of the peak counts as no background at all
@@ -261,7 +320,7 @@ class _Tree:
 
     @staticmethod
     def build(pyramid: RelevancePyramid, budget: int, patch: int, min_level: int, max_level: int | None,
-              classes: ClassBudgets | None, floor: float) -> _Tree:
+              classes: ClassBudgets | None, floor: float, detail: DetailPyramid | None = None) -> _Tree:
         root = root_level(pyramid, budget, patch, min_level, max_level, classes) - min_level
         levels = pyramid.levels
         shapes = tuple(level.shape[:2] for level in levels[:root + 1])
@@ -270,10 +329,14 @@ class _Tree:
         relevant = [level[..., 1].astype(np.float64) >= threshold for level in levels[:root + 1]]
         effective_parts, mass_parts, delta_parts = [], [], []
         effective_above = mass_above = None
+        reach = _detail_reach(levels, detail, root) if detail is not None else {}
         for k in range(root, 0, -1):
             x, y, kids = static.x[static.blocks[k]], static.y[static.blocks[k]], static.kids[static.blocks[k]]
             texels = levels[k]
-            score = texels[..., 2].astype(np.float64) * np.maximum(texels[..., 0].astype(np.float64) - floor, 0.0)
+            if detail is None:
+                score = texels[..., 2].astype(np.float64) * np.maximum(texels[..., 0].astype(np.float64) - floor, 0.0)
+            else:
+                score = reach[k]
             if effective_above is not None:
                 h, w = score.shape
                 score = np.minimum(score, np.repeat(np.repeat(effective_above, 2, 0), 2, 1)[:h, :w])

@@ -14,6 +14,7 @@ import numpy as np
 from . import DEFAULT_IMAGE, Context, PyramidMethod, __version__
 from .allocate import ClassBudgets, allocate
 from .data.cli import add_parser as add_data_parser
+from .detail import detail_pyramid
 from .errors import GlmipError
 from .gl.formats import unorm_scale
 from .image import as_image_array
@@ -143,7 +144,10 @@ def cmd_tokens(args: argparse.Namespace) -> int:
     with Context(device=args.device) as ctx, ctx.pyramid(image, method="box") as pyramid, \
             progress(4 if saved else 3, "tokens") as bar:
         bar.update()
-        relevance = relevance_from_args(args, pyramid)
+        sources = [args.relevance, args.gaze, args.query, args.saliency]
+        uniform = args.detail and not any(sources)
+        relevance = np.ones((1, 1), np.float32) if uniform else relevance_from_args(args, pyramid)
+        detail = detail_pyramid(pyramid, args.patch) if args.detail else None
         classes = None
         if args.relevant or args.background:
             classes = ClassBudgets(relevant=parse_range(args.relevant or "0-" + str(args.budget), "--relevant"),
@@ -151,7 +155,7 @@ def cmd_tokens(args: argparse.Namespace) -> int:
                                    threshold=args.threshold)
         size = (pyramid.width, pyramid.height)
         layout = allocate(relevance, budget=args.budget, patch=args.patch, image_size=size, classes=classes,
-                          context=ctx)
+                          context=ctx, detail=detail)
         bar.update()
         if saved is not None:
             from .token_batch import TokenBatch  # torch, only when asked for
@@ -164,7 +168,9 @@ def cmd_tokens(args: argparse.Namespace) -> int:
     counts = ", ".join(f"level {lvl}: {n}" for lvl, n in enumerate(np.bincount(layout.level)) if n)
     split = "" if layout.relevant is None else \
         f" ({int(layout.relevant.sum())} relevant, {int((~layout.relevant).sum())} background)"
-    print(f"{len(layout)} tokens of {args.patch}x{args.patch} samples (budget {args.budget}){split}: {counts}; "
+    rule = "" if not args.detail else \
+        f", split by detail with {'uniform relevance' if uniform else 'the given relevance'}"
+    print(f"{len(layout)} tokens of {args.patch}x{args.patch} samples (budget {args.budget}){rule}{split}: {counts}; "
           f"wrote {out}")
     return 0
 
@@ -302,6 +308,10 @@ def main(argv: list[str] | None = None) -> int:
     tokens.add_argument("--relevant", help="token range MIN-MAX for relevant regions, e.g. 64-400")
     tokens.add_argument("--background", help="token range MIN-MAX for the rest, e.g. 16-64")
     tokens.add_argument("--threshold", type=float, default=0.5, help="relevance that makes a token relevant")
+    tokens.add_argument("--detail", action="store_true",
+                        help="split where relevance x the detail a coarser token would lose is largest, measured on "
+                             "the image's own pyramid (without a relevance source: uniform relevance, a content-only "
+                             "quadtree)")
     tokens.add_argument("--save-tokens", help="also save the tokens and layout as a torch .pt file")
     tokens.add_argument("-o", "--output", default="glmip-layout.png")
     tokens.set_defaults(run=cmd_tokens)

@@ -18,7 +18,7 @@ __all__ = [
     "srgb_to_linear", "linear_to_srgb", "decode", "encode", "box_weights", "lanczos_weights", "resample",
     "box_pyramid", "lanczos_pyramid", "area_mean_level", "bilinear_weights", "mip_step", "pyramid", "lsb_error",
     "wrap_index", "nearest_texel", "bilinear", "lod_from_gradients", "trilinear", "nearest", "footprint_assembly",
-    "sample", "tokens", "grid_cells", "relevance_pyramid", "saliency_features", "saliency",
+    "sample", "tokens", "grid_cells", "relevance_pyramid", "saliency_features", "saliency", "detail_pyramid",
 ]
 
 
@@ -355,6 +355,34 @@ def relevance_pyramid(relevance: np.ndarray, cell: int, image_size: tuple[int, i
     return [level.astype(np.float32) for level in levels]
 
 
+def detail_pyramid(levels: list[np.ndarray], patch: int, min_level: int = 0, srgb: bool = False) -> list[np.ndarray]:
+    """Reference of `glmip.detail.detail_pyramid` over one image's stored `levels` (HxWxC each, as
+    `Pyramid.level` gives): per allocation level k, (gh_k, gw_k) float64 energies of token level
+    L = min_level + k (see `glmip.detail`'s convention): every texel of level L goes to the cell holding
+    its centre, and adds its area in level-0 pixels times the squared difference, summed over channels,
+    between it and level L + 1 upsampled bilinearly at its centre (clamp to edge); 0 past the chain."""
+    height, width = levels[0].shape[:2]
+    cell = patch << min_level
+    grids = [(-(-width // cell), -(-height // cell))]
+    while grids[-1] != (1, 1):
+        grids.append(((grids[-1][0] + 1) // 2, (grids[-1][1] + 1) // 2))
+    out = []
+    for k, (gw, gh) in enumerate(grids):
+        level = min_level + k
+        energy = np.zeros((gh, gw))
+        if level + 1 < len(levels):
+            fine = decode(levels[level], srgb)
+            fh, fw = fine.shape[:2]
+            up = resample(decode(levels[level + 1], srgb), (fw, fh), bilinear_weights)
+            error = ((fine - up) ** 2).sum(axis=2) * (width / fw) * (height / fh)
+            side = patch << level
+            column = (2 * np.arange(fw) + 1) * width // (2 * side * fw)  # the cell holding each texel's centre
+            row = (2 * np.arange(fh) + 1) * height // (2 * side * fh)
+            np.add.at(energy, (row[:, None], column[None, :]), error)
+        out.append(energy)
+    return out
+
+
 def saliency_features(values: np.ndarray) -> np.ndarray:
     """Intensity and two colour-opponent features of (N, C) samples (C < 3: the first channel)."""
     if values.shape[1] < 3:
@@ -390,7 +418,7 @@ def _spread_rank(x: int, y: int, grid: tuple[int, int]) -> int:
 
 
 def allocate_greedy(pyramid, budget: int, patch: int, min_level: int = 0, max_level: int | None = None, *,
-                    classes=None, contrast: bool = True, ties: str = "spread"):
+                    classes=None, contrast: bool = True, ties: str = "spread", detail=None):
     """Reference of `glmip.allocate_batch` for one image: the heap-driven greedy quadtree, one split at a time.
 
     `pyramid` is a `RelevancePyramid` with cell `patch << min_level`. With `contrast=False,
@@ -398,7 +426,10 @@ def allocate_greedy(pyramid, budget: int, patch: int, min_level: int = 0, max_le
     coarsest first, then in the order cells entered the heap. With the defaults it is the rule
     `allocate_batch` computes: score = area x max(mean - median of the finest means, 0), each cell's
     score capped by its parent's, ties by the larger relevance mass, then coarsest first, then by
-    `_spread_rank`.
+    `_spread_rank`. With `detail` (a `glmip.detail.DetailPyramid` of the same grid) a split's gain is the
+    relevance-weighted detail it restores: the sum over the cell's quadrants inside the image of their
+    relevance mean x their detail energy, added in reading order; a cell's score is the largest gain of
+    itself or any splittable cell below it (no floor; capped by the parent's as above, which then never binds).
     """
     import heapq
 
@@ -407,14 +438,28 @@ def allocate_greedy(pyramid, budget: int, patch: int, min_level: int = 0, max_le
     width, height = pyramid.image_size
     cell = patch << min_level
     means = pyramid.levels[0][..., 0]
-    floor = float(np.median(means)) if contrast else 0.0
+    floor = float(np.median(means)) if contrast and detail is None else 0.0
     floor = floor if floor >= 0.1 * float(means.max()) else 0.0  # as glmip.allocate.FLOOR_SHARE
 
     def texel(x: int, y: int, level: int) -> tuple[float, float, float]:
         k = level - min_level
         return pyramid.texel(k, x // (cell << k), y // (cell << k))
 
+    def detail_gain(x: int, y: int, level: int) -> float:
+        total = 0.0
+        for kx, ky, kid_level in children(x, y, level):
+            k = kid_level - min_level
+            column, row = kx // (cell << k), ky // (cell << k)
+            total += float(pyramid.levels[k][row, column, 0]) * float(detail.levels[k][row, column])
+        return total
+
+    def detail_reach(x: int, y: int, level: int) -> float:
+        below = [detail_reach(*kid) for kid in children(x, y, level) if kid[2] > min_level]
+        return max([detail_gain(x, y, level)] + below)
+
     def score(x: int, y: int, level: int) -> float:
+        if detail is not None:
+            return detail_reach(x, y, level)
         mean, _, area = texel(x, y, level)
         return area * max(mean - floor, 0.0) if contrast else mean * area
 
@@ -508,7 +553,7 @@ def allocate_greedy(pyramid, budget: int, patch: int, min_level: int = 0, max_le
                 leaves.add(kid)
                 if kid[2] > min_level:
                     order += 1
-                    kid_score = min(score(*kid), -item[0]) if contrast else score(*kid)
+                    kid_score = min(score(*kid), -item[0]) if contrast or detail is not None else score(*kid)
                     kid_mass = min(mass(*kid), -item[1])
                     heapq.heappush(heap, (-kid_score, -kid_mass, -kid[2], tie(*kid, order), kid))
         for item in skipped:

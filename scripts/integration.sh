@@ -9,7 +9,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
 torch_pins=(torch==2.14.1 torchvision==0.29.1)  # PyPI's CUDA builds; they run on the CPU too
-tests=(tests/test_process.py tests/test_query_openclip.py tests/test_nn_timm.py tests/test_nn.py tests/test_data_torchvision.py)
+tests=(tests/test_process.py tests/test_query_openclip.py tests/test_nn_timm.py tests/test_nn.py tests/test_data_torchvision.py tests/test_fpn.py)
 
 venv=.venv-integration
 python_bin="${PYTHON:-python3}"
