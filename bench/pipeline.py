@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 import glmip
 from bench import harness
-from bench.batch import best_threads, torch_levels
+from bench.batch import torch_levels
 
 ROOT = Path(__file__).resolve().parent.parent
 BUDGET, PATCH = 256, 16
@@ -89,7 +89,8 @@ def measure_case(ctx: glmip.Context, device: torch.device, host: np.ndarray, on_
     if device.type == "cuda":
         row["peer_s"], row["peer_threads"] = harness.measure(peer, args.repeats, device=device).median, None
     else:
-        row["peer_s"], row["peer_threads"] = best_threads(peer, args.repeats)
+        best = harness.measure_peer(peer, args.repeats)
+        row["peer_s"], row["peer_threads"] = best.timing.median, best.threads
     row["copy_s"] = harness.measure(lambda: pinned.to(device, non_blocking=True), args.repeats, device=device).median
     row["tokens"] = sum(len(layout) for layout in layouts)
     row["vs_peer"] = row["peer_s"] / row["glmip_device_s"]
