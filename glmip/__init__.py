@@ -21,7 +21,7 @@ from .pyramid import Pyramid, PyramidBatch, PyramidMethod
 from .query import ClipScorer, query_relevance
 from .relevance import RelevancePyramid, gaze, relevance_pyramid, saliency
 from .sampling import Filter, Wrap
-from .tokenize import tokenize
+from .tokenize import tokenize, tokenize_pyramids
 from .warp import Border, tilt_homography
 
 __version__ = "0.1.0"
@@ -62,5 +62,6 @@ __all__ = [
     "allocate_batch", "level_sizes", "lod_map",
     "as_relevance", "gaze", "saliency", "relevance_pyramid", "RelevancePyramid", "ClassBudgets", "query_relevance",
     "ClipScorer", "LodPatchEmbed", "TokenBatch", "Slide", "DEFAULT_IMAGE", "__version__", "Border",
-    "tilt_homography", "tokenize", "GlmipError", "ClosedError", "WrongThreadError", "ForkedContextError", "GLError",
+    "tilt_homography", "tokenize", "tokenize_pyramids", "GlmipError", "ClosedError", "WrongThreadError",
+    "ForkedContextError", "GLError",
 ]

@@ -134,29 +134,28 @@ def build_relevance_pyramids(maps: np.ndarray, cell: int, size: tuple[int, int],
     how = "use a larger cell, a smaller relevance map, or fewer images per batch"
     check_storage(context, max(maps.nbytes, int(firsts[-1]) * 16), "these relevance pyramids", how)
     gl = context.gl
-    with scratch(context) as buffers:
-        source = gl.buffer(np.ascontiguousarray(maps, np.float32))
-        levels = gl.buffer(reserve=int(firsts[-1]) * 16)
-        buffers += [source, levels]
-        source.bind_to_storage_buffer(0)
-        levels.bind_to_storage_buffer(1)
-        base = context.program("relevance_base.comp")
-        base["map_size"] = (maps.shape[2], maps.shape[1])
-        base["image_size"] = size
-        base["grid_size"] = sizes[0]
-        base["cell"] = cell
-        base.run(-(-sizes[0][0] // 8), -(-sizes[0][1] // 8), count)
-        reduce = context.program("relevance_reduce.comp")
-        for level, (fine, coarse) in enumerate(zip(sizes, sizes[1:], strict=False)):
-            gl.memory_barrier(moderngl.SHADER_STORAGE_BARRIER_BIT)
-            reduce["fine_size"] = fine
-            reduce["coarse_size"] = coarse
-            reduce["fine_first"] = int(firsts[level])
-            reduce["coarse_first"] = int(firsts[level + 1])
-            reduce.run(-(-coarse[0] // 8), -(-coarse[1] // 8), count)
-        gl.memory_barrier(moderngl.BUFFER_UPDATE_BARRIER_BIT)
-        texels = np.empty((int(firsts[-1]), 4), np.float32)
-        levels.read_into(texels)
+    source = context.persistent_buffer("relevance_maps", maps.nbytes)
+    source.write(np.ascontiguousarray(maps, np.float32))
+    levels = context.persistent_buffer("relevance_levels", int(firsts[-1]) * 16)
+    source.bind_to_storage_buffer(0)
+    levels.bind_to_storage_buffer(1)
+    base = context.program("relevance_base.comp")
+    base["map_size"] = (maps.shape[2], maps.shape[1])
+    base["image_size"] = size
+    base["grid_size"] = sizes[0]
+    base["cell"] = cell
+    base.run(-(-sizes[0][0] // 8), -(-sizes[0][1] // 8), count)
+    reduce = context.program("relevance_reduce.comp")
+    for level, (fine, coarse) in enumerate(zip(sizes, sizes[1:], strict=False)):
+        gl.memory_barrier(moderngl.SHADER_STORAGE_BARRIER_BIT)
+        reduce["fine_size"] = fine
+        reduce["coarse_size"] = coarse
+        reduce["fine_first"] = int(firsts[level])
+        reduce["coarse_first"] = int(firsts[level + 1])
+        reduce.run(-(-coarse[0] // 8), -(-coarse[1] // 8), count)
+    gl.memory_barrier(moderngl.BUFFER_UPDATE_BARRIER_BIT)
+    texels = np.empty((int(firsts[-1]), 4), np.float32)
+    levels.read_into(texels, size=texels.nbytes)
     per_level = [texels[firsts[k]:firsts[k + 1], :3].reshape(count, h, w, 3) for k, (w, h) in enumerate(sizes)]
     return [RelevancePyramid(tuple(np.ascontiguousarray(level[z]) for level in per_level), cell, tuple(size))
             for z in range(count)]

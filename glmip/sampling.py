@@ -233,7 +233,19 @@ def _token_tables(layouts: Any, sizes: list[tuple[int, int]]) -> tuple[np.ndarra
         raise ValueError(f"need one layout per image, got {len(sizes)} images and {len(layouts)} layouts")
     columns: list[list[np.ndarray]] = [[], [], [], []]
     counts = np.empty(len(layouts), np.int64)
+    checked: dict[int, tuple[list[np.ndarray], tuple[int, ...] | None]] = {}  # a layout shared by images once
     for index, layout in enumerate(layouts):
+        known = checked.get(id(layout))
+        if known is not None:
+            arrays, made_for = known
+            if made_for is not None and made_for != tuple(sizes[index]):
+                raise ValueError(f"layout {index} was made for an image of {made_for[0]}x{made_for[1]}, but its "
+                                 f"image is {sizes[index][0]}x{sizes[index][1]}; allocate with image_size=(width, "
+                                 "height) of the image")
+            counts[index] = arrays[0].shape[0]
+            for column, array in zip(columns, arrays, strict=True):
+                column.append(array)
+            continue
         if not all(hasattr(layout, name) for name in LAYOUT_ARRAYS):
             raise TypeError(f"layout {index} must be a glmip.TokenLayout (cx, cy, size, level arrays), got "
                             f"{type(layout).__name__}")
@@ -247,6 +259,7 @@ def _token_tables(layouts: Any, sizes: list[tuple[int, int]]) -> tuple[np.ndarra
             raise ValueError(f"layout {index} was made for an image of {made_for[0]}x{made_for[1]}, but its image is "
                              f"{sizes[index][0]}x{sizes[index][1]}; allocate with image_size=(width, height) of the "
                              "image")
+        checked[id(layout)] = (arrays, None if made_for is None else tuple(int(v) for v in made_for))
         counts[index] = arrays[0].shape[0]
         for column, array in zip(columns, arrays, strict=True):
             column.append(array)

@@ -21,6 +21,7 @@ def test_every_shader_file_compiles(ctx):
         "relevance_reduce.comp": [{}],
         "saliency.comp": [{"CHANNELS": 1}, {"CHANNELS": 3}],
         "grids.comp": [{"CHANNELS": 1}, {"CHANNELS": 4}],
+        "detail.comp": [{"CHANNELS": 1}, {"CHANNELS": 3}],
     }
     on_disk = {p.name for p in shaders.shader_dir().glob("*.comp")}
     assert on_disk == set(variants), "a shader file without a compile test"
