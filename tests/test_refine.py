@@ -1,0 +1,187 @@
+"""Coarse-to-fine refinement: splits keep the cover exact and the budget, follow the scores monotonically,
+match the one-at-a-time reference, and the new tokens sampled alone merge into what sampling from scratch gives."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import glmip
+from glmip import reference
+from glmip.allocate import allocate
+from glmip.refine import cover_layout, refine, refine_batch
+
+cases = st.fixed_dictionaries({
+    "width": st.integers(1, 300), "height": st.integers(1, 300), "budget": st.integers(1, 200),
+    "patch": st.sampled_from([4, 8, 16]), "seed": st.integers(0, 2**16), "extra": st.integers(0, 120),
+    "ties": st.booleans(), "min_level": st.sampled_from([0, 0, 1]),
+})
+
+
+def quadtree(case) -> glmip.TokenLayout | None:
+    """A mixed-level quadtree layout from allocate (random relevance), or None where the budget cannot cover."""
+    relevance = np.random.default_rng(case["seed"]).random((23, 31)).astype(np.float32) ** 3
+    try:
+        return allocate(relevance, budget=case["budget"], patch=case["patch"], min_level=case["min_level"],
+                        image_size=(case["width"], case["height"]))
+    except ValueError as error:
+        assert "cannot cover" in str(error)
+        return None
+
+
+def random_scores(case, n: int) -> np.ndarray:
+    rng = np.random.default_rng(case["seed"] + 1)
+    return rng.integers(0, 3, n).astype(np.float64) if case["ties"] else rng.random(n)
+
+
+@settings(max_examples=60, deadline=None)
+@given(case=cases)
+def test_cover_exact_budget_kept_and_equal_to_the_reference(case):
+    layout = quadtree(case)
+    if layout is None:
+        return
+    scores = random_scores(case, len(layout))
+    budget = len(layout) + case["extra"]
+    result = refine(layout, scores, budget, min_level=case["min_level"])
+    refined = result.layout
+    assert len(layout) <= len(refined) <= budget
+    coverage = refined.coverage()
+    assert coverage.min() == 1 and coverage.max() == 1, "no gaps, no overlaps"
+    np.testing.assert_array_equal(refined.size, case["patch"] * 2.0 ** refined.level)
+    assert (refined.level >= case["min_level"]).all()
+    expected, new = reference.refine_greedy(layout, scores, budget, case["min_level"])
+    for name in ("cx", "cy", "size", "level"):
+        np.testing.assert_array_equal(getattr(refined, name), getattr(expected, name))
+    np.testing.assert_array_equal(result.new, np.nonzero(new)[0])
+    # the bookkeeping: kept tokens are unchanged and where it says; new ones are children of split ones
+    for name in ("cx", "cy", "size", "level"):
+        np.testing.assert_array_equal(getattr(refined, name)[result.kept_at], getattr(layout, name)[result.kept])
+    assert sorted(np.concatenate([result.kept, result.split]).tolist()) == list(range(len(layout)))
+    parents = layout.boxes()[result.split]
+    for box, level in zip(refined.boxes()[result.new], refined.level[result.new], strict=True):
+        inside = (parents[:, 0] <= box[0]) & (box[2] <= parents[:, 2]) & (parents[:, 1] <= box[1]) \
+            & (box[3] <= parents[:, 3])
+        assert inside.sum() == 1 and layout.level[result.split][inside][0] == level + 1
+    assert len(refined) - len(layout) == len(result.new) - len(result.split)
+
+
+@settings(max_examples=40, deadline=None)
+@given(case=cases, pick=st.integers(0, 10**6), boost=st.floats(0.0, 3.0))
+def test_monotone_raising_a_score_never_stops_its_split(case, pick, boost):
+    layout = quadtree(case)
+    if layout is None:
+        return
+    scores = random_scores(case, len(layout))
+    budget = len(layout) + case["extra"]
+    before = refine(layout, scores, budget, min_level=case["min_level"])
+    token = pick % len(layout)
+    raised = scores.copy()
+    raised[token] += boost
+    after = refine(layout, raised, budget, min_level=case["min_level"])
+    if token in before.split:
+        assert token in after.split
+
+
+@settings(max_examples=30, deadline=None)
+@given(case=cases)
+def test_ties_are_deterministic_and_spread(case):
+    """Equal scores: the same split on every call (and in a batch), coarser tokens first, as the reference."""
+    layout = quadtree(case)
+    if layout is None:
+        return
+    flat = np.ones(len(layout))
+    budget = len(layout) + case["extra"]
+    first = refine(layout, flat, budget, min_level=case["min_level"])
+    again = refine_batch([layout, layout], [flat, flat.copy()], budget, min_level=case["min_level"])
+    for other in again:
+        np.testing.assert_array_equal(other.split, first.split)
+    _, new = reference.refine_greedy(layout, flat, budget, case["min_level"])
+    np.testing.assert_array_equal(first.new, np.nonzero(new)[0])
+
+
+def test_convention_ties_spread_over_the_image_not_packed_in_a_corner():
+    layout = cover_layout((256, 256), 16, 2)  # 4 x 4 tokens of 64 px
+    result = refine(layout, np.zeros(16), 16 + 4 * 3)
+    centres = np.stack([layout.cx[result.split], layout.cy[result.split]], 1)
+    assert len(result.split) == 4
+    assert set(map(tuple, centres // 128)) == {(0, 0), (0, 1), (1, 0), (1, 1)}, "one split per quarter"
+
+
+def test_convention_edge_tokens_split_into_the_quadrants_inside_the_image():
+    """A 100 x 70 image, 32-px tokens: the bottom-right token (96..128, 64..96) has one quadrant inside, so its
+    split costs nothing; a bottom-row token has two."""
+    layout = cover_layout((100, 70), 8, 2)
+    assert len(layout) == 12
+    scores = np.zeros(12)
+    scores[11] = 2.0
+    scores[9] = 1.0
+    result = refine(layout, scores, 13)
+    assert result.split.tolist() == [9, 11]
+    new = result.layout.boxes()[result.new]
+    assert sorted(map(tuple, new)) == [(32, 64, 48, 80), (48, 64, 64, 80), (96, 64, 112, 80)]
+
+
+def test_budget_takes_the_highest_scores_and_passes_over_splits_that_do_not_fit():
+    layout = cover_layout((128, 128), 16, 2)  # 2 x 2 tokens of 64 px, each split adds 3
+    result = refine(layout, np.array([0.1, 0.9, 0.5, 0.7]), 4 + 7)
+    assert result.split.tolist() == [1, 3]
+    assert len(result.layout) == 10
+
+
+def test_tokens_at_min_level_stay():
+    layout = cover_layout((64, 64), 16, 0)
+    result = refine(layout, np.ones(len(layout)), 100)
+    assert len(result.new) == 0 and len(result.layout) == len(layout)
+    coarse = cover_layout((64, 64), 16, 1)
+    assert len(refine(coarse, np.ones(4), 100, min_level=1).new) == 0
+    assert len(refine(coarse, np.ones(4), 100, min_level=0).new) == 16
+
+
+def test_torch_scores_and_per_image_budgets():
+    layouts = [cover_layout((64, 64), 8, 2), cover_layout((96, 32), 8, 1)]
+    scores = [torch.rand(len(layouts[0]), requires_grad=True), torch.rand(len(layouts[1]))]
+    results = refine_batch(layouts, scores, [len(layouts[0]) + 3, len(layouts[1])])
+    assert len(results[0].new) == 4 and len(results[1].new) == 0
+
+
+@pytest.mark.parametrize(("change", "kind", "words"), [
+    (lambda lay, s, b: (lay, s[:-1], b), ValueError, "one score per token"),
+    (lambda lay, s, b: (lay, np.where(np.arange(len(s)) == 2, np.nan, s), b), ValueError, "token 2 has nan"),
+    (lambda lay, s, b: (lay, -s, b), ValueError, "finite and >= 0"),
+    (lambda lay, s, b: (lay, s.astype(bool), b), TypeError, "numbers"),
+    (lambda lay, s, b: (lay, s, len(lay) - 1), ValueError, "below the 16 tokens"),
+    (lambda lay, s, b: (lay, s, 0), ValueError, "positive int"),
+    (lambda lay, s, b: (lay, s, 2.5), TypeError, "budget"),
+    (lambda lay, s, b: (glmip.TokenLayout.grid((70, 70), 16, 0), np.ones(16), b), ValueError, "exactly once"),
+    (lambda lay, s, b: (glmip.TokenLayout(lay.cx, lay.cy, lay.size, lay.level, 16, (200, 128)), s, b), ValueError,
+     "another image size"),
+    (lambda lay, s, b: (glmip.TokenLayout(lay.cx + 1, lay.cy, lay.size, lay.level, 16, (128, 128)), s, b), ValueError,
+     "not a quadtree cell"),
+    (lambda lay, s, b: (glmip.TokenLayout(lay.cx, lay.cy, lay.size, lay.level + 0.5, 16, (128, 128)), s, b),
+     ValueError, "integer levels"),
+    (lambda lay, s, b: ("layout", s, b), TypeError, "glmip.TokenLayout"),
+])
+def test_bad_input_names_the_value(change, kind, words):
+    layout = cover_layout((128, 128), 16, 1)
+    args = change(layout, np.linspace(0, 1, len(layout)), 40)
+    with pytest.raises(kind, match=words):
+        refine(*args)
+
+
+def test_bad_input_past_level_zero_and_mismatched_lists():
+    layout = cover_layout((64, 64), 16, 1)
+    with pytest.raises(ValueError, match="past it"):
+        refine(layout, np.ones(4), 10, min_level=-1)
+    with pytest.raises(ValueError, match="integer levels in 2"):
+        refine(layout, np.ones(4), 10, min_level=2)
+    with pytest.raises(ValueError, match="not 32x64"):
+        refine(layout, np.ones(4), 10, image_size=(32, 64))
+    with pytest.raises(ValueError, match="one score vector per image"):
+        refine_batch([layout, layout], [np.ones(4)], 10)
+    with pytest.raises(ValueError, match="one per image"):
+        refine_batch([layout, layout], [np.ones(4)] * 2, [10])
+    with pytest.raises(ValueError, match="below the 4 tokens layout 1"):
+        refine_batch([layout, layout], [np.ones(4)] * 2, [10, 3])
