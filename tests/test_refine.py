@@ -185,3 +185,148 @@ def test_bad_input_past_level_zero_and_mismatched_lists():
         refine_batch([layout, layout], [np.ones(4)] * 2, [10])
     with pytest.raises(ValueError, match="below the 4 tokens layout 1"):
         refine_batch([layout, layout], [np.ones(4)] * 2, [10, 3])
+
+
+# -- sampling only the new tokens --------------------------------------------------------------
+def images_of_two_sizes() -> list[np.ndarray]:
+    rng = np.random.default_rng(7)
+    return [rng.integers(0, 256, (96, 128, 3), np.uint8), rng.integers(0, 256, (70, 100, 3), np.uint8),
+            rng.integers(0, 256, (96, 128, 3), np.uint8)]
+
+
+@pytest.mark.parametrize("filter", ["trilinear", "anisotropic"])
+def test_new_tokens_merge_into_exactly_what_sampling_from_scratch_gives(ctx, filter):
+    from glmip.refine import merge_refined, sample_refined
+    from glmip.token_batch import TokenBatch
+
+    images = images_of_two_sizes()
+    with ctx.pyramids(images) as batch:
+        layouts = [cover_layout(size, 8, 2) for size in batch.image_sizes]
+        coarse = TokenBatch.from_sampled(batch.tokens(layouts, filter=filter), layouts)
+        rng = np.random.default_rng(1)
+        scores = [rng.random(len(layout)) for layout in layouts]
+        first = refine_batch(layouts, scores, [len(layouts[0]) + 9, len(layouts[1]) + 5, len(layouts[2])])
+        assert len(first[2].new) == 0, "an image with nothing new is merged too"
+        refined = sample_refined(batch, coarse, first, filter=filter)
+        second = refine_batch(list(refined.layouts), [np.arange(len(r.layout), dtype=float) for r in first], 60)
+        finer = sample_refined(batch, refined, second, filter=filter)
+        for result, step in ((refined, first), (finer, second)):
+            scratch = batch.tokens([r.layout for r in step], filter=filter)
+            assert torch.equal(result.tokens, scratch)
+            assert torch.equal(result.cu_seqlens, TokenBatch.from_sampled(scratch, [r.layout for r in step]).cu_seqlens)
+            assert torch.equal(result.levels, TokenBatch.from_sampled(scratch, [r.layout for r in step]).levels)
+        # merge_refined alone, from new tokens sampled by the caller
+        new = batch.tokens([r.new_layout for r in first], filter=filter)
+        assert torch.equal(merge_refined(coarse, new, first).tokens, refined.tokens)
+        assert len(new) == sum(len(r.new) for r in first) < len(refined.tokens)
+
+
+def test_sampling_checks_everything_before_it_samples(ctx):
+    from glmip.refine import merge_refined, sample_refined
+    from glmip.token_batch import TokenBatch
+
+    images = images_of_two_sizes()
+    with ctx.pyramids(images) as batch:
+        layouts = [cover_layout(size, 8, 2) for size in batch.image_sizes]
+        coarse = TokenBatch.from_sampled(batch.tokens(layouts), layouts)
+        steps = refine_batch(layouts, [np.ones(len(layout)) for layout in layouts], 40)
+        with pytest.raises(ValueError, match="3 refinements for a batch of 2"):
+            sample_refined(batch, TokenBatch.from_sampled(coarse.tokens[:len(layouts[0]) + len(layouts[1])],
+                                                          layouts[:2]), steps)
+        swapped = [steps[1], steps[0], steps[2]]
+        with pytest.raises(ValueError, match="refinement 0 refines a layout of"):
+            sample_refined(batch, coarse, swapped)
+        with pytest.raises(ValueError, match="new_tokens must be a tensor of shape"):
+            merge_refined(coarse, torch.zeros(3, 3, 8, 8), steps)
+        with pytest.raises(TypeError, match="PyramidBatch"):
+            sample_refined(images, coarse, steps)
+    with ctx.pyramids(images[:2] + images[1:2]) as other:
+        with pytest.raises(ValueError, match="image 2 of the batch is 100x70"):
+            sample_refined(other, coarse, steps)
+
+
+# -- the scorer --------------------------------------------------------------------------------
+def small_classifier(patch: int = 8) -> torch.nn.Module:
+    from glmip.models import TokenClassifier
+
+    torch.manual_seed(0)
+    return TokenClassifier(patch=patch, dim=32, depth=2, heads=4, classes=5).eval()
+
+
+def random_batch(lengths: list[int], patch: int = 8, seed: int = 0):
+    from glmip.token_batch import TokenBatch
+
+    generator = torch.Generator().manual_seed(seed)
+    layouts = [cover_layout((patch * 4 * n, patch * 4), patch, 2) for n in lengths]
+    tokens = [torch.rand(n, 3, patch, patch, generator=generator) for n in lengths]
+    return TokenBatch.from_parts(tokens, layouts)
+
+
+def test_class_attention_shapes_range_and_padded_batch_equals_alone():
+    from glmip.nn import class_attention
+
+    model = small_classifier()
+    batch = random_batch([3, 7, 5])
+    with torch.no_grad():
+        scores = class_attention(model, batch)
+        assert [tuple(s.shape) for s in scores] == [(3,), (7,), (5,)]
+        assert all(s.dtype == torch.float32 and (s >= 0).all() and s.sum() < 1 for s in scores)
+        for b in range(3):
+            torch.testing.assert_close(scores[b], class_attention(model, _image(batch, b))[0], atol=1e-5, rtol=0)
+
+
+def _image(batch, index):
+    from glmip.token_batch import TokenBatch
+
+    tokens, layout = batch[index]
+    return TokenBatch.from_parts([tokens], [layout])
+
+
+def test_class_attention_equals_the_last_block_computed_by_hand():
+    from glmip.nn import class_attention
+
+    model = small_classifier()
+    batch = random_batch([6])
+    with torch.no_grad():
+        x, _ = model.embed(batch)
+        for block in model.encoder.blocks[:-1]:
+            x = block(x)
+        last = model.encoder.blocks[-1]
+        q, k, _ = last.qkv(last.norm1(x)).view(1, 7, 3, 4, 8).permute(2, 0, 3, 1, 4)
+        expected = torch.softmax(q[:, :, :1] @ k.transpose(-1, -2) / 8 ** 0.5, -1)  # (1, heads, 1, 7)
+        expected = expected[0, :, 0].mean(0)[1:]
+        torch.testing.assert_close(class_attention(model, batch)[0], expected, atol=1e-6, rtol=0)
+
+
+def test_class_attention_refuses_what_it_cannot_score():
+    from glmip.models import TinyViT
+    from glmip.nn import class_attention
+
+    with pytest.raises(TypeError, match="TinyViT"):
+        class_attention(TinyViT(32, 1, 4), random_batch([2]))
+    with pytest.raises(TypeError, match="TokenBatch"):
+        class_attention(small_classifier(), torch.zeros(2, 3, 8, 8))
+
+
+def test_class_attention_of_a_timm_vit_through_from_timm():
+    timm = pytest.importorskip("timm", reason="timm is installed only in the integration environment")
+    from glmip.nn import class_attention, from_timm
+
+    torch.manual_seed(0)
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, depth=2, img_size=64, num_classes=3)
+    model = from_timm(vit).eval()
+    batch = random_batch([4, 9], patch=16)
+    with torch.no_grad():
+        scores = class_attention(model, batch)
+        assert [tuple(s.shape) for s in scores] == [(4,), (9,)]
+        torch.testing.assert_close(scores[1], class_attention(model, _image(batch, 1))[0], atol=1e-5, rtol=0)
+        # the hand computation through timm's own attention module (fused or not)
+        x, valid = model.embed(_image(batch, 0))
+        x = model.vit.norm_pre(x)
+        x = model.vit.blocks[0](x)
+        attention = model.vit.blocks[1].attn
+        h = model.vit.blocks[1].norm1(x)
+        q, k, _ = attention.qkv(h).view(1, 5, 3, attention.num_heads, -1).permute(2, 0, 3, 1, 4)
+        weights = torch.softmax((attention.q_norm(q)[:, :, :1] @ attention.k_norm(k).transpose(-1, -2))
+                                * attention.scale, -1)
+        torch.testing.assert_close(scores[0], weights[0, :, 0].mean(0)[1:], atol=1e-5, rtol=0)
