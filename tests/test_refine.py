@@ -330,3 +330,32 @@ def test_class_attention_of_a_timm_vit_through_from_timm():
         weights = torch.softmax((attention.q_norm(q)[:, :, :1] @ attention.k_norm(k).transpose(-1, -2))
                                 * attention.scale, -1)
         torch.testing.assert_close(scores[0], weights[0, :, 0].mean(0)[1:], atol=1e-5, rtol=0)
+
+
+# -- the example ------------------------------------------------------------------------------
+def test_the_coarse_to_fine_example_runs_small_and_samples_only_new_tokens(ctx, capsys, tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "coarse_to_fine.py"
+    spec = importlib.util.spec_from_file_location("coarse_to_fine_example", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    image = np.random.default_rng(3).integers(0, 256, (96, 160, 3), np.uint8)
+    source = tmp_path / "image.png"
+    from PIL import Image
+
+    Image.fromarray(image).save(source)
+    found = example.main([str(source), "--patch", "8", "--level", "3", "--budgets", "8,20,40"], ctx=ctx)
+    passes = found["passes"]
+    assert passes[0].tokens.lengths == (6, 6, 4)  # 64-px cells over 160x96 (3 x 2) and its 120x72 crop (2 x 2)
+    for before, after in zip(passes, passes[1:], strict=False):
+        assert all(len(a) <= 40 for a in after.tokens.layouts)
+        assert after.sampled == sum(len(r.new) for r in after.refinements) < sum(after.tokens.lengths)
+        assert sum(after.tokens.lengths) > sum(before.tokens.lengths)
+    for step in passes:
+        for layout in step.tokens.layouts:
+            coverage = layout.coverage()
+            assert coverage.min() == 1 and coverage.max() == 1
+    assert tuple(found["logits"].shape) == (3, 10)
+    assert "pass 3: tokens per image" in capsys.readouterr().out
