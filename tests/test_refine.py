@@ -173,6 +173,14 @@ def test_bad_input_names_the_value(change, kind, words):
 
 def test_bad_input_past_level_zero_and_mismatched_lists():
     layout = cover_layout((64, 64), 16, 1)
+    doubled = glmip.TokenLayout(np.r_[layout.cx[:3], layout.cx[0]], np.r_[layout.cy[:3], layout.cy[0]], layout.size,
+                                layout.level, 16, (64, 64))  # the right area, one cell twice and one gap
+    with pytest.raises(ValueError, match="exactly once"):
+        refine(doubled, np.ones(4), 10)
+    nested = glmip.TokenLayout(np.r_[layout.cx[:3], 8, 24, 8, 24], np.r_[layout.cy[:3], 8, 8, 24, 24],
+                               np.r_[layout.size[:3], [16.0] * 4], np.r_[layout.level[:3], [0] * 4], 16, (64, 64))
+    with pytest.raises(ValueError, match="exactly once"):  # cell 0 and its four quadrants: the right area again
+        refine(nested, np.ones(7), 10)
     with pytest.raises(ValueError, match="past it"):
         refine(layout, np.ones(4), 10, min_level=-1)
     with pytest.raises(ValueError, match="integer levels in 2"):
