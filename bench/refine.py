@@ -16,8 +16,8 @@ state the pass starts from:
 Pass 0's `sample` is the coarse cover's tokens. Finally the model's forward on the last pass's tokens and, for
 scale, on the uniform cover at the finest level the last pass reached (every token at that level).
 Each cell is "median ms (fastest ms)" of `--repeats` runs after a warm-up; the machine is shared. Torch runs at
-`--threads` intra-op threads (default 1: on a loaded 2-core machine, 2 threads made every small op tens of times
-slower); the report records the setting.
+`--threads` intra-op threads (default 1: under heavy load on a shared 2-core machine, 2 threads made every small
+op tens of times slower); the report records the setting.
 
 Run from the repository root: `python -m bench.refine` (`--quick` for a smoke run). JSON in
 bench/results/refine-<device>.json.
