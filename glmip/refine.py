@@ -403,12 +403,21 @@ def refine_passes(batch: PyramidBatch, layouts: Sequence[TokenLayout], score: Ca
     `budgets`: score the last pass's tokens (`score(token_batch)` -> one (N_b,) vector per image, e.g.
     `lambda t: glmip.nn.class_attention(model, t)`), refine every image's layout to at most that budget,
     and sample only the new tokens. Returns every pass, coarse first; the last one's tokens go to the model.
-    Budgets are checked before the coarse pass is sampled (each an int or one per image, none below the
-    coarse token counts, not decreasing)."""
+    The layouts (quadtree covers of their images, as `refine_batch` requires) and the budgets (each an int or
+    one per image, none below the coarse token counts, not decreasing) are checked before the coarse pass is
+    sampled."""
     from .token_batch import TokenBatch
 
     if isinstance(budgets, (int, np.integer)) or not isinstance(budgets, Sequence):
         raise TypeError(f"budgets must be a list (one budget per refinement pass), got {budgets!r}")
+    sizes = list(batch.image_sizes)
+    if isinstance(layouts, TokenLayout) or not isinstance(layouts, Sequence) or len(layouts) != len(sizes):
+        raise ValueError(f"need one layout per image of the batch ({len(sizes)}), got {layouts!r:.80}")
+    for b, (layout, size) in enumerate(zip(layouts, sizes, strict=True)):
+        _quadtree_cells(layout, int(min_level), f"layout {b}")
+        if tuple(layout.image_size) != tuple(size):
+            raise ValueError(f"layout {b} was made for an image of {layout.image_size[0]}x{layout.image_size[1]}; "
+                             f"image {b} of the batch is {size[0]}x{size[1]}")
     checked = [_budgets(budget, len(layouts)) for budget in budgets]
     floor = [len(layout) for layout in layouts]
     for step, values in enumerate(checked):
@@ -422,7 +431,7 @@ def refine_passes(batch: PyramidBatch, layouts: Sequence[TokenLayout], score: Ca
     passes = [RefinePass(current, int(tokens.shape[0]), None)]
     for values in checked:
         refinements = refine_batch(list(current.layouts), list(score(current)), values, min_level=min_level,
-                                   image_sizes=list(batch.image_sizes))
+                                   image_sizes=sizes)
         current = sample_refined(batch, current, refinements, filter=filter)
         passes.append(RefinePass(current, sum(len(r.new) for r in refinements), refinements))
     return passes

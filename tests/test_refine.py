@@ -367,3 +367,22 @@ def test_the_coarse_to_fine_example_runs_small_and_samples_only_new_tokens(ctx, 
             assert coverage.min() == 1 and coverage.max() == 1
     assert tuple(found["logits"].shape) == (3, 10)
     assert "pass 3: tokens per image" in capsys.readouterr().out
+
+
+def test_the_loop_checks_layouts_and_budgets_before_the_coarse_pass(ctx):
+    from glmip.refine import refine_passes
+
+    def never(_):
+        raise AssertionError("nothing is scored or sampled")
+
+    images = images_of_two_sizes()[:2]
+    with ctx.pyramids(images) as batch:
+        good = [cover_layout(size, 8, 2) for size in batch.image_sizes]
+        with pytest.raises(ValueError, match="layout 1 was made for an image of 128x96"):
+            refine_passes(batch, [good[0], good[0]], never, [40])
+        with pytest.raises(ValueError, match="exactly once"):
+            refine_passes(batch, [good[0], glmip.TokenLayout.grid((100, 70), 8, 2)], never, [40])
+        with pytest.raises(ValueError, match="pass 2's budget 20 for image 0 is below"):
+            refine_passes(batch, good, never, [40, 20])
+        with pytest.raises(TypeError, match="budgets must be a list"):
+            refine_passes(batch, good, never, 40)
