@@ -102,6 +102,25 @@ def test_ties_are_deterministic_and_spread(case):
     np.testing.assert_array_equal(first.new, np.nonzero(new)[0])
 
 
+@settings(max_examples=25, deadline=None)
+@given(first=cases, second=cases)
+def test_a_batch_refines_each_image_as_alone_and_refinements_chain(first, second):
+    layouts = [quadtree(first), quadtree(second)]
+    if any(layout is None for layout in layouts):
+        return
+    scores = [random_scores(first, len(layouts[0])), random_scores(second, len(layouts[1]))]
+    budgets = [len(layouts[0]) + first["extra"], len(layouts[1]) + second["extra"]]
+    together = refine_batch(layouts, scores, budgets)
+    for layout, score, budget, result in zip(layouts, scores, budgets, together, strict=True):
+        alone = refine(layout, score, budget)
+        np.testing.assert_array_equal(alone.layout.cx, result.layout.cx)
+        np.testing.assert_array_equal(alone.new, result.new)
+        again = refine(result.layout, np.random.default_rng(len(result.layout)).random(len(result.layout)),
+                       budget + 30)
+        coverage = again.layout.coverage()
+        assert coverage.min() == 1 and coverage.max() == 1 and len(again.layout) <= budget + 30
+
+
 def test_convention_ties_spread_over_the_image_not_packed_in_a_corner():
     layout = cover_layout((256, 256), 16, 2)  # 4 x 4 tokens of 64 px
     result = refine(layout, np.zeros(16), 16 + 4 * 3)
