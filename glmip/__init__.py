@@ -19,6 +19,7 @@ from .levels import level_sizes
 from .maps import as_relevance, lod_map
 from .pyramid import Pyramid, PyramidBatch, PyramidMethod
 from .query import ClipScorer, query_relevance
+from .refine import refine, refine_batch
 from .relevance import RelevancePyramid, gaze, relevance_pyramid, saliency
 from .sampling import Filter, Wrap
 from .tokenize import tokenize, tokenize_pyramids
@@ -62,6 +63,6 @@ __all__ = [
     "allocate_batch", "level_sizes", "lod_map",
     "as_relevance", "gaze", "saliency", "relevance_pyramid", "RelevancePyramid", "ClassBudgets", "query_relevance",
     "ClipScorer", "LodPatchEmbed", "TokenBatch", "Slide", "DEFAULT_IMAGE", "__version__", "Border",
-    "tilt_homography", "tokenize", "tokenize_pyramids", "GlmipError", "ClosedError", "WrongThreadError",
-    "ForkedContextError", "GLError",
+    "tilt_homography", "tokenize", "tokenize_pyramids", "refine", "refine_batch", "GlmipError", "ClosedError",
+    "WrongThreadError", "ForkedContextError", "GLError",
 ]

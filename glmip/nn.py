@@ -39,7 +39,7 @@ from .token_batch import TokenBatch
 
 __all__ = ["Position", "LodEmbedding", "attention_mask", "attention_bias", "masked_mean", "masked_max",
            "attention_pool", "resample_grid", "sincos_position", "interpolate_grid", "LodPatchEmbed", "from_timm",
-           "TimmViT", "TimmNaFlex", "forward_timm"]
+           "TimmViT", "TimmNaFlex", "forward_timm", "class_attention"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # timm's IMAGENET_DEFAULT_MEAN / _STD
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -692,3 +692,66 @@ def _check_valid(valid: torch.Tensor) -> None:
 
 def _is_square(n: int) -> bool:
     return n > 0 and math.isqrt(n) ** 2 == n
+
+
+# -- scores for coarse-to-fine refinement --------------------------------------------------
+def class_attention(model: nn.Module, batch: TokenBatch) -> list[torch.Tensor]:
+    """Where the class token looks: its attention over each image's tokens in the model's last block, one
+    (N_b,) float32 tensor per image of `batch`, in its layout's order: the scores `glmip.refine` splits by.
+
+    `model`: a `glmip.models.TokenClassifier` or a timm ViT made by `from_timm` (`TimmViT`), in eval mode
+    (patch dropout would drop tokens). It runs once on `batch` (its whole forward; no gradient is stopped
+    here: wrap the call in `torch.no_grad()` for inference), and a forward hook reads the last block's
+    query/key projection (`qkv`; timm's `q_norm` / `k_norm` applied).
+
+    Convention:
+        `score[b][k]` = mean over heads of `softmax_j(q_0 . k_j * scale)[prefix + k]`, q_0 the class token's
+        (row 0's) query, j over the real rows of image b (padding masked, as in the model's own attention),
+        scale = head_dim ** -0.5 (timm's `attn.scale`). Scores lie in [0, 1] and sum over an image's tokens
+        to 1 less the class token's attention to the prefix tokens (itself included). An image's scores do
+        not depend on the other images of its batch.
+    """
+    if not isinstance(batch, TokenBatch):
+        raise TypeError(f"class_attention takes a glmip.TokenBatch, got {type(batch).__name__}")
+    embed = getattr(model, "embed", None)
+    if hasattr(getattr(model, "encoder", None), "blocks"):  # glmip.models.TokenClassifier
+        last = model.encoder.blocks[-1]
+        qkv, heads, q_norm, k_norm, scale = last.qkv, last.heads, nn.Identity(), nn.Identity(), None
+        counts = list(batch.lengths)
+
+        def run() -> Any:
+            return model(list(torch.split(batch.tokens, counts)), list(batch.layouts))
+    elif hasattr(getattr(model, "vit", None), "blocks"):  # TimmViT
+        attention = model.vit.blocks[-1].attn
+        qkv, heads, scale = attention.qkv, attention.num_heads, getattr(attention, "scale", None)
+        q_norm, k_norm = getattr(attention, "q_norm", nn.Identity()), getattr(attention, "k_norm", nn.Identity())
+
+        def run() -> Any:
+            return model(batch)
+    else:
+        raise TypeError(f"class_attention scores a glmip.models.TokenClassifier or a glmip.nn.from_timm model, got "
+                        f"{type(model).__name__}")
+    if not isinstance(embed, LodPatchEmbed) or embed.prefix_tokens < 1:
+        raise ValueError(f"{type(model).__name__} has no class token (its LodPatchEmbed holds "
+                         f"{getattr(embed, 'prefix_tokens', 0)} prefix tokens); class attention needs one")
+    captured: list[torch.Tensor] = []
+    handle = qkv.register_forward_hook(lambda module, inputs, output: captured.append(output))
+    try:
+        run()
+    finally:
+        handle.remove()
+    prefix = embed.prefix_tokens
+    length = prefix + batch.max_seqlen
+    projected = captured[-1]
+    if projected.ndim != 3 or tuple(projected.shape[:2]) != (len(batch), length):
+        raise ValueError(f"the last block saw {tuple(projected.shape[:2])} tokens, not the batch's "
+                         f"{(len(batch), length)} (patch dropout in training mode?); call model.eval() first")
+    dim = projected.shape[2] // 3
+    q, k, _ = projected.view(len(batch), length, 3, heads, dim // heads).permute(2, 0, 3, 1, 4)
+    q, k = q_norm(q), k_norm(k)
+    scale = (dim // heads) ** -0.5 if scale is None else scale
+    logits = (q[:, :, :1].float() @ k.float().transpose(-1, -2))[:, :, 0] * scale  # (B, heads, L)
+    lengths = torch.tensor(batch.lengths, device=logits.device)
+    valid = torch.arange(length, device=logits.device)[None] < prefix + lengths[:, None]
+    weights = logits.masked_fill(~valid[:, None], float("-inf")).softmax(-1).mean(1)  # (B, L)
+    return [weights[b, prefix:prefix + n] for b, n in enumerate(batch.lengths)]

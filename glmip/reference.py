@@ -19,6 +19,7 @@ __all__ = [
     "box_pyramid", "lanczos_pyramid", "area_mean_level", "bilinear_weights", "mip_step", "pyramid", "lsb_error",
     "wrap_index", "nearest_texel", "bilinear", "lod_from_gradients", "trilinear", "nearest", "footprint_assembly",
     "sample", "tokens", "grid_cells", "relevance_pyramid", "saliency_features", "saliency", "detail_pyramid",
+    "refine_greedy",
 ]
 
 
@@ -571,6 +572,54 @@ def allocate_greedy(pyramid, budget: int, patch: int, min_level: int = 0, max_le
     return TokenLayout(cx=cells_array[:, 0] + sizes / 2, cy=cells_array[:, 1] + sizes / 2, size=sizes,
                        level=cells_array[:, 2].copy(), patch=patch, image_size=(int(width), int(height)),
                        relevant=relevant if classes is not None else None)
+def refine_greedy(layout, scores, budget: int, min_level: int = 0):
+    """Reference of `glmip.refine.refine` for one image, one token at a time: (refined TokenLayout, (N',) bool
+    True where a token is new).
+
+    Tokens above `min_level` are visited by (score descending, level descending, bit-reversed Morton code of
+    the cell in its level's grid); each splits into the quadrants of half its side whose top-left corner lies
+    inside the image, when the (quadrants - 1) tokens it adds fit in what is left of `budget`, else it is
+    passed over. The result is sorted by (top, left).
+    """
+    from .layout import TokenLayout
+
+    width, height = layout.image_size
+    patch = int(layout.patch)
+    candidates = []
+    for i in range(len(layout)):
+        level = int(layout.level[i])
+        side = patch << level
+        left, top = int(round(layout.cx[i] - side / 2)), int(round(layout.cy[i] - side / 2))
+        if level <= min_level:
+            continue
+        half = side // 2
+        kids = [(left + dx * half, top + dy * half) for dy in (0, 1) for dx in (0, 1)
+                if left + dx * half < width and top + dy * half < height]
+        grid = (-(-width // side), -(-height // side))
+        key = (-float(scores[i]), -level, _spread_rank(left // side, top // side, grid))
+        candidates.append((key, i, kids))
+    candidates.sort(key=lambda c: c[0])
+    room = budget - len(layout)
+    children = {}
+    for _, i, kids in candidates:
+        if len(kids) - 1 <= room:
+            children[i] = kids
+            room -= len(kids) - 1
+    tokens = []  # (top, left, level, new)
+    for i in range(len(layout)):
+        level = int(layout.level[i])
+        side = patch << level
+        if i in children:
+            tokens += [(top, left, level - 1, True) for left, top in children[i]]
+        else:
+            tokens.append((int(round(layout.cy[i] - side / 2)), int(round(layout.cx[i] - side / 2)), level, False))
+    tokens.sort()
+    top, left, level, new = (np.array(column) for column in zip(*tokens, strict=True))
+    sizes = (patch << level.astype(np.int64)).astype(np.float64)
+    return TokenLayout(cx=left + sizes / 2, cy=top + sizes / 2, size=sizes, level=level.astype(np.int64), patch=patch,
+                       image_size=(int(width), int(height))), new.astype(bool)
+
+
 # -- warps (glmip.warp) ---------------------------------------------------------------------
 def warp_supersampled(image: np.ndarray, matrix: np.ndarray, size: tuple[int, int], samples: int = 8,
                       border: str = "clamp", srgb: bool = False) -> np.ndarray:
