@@ -469,3 +469,53 @@ def test_render_region_covers_what_is_visible(u0, v0, du, dv, width, height):
     if (x0, y0, x1, y1) != (0, 0, width, height):
         assert (x1 - x0) * (y1 - y0) <= REGION_MAX_SHARE * width * height
     assert render_region(None, (width, height)) == (0, 0, width, height)
+
+
+def _covers_exactly(layout, size):
+    width, height = size
+    count = np.zeros((height, width), np.int32)
+    for x0, y0, x1, y1 in layout.boxes():
+        count[max(0, y0):min(height, y1), max(0, x0):min(width, x1)] += 1
+    return bool((count == 1).all())
+
+
+def test_token_view_detail_criterion_and_coarse_to_fine_passes(ctx):
+    """Key d switches the token layout to the detail criterion (it then follows the image's content: a flat
+    half gets fewer tokens than a textured half under uniform-ish relevance); key f walks the coarse-to-fine
+    passes: token counts grow pass by pass up to the budget, every pass an exact cover, and the tokens refined
+    first sit where the relevance is."""
+    from glmip.viewer.controls import Controls
+    from glmip.viewer.scene import Scene, relevance_mass
+
+    rng = np.random.default_rng(2)
+    image = np.full((192, 256, 3), 128, np.uint8)
+    image[:, 128:] = rng.integers(0, 256, (192, 128, 3), dtype=np.uint8)  # textured right half, flat left
+    scene = Scene(ctx, image, method="box")
+    state = ViewState(image_size=scene.image_size, budget=64, patch=8, gaze_radius=0.9, gaze=(0.5, 0.5))
+    controls = Controls(state, scene.pyramid.levels)
+    plain = scene.layout(state)
+    assert controls.key("d") and state.mode is Mode.TOKENS and state.criterion == "detail"
+    detail = scene.layout(state)
+    right = lambda layout: int((np.asarray(layout.cx) > 128).sum())  # noqa: E731
+    assert right(detail) > right(plain) and right(detail) > len(detail) * 0.7
+    controls.key("d")
+    state.gaze, state.gaze_radius = (0.2, 0.5), 0.1
+    counts = []
+    for expected in (1, 2, 3, 0):
+        assert controls.key("f") and state.refine_passes == expected
+        layout = scene.layout(state)
+        assert _covers_exactly(layout, scene.image_size) and len(layout) <= state.budget
+        counts.append(len(layout))
+    assert counts[0] < counts[1] < counts[2] <= state.budget
+    state.refine_passes = 1
+    for gaze_x, side in ((0.2, -1), (0.8, 1)):  # refined where the gaze is, left or right
+        state.gaze = (gaze_x, 0.5)
+        layout = scene.layout(state)
+        fine = np.asarray(layout.level) == np.asarray(layout.level).min()
+        assert side * (np.asarray(layout.cx)[fine].mean() - 128) > 0
+    mass = relevance_mass(np.ones((4, 4)), layout, scene.image_size)
+    assert np.all(mass >= 1)
+    with pytest.raises(ValueError, match="refine_passes"):
+        ViewState(image_size=(10, 10), refine_passes=7)
+    with pytest.raises(ValueError, match="criterion"):
+        ViewState(image_size=(10, 10), criterion="entropy")

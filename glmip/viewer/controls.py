@@ -5,7 +5,7 @@ Each handler returns whether the state changed, so the loop redraws only then.
 
 from __future__ import annotations
 
-from .state import Mode, ViewState
+from .state import REFINE_PASSES, Mode, ViewState
 
 __all__ = ["Controls"]
 
@@ -88,6 +88,12 @@ class Controls:
             state.show_marker = not state.show_marker
         elif name == "u":
             state.show_panel = not state.show_panel
+        elif name == "d":
+            state.mode = Mode.TOKENS
+            state.criterion = "relevance" if state.criterion == "detail" else "detail"
+        elif name == "f":
+            state.mode = Mode.TOKENS
+            state.refine_passes = (state.refine_passes + 1) % (REFINE_PASSES + 1)
         elif name == "r":
             state.reset_view()
         elif name == "t":

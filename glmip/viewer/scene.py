@@ -18,7 +18,7 @@ import numpy as np
 import glmip
 from glmip import pictures, reference
 
-from .state import Mode, ViewState
+from .state import REFINE_PASSES, Mode, ViewState
 from .tilt import comparison_split, plane_inside, plane_view
 
 __all__ = ["Picture", "Frame", "display_rgb", "render_scale", "render_region", "Scene"]
@@ -297,9 +297,34 @@ class Scene:
         return self._memo("foveated", key, make)
 
     def layout(self, state: ViewState) -> glmip.TokenLayout:
-        key = (self.relevance_key(state), state.budget, state.patch)
-        return self._memo("layout", key, lambda: glmip.allocate(self.relevance(state), budget=state.budget,
-                                                                patch=state.patch, image_size=self.image_size))
+        """The token view's layout: one allocation of `budget` (by relevance, or relevance x detail with
+        `criterion` "detail"), or with `refine_passes` k the coarse-to-fine walk stopped after k passes —
+        a uniform cover of at most budget / 16 tokens, each pass splitting the tokens of most
+        relevance mass (mean relevance x area) up to a budget that grows geometrically to `budget`."""
+        key = (self.relevance_key(state), state.budget, state.patch, state.criterion, state.refine_passes)
+        return self._memo("layout", key, lambda: self._make_layout(state))
+
+    def _make_layout(self, state: ViewState) -> glmip.TokenLayout:
+        from glmip.detail import detail_pyramid
+        from glmip.refine import cover_layout
+
+        relevance = self.relevance(state)
+        if state.refine_passes == 0:
+            detail = detail_pyramid(self.pyramid, state.patch) if state.criterion == "detail" else None
+            return glmip.allocate(relevance, budget=state.budget, patch=state.patch, image_size=self.image_size,
+                                  detail=detail)
+        width, height = self.image_size
+        start = max(1, state.budget // 16)  # so that no pass can afford to split every token
+        level = 0
+        while -(-width // (state.patch << level)) * -(-height // (state.patch << level)) > start and \
+                (state.patch << level) < max(width, height):
+            level += 1
+        layout = cover_layout(self.image_size, state.patch, level)
+        budgets = np.geomspace(max(len(layout), 1), max(state.budget, len(layout)), REFINE_PASSES + 1)[1:]
+        for budget in budgets[:state.refine_passes]:
+            scores = relevance_mass(relevance, layout, self.image_size)
+            layout = glmip.refine(layout, scores, max(int(round(budget)), len(layout))).layout
+        return layout
 
     def levels_in_view(self, state: ViewState) -> tuple[float, float] | None:
         visible = state.visible_uv()
@@ -371,3 +396,18 @@ class Scene:
             values = values[0].permute(1, 2, 0).numpy()[inside]
             pixels[inside] = display_rgb(values[:, None, :], linear=self.pyramid.srgb)[:, 0]
         return Picture(key, pixels, one_to_one=True)
+
+
+def relevance_mass(relevance: np.ndarray, layout: glmip.TokenLayout, image_size: tuple[int, int]) -> np.ndarray:
+    """(N,) relevance summed over each token's box: `relevance` (h, w) spans the image, each token's
+    level-0 box is scaled onto it (clipped to the map, at least one cell) and summed by an integral image."""
+    h, w = relevance.shape
+    integral = np.zeros((h + 1, w + 1))
+    integral[1:, 1:] = np.cumsum(np.cumsum(relevance.astype(np.float64), 0), 1)
+    boxes = layout.boxes().astype(np.float64)
+    sx, sy = w / image_size[0], h / image_size[1]
+    x0 = np.clip(np.floor(boxes[:, 0] * sx), 0, w - 1).astype(int)
+    y0 = np.clip(np.floor(boxes[:, 1] * sy), 0, h - 1).astype(int)
+    x1 = np.clip(np.ceil(boxes[:, 2] * sx), x0 + 1, w).astype(int)
+    y1 = np.clip(np.ceil(boxes[:, 3] * sy), y0 + 1, h).astype(int)
+    return integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]

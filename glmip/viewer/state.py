@@ -63,6 +63,9 @@ class Rect:
         return self.x0 <= x < self.x1 and self.y0 <= y < self.y1
 
 
+REFINE_PASSES = 3  # the coarse-to-fine steps the token view walks through (key f)
+
+
 @dataclass
 class ViewState:
     """Every control of the viewer; the scene and the presenter read it, input and panels write it."""
@@ -86,6 +89,8 @@ class ViewState:
     lod_bias: float = 0.0
     budget: int = 256
     patch: int = 16
+    criterion: str = "relevance"  # token layouts: split by relevance, or by relevance x detail lost
+    refine_passes: int = 0  # token layouts: 0 = one allocation; k = a coarse cover refined k times (coarse to fine)
     gamma: float = 1.0  # relevance curve: lod = max_level * (1 - relevance) ** gamma
     method: str = "hardware"
     query: str = ""
@@ -99,10 +104,11 @@ class ViewState:
             self.mode, level = parse_mode(self.mode)
             self.level = level or self.level
         choices = {"method": ("hardware", "box", "lanczos"), "relevance_source": ("gaze", "saliency", "query"),
+                   "criterion": ("relevance", "detail"), "refine_passes": tuple(range(REFINE_PASSES + 1)),
                    "compare_filter": ("anisotropic", "anisotropic_hw", "trilinear", "nearest")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
+                raise ValueError(f"{name} must be one of {', '.join(map(str, allowed))}; got {getattr(self, name)!r}")
         if not all(0.0 <= g <= 1.0 for g in self.gaze):
             raise ValueError(f"gaze is uv within [0, 1]^2, got {self.gaze}")
         if not 0.0 <= self.tilt < 90.0:

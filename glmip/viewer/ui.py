@@ -30,6 +30,7 @@ KEYS = (
     ("click, p", "pin / unpin the gaze"), ("drag", "pan"), ("scroll, = -", "zoom"), ("r", "reset zoom and pan"),
     ("t", "tilt the plane (trilinear | compared filter)"), ("a", "anisotropy 1, 2, 4, 8, 16"),
     (", .", "LOD bias -/+ 0.25"), ("m", "gaze marker on / off"), ("u", "side panel on / off"),
+    ("d", "tokens: split by relevance / by relevance x detail"), ("f", "tokens: next coarse-to-fine pass (0 .. 3)"),
     ("s", "save a screenshot"), ("q, Esc", "quit"),
 )
 
@@ -167,6 +168,8 @@ def panel(state: ViewState, frame: Frame, figures: Figures, query_state: tuple[b
     imgui.text(f"  engine   {figures.engine_ms:7.1f} ms")
     tokens = f"{frame.tokens_used} of {state.budget}" if frame.tokens_used is not None else "-"
     imgui.text(f"tokens     {tokens}")
+    passes = f", pass {state.refine_passes}" if state.refine_passes else ""
+    imgui.text(f"  placed by {state.criterion}{passes}")
     imgui.text(f"pyramid    {figures.pyramid_bytes / 2**20:7.2f} MiB, {figures.levels} levels")
     if frame.levels_in_view is not None:
         lo, hi = frame.levels_in_view
