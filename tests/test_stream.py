@@ -114,3 +114,19 @@ def test_bad_settings_are_refused_before_any_work(bad, error, match):
     settings = {"source": [images(0, 1)], "tokenizer": Tokenizer(budget=8, patch=8), "prefetch": 2, **bad}
     with pytest.raises(error, match=match):
         TokenStream(settings.pop("source"), settings.pop("tokenizer"), **settings)
+
+
+def test_the_detail_criterion_goes_through_the_tokenizer_and_the_stream():
+    batch = images(7, 2, (64, 48))
+    batch[0][:, :32] = 100  # a flat left half: detail puts fewer tokens there than relevance alone
+    tokenizer = Tokenizer(budget=16, patch=8, criterion="detail")
+    want = glmip.tokenize(batch, None, 16, 8, criterion="detail", context=tokenizer.context)
+    assert_same(tokenizer(batch), want)
+    (streamed,) = list(TokenStream([batch], tokenizer))
+    assert_same(streamed, want)
+    plain = Tokenizer(budget=16, patch=8)(batch)
+    assert not torch.equal(plain.centres, want.centres)
+    assert "criterion=detail" in repr(tokenizer)
+    with pytest.raises(ValueError, match="unknown criterion 'entropy'"):
+        Tokenizer(budget=16, patch=8, criterion="entropy")
+    tokenizer.close()

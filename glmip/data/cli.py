@@ -131,7 +131,7 @@ def tokenizer_from_args(args: argparse.Namespace) -> Tokenizer:
                                background=parse_range(args.background or f"0-{args.budget}", "--background"),
                                threshold=args.threshold)
     return Tokenizer(args.budget, args.patch, relevance, channels=args.channels, classes=classes,
-                     method=args.method, device=args.device)
+                     method=args.method, device=args.device, criterion="detail" if args.detail else "relevance")
 
 
 def cmd_tokenize(args: argparse.Namespace) -> int:
@@ -181,6 +181,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--query", help="relevance of image regions to this text (needs --clip-model)")
     parser.add_argument("--clip-model", help="local directory of a transformers CLIP model (never downloaded)")
     parser.add_argument("--uniform", action="store_true", help="uniform relevance (the default)")
+    parser.add_argument("--detail", action="store_true",
+                        help="place tokens by relevance x the detail a coarser token would lose (with any relevance)")
     parser.add_argument("--relevant", help="token range MIN-MAX for relevant regions, e.g. 64-400")
     parser.add_argument("--background", help="token range MIN-MAX for the rest, e.g. 16-64")
     parser.add_argument("--threshold", type=float, default=0.5,

@@ -337,7 +337,7 @@ def shard_options(tokenizer: Tokenizer, dtype: str) -> dict[str, Any]:
     classes = tokenizer.classes
     return {"budget": tokenizer.budget, "patch": tokenizer.patch, "relevance": relevance_name(tokenizer.relevance),
             "channels": tokenizer.channels, "method": tokenizer.method, "filter": tokenizer.filter,
-            "srgb": tokenizer.srgb, "dtype": dtype,
+            "srgb": tokenizer.srgb, "dtype": dtype, "criterion": tokenizer.criterion,
             "classes": None if classes is None else [list(classes.relevant), list(classes.background),
                                                      classes.threshold]}
 

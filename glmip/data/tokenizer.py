@@ -32,6 +32,7 @@ import numpy as np
 from .. import limits
 from ..allocate import ClassBudgets
 from ..context import Context
+from ..detail import Criterion
 from ..image import as_image_array
 from ..pyramid import PyramidMethod
 from ..relevance import gaze, saliency
@@ -220,13 +221,13 @@ class Tokenizer:
     channels: the channel count every image is brought to (`conform`; None keeps them, and a batch
     of mixed channel counts is then refused). device: an EGL device index; cuda_device: a CUDA
     device index (default: torch's current one when CUDA is available). out_device: where the
-    tokens go ("cpu").
+    tokens go ("cpu"). criterion: "relevance" or "detail" (as `glmip.tokenize`).
     """
 
     def __init__(self, budget: int = 256, patch: int = 16, relevance: Any = "uniform", *, channels: int | None = 3,
                  classes: ClassBudgets | None = None, method: str = "hardware", filter: str = "trilinear",
                  srgb: bool = False, device: int | None = None, cuda_device: int | None = None,
-                 out_device: str = "cpu") -> None:
+                 out_device: str = "cpu", criterion: str = "relevance") -> None:
         budget, patch = limits.positive_int(budget, "budget"), limits.positive_int(patch, "patch")
         if budget > MAX_BUDGET:
             raise ValueError(f"budget must be at most {MAX_BUDGET} (token counts are int32), got {budget}")
@@ -257,6 +258,7 @@ class Tokenizer:
             if budget < minimum:
                 raise ValueError(f"budget {budget} is below the class minimums ({classes.relevant[0]} relevant + "
                                  f"{classes.background[0]} background = {minimum})")
+        self.criterion = Criterion.parse(criterion).value
         self.budget, self.patch, self.channels = int(budget), int(patch), channels
         self.relevance = _check_relevance(relevance)
         self.classes, self.method, self.filter, self.srgb = classes, method, filter, srgb
@@ -332,7 +334,7 @@ class Tokenizer:
         context = self.context
         return tokenize(arrays, self._relevance_source(), self.budget, self.patch, context=context,
                         classes=self.classes, method=self.method, filter=self.filter, device=self.out_device,
-                        srgb=self.srgb)
+                        srgb=self.srgb, criterion=self.criterion)
 
     def stage(self, images: Any) -> PyramidBatch:
         """The first half of a call: the batch's pyramids built on this thread's Context (upload and mip
@@ -344,7 +346,7 @@ class Tokenizer:
         """The second half: relevance, allocation and tokens of a staged batch, a `TokenBatch` on
         `out_device` (the batch stays open; its owner closes it)."""
         return tokenize_pyramids(batch, self._relevance_source(), self.budget, self.patch, classes=self.classes,
-                                 filter=self.filter, device=self.out_device)
+                                 filter=self.filter, device=self.out_device, criterion=self.criterion)
 
     def check(self) -> None:
         """Tokenize one small synthetic image, so that settings no image can satisfy (a patch over the
@@ -365,4 +367,4 @@ class Tokenizer:
 
     def __repr__(self) -> str:
         return (f"Tokenizer(budget={self.budget}, patch={self.patch}, relevance={relevance_name(self.relevance)}, "
-                f"channels={self.channels})")
+                f"channels={self.channels}, criterion={self.criterion})")
