@@ -14,12 +14,13 @@ from pathlib import Path
 
 from .allocate import ClassBudgets, TokenLayout, allocate, allocate_batch
 from .context import Context
+from .detail import detail_pyramid
 from .errors import ClosedError, ForkedContextError, GLError, GlmipError, WrongThreadError
 from .levels import level_sizes
 from .maps import as_relevance, lod_map
 from .pyramid import Pyramid, PyramidBatch, PyramidMethod
 from .query import ClipScorer, query_relevance
-from .refine import refine, refine_batch
+from .refine import cover_layout, refine, refine_batch
 from .relevance import RelevancePyramid, gaze, relevance_pyramid, saliency
 from .sampling import Filter, Wrap
 from .tokenize import tokenize, tokenize_pyramids
@@ -63,6 +64,6 @@ __all__ = [
     "allocate_batch", "level_sizes", "lod_map",
     "as_relevance", "gaze", "saliency", "relevance_pyramid", "RelevancePyramid", "ClassBudgets", "query_relevance",
     "ClipScorer", "LodPatchEmbed", "TokenBatch", "Slide", "DEFAULT_IMAGE", "__version__", "Border",
-    "tilt_homography", "tokenize", "tokenize_pyramids", "refine", "refine_batch", "GlmipError", "ClosedError",
+    "tilt_homography", "tokenize", "tokenize_pyramids", "refine", "refine_batch", "cover_layout", "detail_pyramid", "GlmipError", "ClosedError",
     "WrongThreadError", "ForkedContextError", "GLError",
 ]

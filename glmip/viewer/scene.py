@@ -305,12 +305,9 @@ class Scene:
         return self._memo("layout", key, lambda: self._make_layout(state))
 
     def _make_layout(self, state: ViewState) -> glmip.TokenLayout:
-        from glmip.detail import detail_pyramid
-        from glmip.refine import cover_layout
-
         relevance = self.relevance(state)
         if state.refine_passes == 0:
-            detail = detail_pyramid(self.pyramid, state.patch) if state.criterion == "detail" else None
+            detail = glmip.detail_pyramid(self.pyramid, state.patch) if state.criterion == "detail" else None
             return glmip.allocate(relevance, budget=state.budget, patch=state.patch, image_size=self.image_size,
                                   detail=detail)
         width, height = self.image_size
@@ -319,7 +316,7 @@ class Scene:
         while -(-width // (state.patch << level)) * -(-height // (state.patch << level)) > start and \
                 (state.patch << level) < max(width, height):
             level += 1
-        layout = cover_layout(self.image_size, state.patch, level)
+        layout = glmip.cover_layout(self.image_size, state.patch, level)
         budgets = np.geomspace(max(len(layout), 1), max(state.budget, len(layout)), REFINE_PASSES + 1)[1:]
         for budget in budgets[:state.refine_passes]:
             scores = relevance_mass(relevance, layout, self.image_size)
