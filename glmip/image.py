@@ -95,14 +95,18 @@ def _read_png16(path: Path) -> np.ndarray:
     return array.reshape(height, width, planes)
 
 
-def _orient(array: np.ndarray, orientation: int) -> np.ndarray:
-    """`array` (HxWxC) turned as EXIF `orientation` (1..8) says, as PIL.ImageOps.exif_transpose does."""
-    if orientation in (5, 6, 7, 8):
-        array = array.transpose(1, 0, 2)  # transpose: orientation 5
-        array = {5: array, 6: array[:, ::-1], 7: array[::-1, ::-1], 8: array[::-1]}[orientation]
-    else:
-        array = {2: array[:, ::-1], 3: array[::-1, ::-1], 4: array[::-1]}.get(orientation, array)
-    return np.ascontiguousarray(array)
+def _orient_deep_png(array: np.ndarray, orientation: int) -> np.ndarray:
+    """A 16-bit colour PNG's pixels (HxWxC, from pypng) turned as EXIF `orientation` (1..8) says, plane by plane
+    through `PIL.ImageOps.exif_transpose`: PIL holds 16-bit samples only as one-channel images ("I;16"), so the
+    planes go through it one at a time and are stacked again."""
+    from PIL import Image, ImageOps
+
+    planes = []
+    for channel in range(array.shape[2]):
+        plane = Image.fromarray(np.ascontiguousarray(array[:, :, channel]))
+        plane.getexif()[0x0112] = orientation  # exif_transpose reads the orientation from the image's EXIF
+        planes.append(np.asarray(ImageOps.exif_transpose(plane)))
+    return np.stack(planes, axis=2)
 
 
 def read_image_file(path: str | os.PathLike, max_pixels: int | None = None) -> np.ndarray:
@@ -110,7 +114,7 @@ def read_image_file(path: str | os.PathLike, max_pixels: int | None = None) -> n
     16 bits, EXIF orientation applied. Raises ValueError naming the path and the reason for a
     missing or oversized (over `max_pixels`, default `MAX_PIXELS`) file, and its subclass
     `glmip.errors.CorruptFileError` (file, member, reason) for one that is damaged or not an image."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     limit = MAX_PIXELS if max_pixels is None else max_pixels
     path = Path(path)
@@ -132,9 +136,11 @@ def read_image_file(path: str | os.PathLike, max_pixels: int | None = None) -> n
             orientation = int(opened.getexif().get(0x0112, 1))
             if _png_16bit_colour(path):
                 array = _read_png16(path)
+                if orientation != 1:
+                    array = _orient_deep_png(array, orientation)
             else:
                 opened.load()
-                array = _from_pil(opened)
+                array = _from_pil(ImageOps.exif_transpose(opened) if orientation != 1 else opened)
     except ValueError as error:
         if str(path) in str(error):
             raise
@@ -152,7 +158,7 @@ def read_image_file(path: str | os.PathLike, max_pixels: int | None = None) -> n
                                                    f"{error})") from None
     if array.ndim == 2:
         array = array[:, :, None]
-    return _orient(array, orientation) if orientation != 1 else array
+    return array
 
 
 def as_image_array(image: Any, max_side: int | None = None, max_pixels: int | None = None) -> np.ndarray:

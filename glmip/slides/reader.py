@@ -86,6 +86,19 @@ def _mip_of(downsample: float) -> int | None:
 class TiffReader:
     """The pyramid of a tiled TIFF / OME-TIFF / SVS, opened with tiffslide; tiles decoded by tifffile.
 
+    Why glmip reads the tiles itself (tifffile's `TiffPage.decode`, its own `TileCache`, regions assembled
+    here) rather than through `tiffslide.TiffSlide.read_region` or `tifffile.aszarr` + zarr: replaying the
+    reads `Slide` makes (halo'd 2052-px GPU tiles and 256-row area-mean bands over 512-px file tiles, so
+    each file tile is read about three times) with `python -m bench.slide_read` (llvmpipe machine, 2 shared
+    cores, best of 3 fresh processes), this reader took 0.48 s on the 100,000 x 80,000 deflate slide and
+    0.25 s on a 12,288-px textured JPEG slide; zarr behind its `CacheStore` (decoded tiles cached as here)
+    1.06 s / 0.40 s, its per-read overhead (zarr 3's async bridge, a copy out of the cache) being the
+    difference; `read_region` 1.50 s / 0.60 s, as zarr 3 keeps no decoded tiles, so every read decodes
+    again. `read_region` also takes level-0 coordinates and divides by the level's downsample, which at a
+    level whose downsample is not exact (1562 x 1250 of 100,000 x 80,000: 64.01) reads a row off, and a
+    corrupt tile surfaces as a bare codec error (imagecodecs' DeflateError) without the tile or level that
+    `SlideReadError` names.
+
     Raises ValueError for a file tiffslide cannot open, a level-0 image that is not tiled (with how to
     convert it), planar (separate-channel) storage, or a sample type glmip cannot upload.
     """

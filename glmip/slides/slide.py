@@ -73,29 +73,26 @@ def _levels(lod: Any, n: int) -> np.ndarray:
 
 
 def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
-    """Otsu's threshold of `values` (any shape, finite): the cut of a `bins`-bin histogram over their range
-    that maximises the between-class variance. A constant input returns its value."""
-    flat = np.asarray(values, np.float64).ravel()
-    lo, hi = float(flat.min()), float(flat.max())
-    if hi <= lo:
-        return lo
-    counts, edges = np.histogram(flat, bins=bins, range=(lo, hi))
-    centres = (edges[:-1] + edges[1:]) / 2
-    weight = np.cumsum(counts)[:-1].astype(np.float64)
-    total = float(counts.sum())
-    mass = np.cumsum(counts * centres)[:-1]
-    below = mass / np.maximum(weight, 1)
-    above = (mass[-1] + counts[-1] * centres[-1] - mass) / np.maximum(total - weight, 1)
-    between = weight * (total - weight) * (below - above) ** 2
-    return float(edges[1:-1][int(np.argmax(between))])
+    """Otsu's threshold of `values` (any shape, finite), from scikit-image (`skimage.filters.threshold_otsu`):
+    the centre of the last histogram bin of the lower class, the cut that maximises the between-class variance;
+    values above it are the upper class. A constant input returns its value.
+
+    Convention: integer values get one bin per integer (scikit-image's), so `values > threshold` is exactly the
+    upper class; float values get `bins` bins over their range, and the centre sits half a bin below the bin's
+    upper edge, so values in the top half of the last lower bin land above it (`tissue_mask` bins first)."""
+    from skimage.filters import threshold_otsu  # imported here: it loads scipy (~0.4 s), which only this needs
+
+    return float(threshold_otsu(np.asarray(values).ravel(), nbins=bins))
 
 
-def tissue_mask(pixels: np.ndarray) -> np.ndarray:
+def tissue_mask(pixels: np.ndarray, bins: int = 256) -> np.ndarray:
     """Tissue as CLAM and TRIDENT find it: Otsu on the HSV saturation of an RGB(A) picture (grey: on
     darkness, 1 - value), float32 (h, w) 1 where tissue, 0 where background.
 
-    Convention: `pixels` (h, w, C) uint8/uint16/float32; unorm values normalised to [0, 1] first. Pixels
-    that are not finite (a float slide's NaN no-data) are background and take no part in the threshold."""
+    Convention: `pixels` (h, w, C) uint8/uint16/float32; unorm values normalised to [0, 1] first. The feature
+    is binned into `bins` equal bins over its range (bin indices, as CLAM's 8-bit saturation) and Otsu's cut of
+    those integers (`otsu_threshold`) splits whole bins. Pixels that are not finite (a float slide's NaN
+    no-data) are background and take no part in the threshold."""
     values = pixels.astype(np.float32)
     if pixels.dtype != np.float32:
         values /= float(np.iinfo(pixels.dtype).max)
@@ -108,7 +105,12 @@ def tissue_mask(pixels: np.ndarray) -> np.ndarray:
     finite = np.isfinite(feature)
     if not finite.any():
         return np.zeros(feature.shape, np.float32)
-    return (finite & (np.where(finite, feature, 0.0) > otsu_threshold(feature[finite]))).astype(np.float32)
+    feature = np.where(finite, feature, 0.0).astype(np.float64)
+    lo, hi = float(feature[finite].min()), float(feature[finite].max())
+    if hi <= lo:
+        return np.zeros(feature.shape, np.float32)
+    binned = np.minimum(((feature - lo) * (bins / (hi - lo))).astype(np.int64), bins - 1).clip(0)
+    return (finite & (binned > otsu_threshold(binned[finite]))).astype(np.float32)
 
 
 class Slide:
