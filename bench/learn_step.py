@@ -43,24 +43,31 @@ from bench.learn import (
     Cache,
     Fonts,
     Input,
+    batch_loss,
+    batch_order,
     build_caches,
     draw_scenes,
     make_code_scene,
     make_model,
+    make_optimiser,
+    packed_logits_of,
     parse_args,
+    precision,
+    tokenise_chunk,
     train_step,
 )
 
 MODELS = {"tiny": {"dim": 8, "depth": 1, "heads": 1}, "study": {"dim": 64, "depth": 3, "heads": 4}}
 INPUTS = (Input("glmip-25", "glmip", 25), Input("dense", "dense", None))
-PATHS = ("host",)
+PATHS = ("host", "device", "compiled")
 
 
-def study_args(model: str, batch: int, device: str) -> argparse.Namespace:
+def study_args(model: str, batch: int, device: str, compiled: bool = False) -> argparse.Namespace:
     """bench.learn's arguments for `model` at `batch` on `device` (everything else its defaults)."""
     spec = MODELS[model]
     return parse_args(["--batch", str(batch), "--device", device, "--dim", str(spec["dim"]), "--depth",
-                       str(spec["depth"]), "--heads", str(spec["heads"]), "--steps", "1000"])
+                       str(spec["depth"]), "--heads", str(spec["heads"]), "--steps", "1000"]
+                      + (["--compile"] if compiled else []))
 
 
 def caches_for(scenes: int, device: str) -> dict[str, Cache]:
@@ -68,14 +75,14 @@ def caches_for(scenes: int, device: str) -> dict[str, Cache]:
     args = parse_args(["--device", device, "--train", str(scenes)])
     fonts = Fonts.available()
     with glmip.Context() as ctx:
-        from bench.learn import tokenise_chunk
         parts = [tokenise_chunk(ctx, list(INPUTS), draw_scenes("train", start, min(32, scenes - start), args, fonts))
                  for start in range(0, scenes, 32)]
     return build_caches(parts, list(INPUTS), args.alphabet, torch.device(device))
 
 
 def host_steps(cache: Cache, args: argparse.Namespace) -> Callable[[int], None]:
-    """`steps(n)`: n AdamW steps, each assembling a `TokenBatch` on the host and reading its loss back."""
+    """`steps(n)`: n AdamW steps as bench.learn took them before its caches were padded: the batch order a host
+    queue of seeded permutations, a `TokenBatch` assembled per step, the loss read back every step."""
     model = make_model(args)
     optimiser = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05)
     order = np.random.default_rng(args.seed)
@@ -87,7 +94,32 @@ def host_steps(cache: Cache, args: argparse.Namespace) -> Callable[[int], None]:
             if len(queue) < args.batch:
                 queue += order.permutation(len(cache)).tolist()
             index, queue = queue[:args.batch], queue[args.batch:]
-            float(train_step(model, optimiser, cache, index, args))
+            with precision(args):
+                logits = packed_logits_of(model, cache.token_batch(index), args.code_length)
+            loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), cache.codes[index].flatten())
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            float(loss)
+    return steps
+
+
+def device_steps(cache: Cache, args: argparse.Namespace) -> Callable[[int], None]:
+    """`steps(n)`: n AdamW steps as bench.learn's `train` takes them: the padded device cache, a device batch
+    order made up front, `batch_loss` (compiled with `args.compile`), the losses kept on the device."""
+    model = make_model(args)
+    optimiser = make_optimiser(model, args)
+    loss_of = batch_loss(model, cache, args)
+    order = batch_order(len(cache), 4096, args.batch, args.seed, args.device)
+    losses = torch.zeros(len(order), device=args.device)
+    taken = 0
+
+    def steps(count: int) -> None:
+        nonlocal taken
+        for _ in range(count):
+            step = taken % len(order)
+            losses[step] = train_step(loss_of, optimiser, order[step])
+            taken += 1
     return steps
 
 
@@ -127,9 +159,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for model in args.models:
         warm, timed = (10, 100) if model == "tiny" else (3, 10)
         for item in INPUTS:
-            study = study_args(model, args.batch, args.device)
             for path in args.paths:
-                steps = {"host": host_steps}[path](caches[item.name], study)
+                study = study_args(model, args.batch, args.device, compiled=path == "compiled")
+                steps = (host_steps if path == "host" else device_steps)(caches[item.name], study)
                 timing = time_steps(steps, warm, timed, args.repeats, args.device)
                 rows.append({"model": model, **MODELS[model], "input": item.name, "path": path,
                              "batch": args.batch, **timing})
