@@ -181,7 +181,7 @@ def coarse_relevance(rng: np.random.Generator, box: tuple[int, int, int, int], s
 def make_code_scene(seed: int, size: int, fonts: Fonts, alphabet: str, length: int) -> CodeScene:
     """One cluttered size x size scene with a light panel holding a `length`-character code."""
     rng = np.random.default_rng(seed)
-    image = np.clip(rng.normal(128, 6, (size, size, 1)).repeat(3, 2), 0, 255).astype(np.uint8)
+    image = np.clip(rng.normal(128, 6, (size, size, 1)), 0, 255).astype(np.uint8).repeat(3, 2)  # grey: one channel, 3x
     area = size * size
     for _ in range(max(2, area // 30000)):  # textures and photo-like blobs
         w, h = int(rng.integers(size // 12, size // 3)), int(rng.integers(size // 12, size // 3))

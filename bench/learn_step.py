@@ -100,7 +100,7 @@ def host_steps(cache: Cache, args: argparse.Namespace) -> Callable[[int], None]:
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
-            float(loss)
+            float(loss.detach())
     return steps
 
 

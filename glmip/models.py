@@ -85,7 +85,7 @@ class TokenClassifier(nn.Module):
     """glmip tokens -> `LodPatchEmbed` (sin-cos position, one class token) -> `TinyViT` -> linear head.
 
     Shapes: tokens (N, C, P, P) with one `TokenLayout`, or a list of them with a list of layouts (one per
-    image, any token counts), or a `TokenBatch` alone -> (logits (B, classes), features (B, 1 + N_max, dim)).
+    image, any token counts), or a `TokenBatch` with None -> (logits (B, classes), features (B, 1 + N_max, dim)).
     Images in a batch are padded to the longest; padding is masked out of attention, so an image's logits do
     not depend on the others in its batch. `forward_padded` runs the same weights on an already padded batch
     of fixed shape (a training step with no host work, one graph for `torch.compile`).
