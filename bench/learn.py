@@ -25,7 +25,11 @@ position, level embedding on, one class token):
 
 Every input is tokenised once, up front, for all its train / validation / test scenes and cached as
 8-bit values (the texture's own precision; trilinear blends between texels are rounded to the nearest
-1/255) on ``--device``; dense keeps the scenes themselves and cuts their patches per batch. Each
+1/255) on ``--device``, padded to one length per input (the budget for glmip; dense's patches cut once)
+with a per-token valid mask, levels and centres, so a training step gathers its batch on the device with
+one index tensor and runs `TokenClassifier.forward_padded`: no host work, fixed shapes, the loss read
+only every ``--log-every`` steps; ``--compile`` hands the gather and forward to `torch.compile` (CUDA
+graphs on CUDA). Each
 scene's pyramid is built once and sampled by every GL input. With ``--workers N`` the scenes are drawn
 and tokenised in N spawned processes, each with its own `glmip.Context` (the GPU run: 15 of the
 machine's 16 cores). Scene seeds: train ``seed * 10^6 + i``, validation ``seed * 10^6 + 500000 + i``,
@@ -76,10 +80,10 @@ import functools
 import math
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -181,7 +185,7 @@ def coarse_relevance(rng: np.random.Generator, box: tuple[int, int, int, int], s
 def make_code_scene(seed: int, size: int, fonts: Fonts, alphabet: str, length: int) -> CodeScene:
     """One cluttered size x size scene with a light panel holding a `length`-character code."""
     rng = np.random.default_rng(seed)
-    image = np.clip(rng.normal(128, 6, (size, size, 1)).repeat(3, 2), 0, 255).astype(np.uint8)
+    image = np.clip(rng.normal(128, 6, (size, size, 1)), 0, 255).astype(np.uint8).repeat(3, 2)  # grey: one channel, 3x
     area = size * size
     for _ in range(max(2, area // 30000)):  # textures and photo-like blobs
         w, h = int(rng.integers(size // 12, size // 3)), int(rng.integers(size // 12, size // 3))
@@ -227,38 +231,69 @@ class Input:
     budget: int | None
 
 
+class PaddedBatch(NamedTuple):
+    """A batch gathered from a `Cache` on its device, fixed shapes: what `TokenClassifier.forward_padded` takes."""
+
+    tokens: torch.Tensor  # (n, L, C, P, P) float in [0, 1]
+    levels: torch.Tensor  # (n, L) float32
+    positions: torch.Tensor  # (n, L, 2) float32, token centres x, y in level-0 pixels
+    valid: torch.Tensor | None  # (n, L) bool, True = a real token; None where every row is full
+    codes: torch.Tensor  # (n, length) int64 character indices
+
+
 @dataclass
 class Cache:
-    """One split's tokens for one input: 8-bit packed tokens, their layouts, the answers.
+    """One split's tokens for one input, padded to one length and kept on the training device.
 
-    Convention: image b's tokens are rows offsets[b]:offsets[b+1] of `tokens`, on the training device."""
+    A batch is one `index_select` per tensor with a device index tensor (`batch`): no loop over images, no
+    host work, the same shapes every step (L is fixed per input: the budget for glmip, the grid's count for
+    uniform and dense). `token_batch` gives the same images as a packed `TokenBatch` (host work: FLOP counts,
+    the packed path's checks).
 
-    tokens: torch.Tensor  # (ΣN, C, P, P) uint8
-    offsets: np.ndarray  # (B + 1,) int64
+    Convention: image b's k-th token, in its layout's order, is tokens[b, k] for k < counts[b]; the rows after
+    it are zeros with valid False. Token values are 8-bit (value / 255 is what the model sees)."""
+
+    tokens: torch.Tensor  # (B, L, C, P, P) uint8
+    levels: torch.Tensor  # (B, L) float32
+    positions: torch.Tensor  # (B, L, 2) float32, centres in level-0 pixels
+    valid: torch.Tensor | None  # (B, L) bool; None where every image has L tokens
     layouts: list[TokenLayout]
     codes: torch.Tensor  # (B, length) int64 character indices
 
     def __len__(self) -> int:
         return len(self.layouts)
 
-    def batch(self, index: np.ndarray | list[int]) -> TokenBatch:
-        rows = np.concatenate([np.arange(self.offsets[i], self.offsets[i + 1]) for i in index])
-        picked = self.tokens.index_select(0, torch.from_numpy(rows).to(self.tokens.device))
+    def batch(self, index: torch.Tensor) -> PaddedBatch:
+        """(n,) int64 image indices on the cache's device -> their padded batch, gathered on the device."""
+        return PaddedBatch(self.tokens.index_select(0, index).float().div(255), self.levels.index_select(0, index),
+                           self.positions.index_select(0, index),
+                           None if self.valid is None else self.valid.index_select(0, index),
+                           self.codes.index_select(0, index))
+
+    def token_batch(self, index: Sequence[int]) -> TokenBatch:
+        """Images `index` as a packed `TokenBatch` (each image's real tokens with its layout), assembled on the
+        host as bench.learn did per step before its caches were padded."""
+        counts = self.counts
+        picked = torch.cat([self.tokens[i, :counts[i]] for i in index])
         return TokenBatch.from_packed(picked.float().div_(255), [self.layouts[i] for i in index])
 
     @property
     def counts(self) -> np.ndarray:
-        return np.diff(self.offsets)
+        """(B,) int64 tokens per image."""
+        return np.fromiter((len(layout) for layout in self.layouts), np.int64, len(self.layouts))
+
+    @property
+    def length(self) -> int:
+        """L, the padded length."""
+        return int(self.tokens.shape[1])
 
 
-@dataclass
-class DenseCache(Cache):
-    """Dense patches cut on demand from the scenes themselves: `tokens` holds (B, C, H, W) uint8 images,
-    every image has the same level-0 grid layout (`bench.tokens.dense_patches`, zero-padded at the edges)."""
-
-    def batch(self, index: np.ndarray | list[int]) -> TokenBatch:
-        images = self.tokens.index_select(0, torch.as_tensor(np.asarray(index), device=self.tokens.device))
-        return TokenBatch.from_packed(dense_patches(images), [self.layouts[i] for i in index])
+def patches_uint8(images: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) uint8, H and W multiples of 16 -> (B, (H / 16) * (W / 16), C, 16, 16) uint8, each image's
+    16-px squares row-major (`bench.tokens.dense_patches` without the float conversion)."""
+    b, c, h, w = images.shape
+    grid = images.view(b, c, h // PATCH, PATCH, w // PATCH, PATCH).permute(0, 2, 4, 1, 3, 5)
+    return grid.reshape(b, (h // PATCH) * (w // PATCH), c, PATCH, PATCH)
 
 
 def inputs_for(budgets: list[int]) -> list[Input]:
@@ -322,15 +357,41 @@ def tokenise_chunk(ctx: glmip.Context, items: list[Input], scenes: list[CodeScen
 
 
 def build_caches(parts: list[Tokenised], items: list[Input], alphabet: str, device: torch.device) -> dict[str, Cache]:
-    """One `Cache` per input from the chunks of one split, in scene order, moved to `device`."""
+    """One padded `Cache` per input from the chunks of one split, in scene order, on `device`.
+
+    L is the budget for glmip (so every split of an input has one shape), else the (uniform) token count;
+    each chunk is scattered into a tensor allocated once on `device` (no second copy of a split)."""
     caches = {}
     codes = torch.tensor([[alphabet.index(c) for c in code] for part in parts for code in part.codes],
                          dtype=torch.int64, device=device)
     for item in items:
         layouts = [layout for p in parts for layout in p.layouts[item.name]]
-        tokens = torch.cat([p.tokens[item.name].to(device) for p in parts])
-        offsets = np.concatenate([[0], np.cumsum([len(layout) for layout in layouts])]).astype(np.int64)
-        caches[item.name] = (DenseCache if item.kind == "dense" else Cache)(tokens, offsets, layouts, codes)
+        counts = np.fromiter((len(layout) for layout in layouts), np.int64, len(layouts))
+        length = int(counts.max()) if item.kind != "glmip" else max(int(item.budget), int(counts.max()))
+        channels = int(parts[0].tokens[item.name].shape[1])
+        tokens = torch.zeros((len(layouts), length, channels, PATCH, PATCH), dtype=torch.uint8, device=device)
+        start = 0
+        for part in parts:
+            chunk = part.tokens[item.name].to(device)
+            n = len(part.layouts[item.name])
+            if item.kind == "dense":
+                tokens[start:start + n] = patches_uint8(chunk)
+            else:
+                chunk_counts = torch.from_numpy(counts[start:start + n]).to(device)
+                image = torch.repeat_interleave(torch.arange(n, device=device), chunk_counts, output_size=len(chunk))
+                first = torch.cumsum(chunk_counts, 0) - chunk_counts
+                tokens[start + image, torch.arange(len(chunk), device=device) - first[image]] = chunk
+            start += n
+        valid = torch.from_numpy(np.arange(length)[None] < counts[:, None]).to(device)
+        per_token = np.zeros((len(layouts), length, 3), np.float32)  # level, x, y
+        rows = np.repeat(np.arange(len(layouts)), counts)
+        columns = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+        per_token[rows, columns] = np.stack([np.concatenate([np.asarray(getattr(layout, name), np.float64)
+                                                             for layout in layouts]) for name in ("level", "cx", "cy")],
+                                            1)
+        per_token = torch.from_numpy(per_token).to(device)
+        caches[item.name] = Cache(tokens, per_token[..., 0].contiguous(), per_token[..., 1:].contiguous(),
+                                  None if bool(valid.all()) else valid, layouts, codes)
     return caches
 
 
@@ -381,8 +442,14 @@ def precision(args: argparse.Namespace) -> Any:
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
 
 
-def logits_of(model: TokenClassifier, batch: TokenBatch, length: int) -> torch.Tensor:
-    """(B, length, alphabet) per-character logits: the head's outputs split into one head per character."""
+def logits_of(model: TokenClassifier, batch: PaddedBatch, length: int) -> torch.Tensor:
+    """(n, length, alphabet) per-character logits of a padded batch: the head's outputs, one head per character."""
+    logits, _ = model.forward_padded(batch.tokens, batch.levels, batch.positions, batch.valid)
+    return logits.float().view(len(batch.tokens), length, -1)
+
+
+def packed_logits_of(model: TokenClassifier, batch: TokenBatch, length: int) -> torch.Tensor:
+    """`logits_of` for a packed `TokenBatch` (FLOP counting: every image's real tokens and nothing else)."""
     logits, _ = model(batch, None)
     return logits.float().view(len(batch), length, -1)
 
@@ -396,16 +463,19 @@ def learning_rate(step: int, steps: int, peak: float) -> float:
 
 @torch.inference_mode()
 def evaluate(model: TokenClassifier, cache: Cache, args: argparse.Namespace) -> dict[str, float]:
+    """Exact-code and per-character accuracy on every image of `cache`, counted on the device, read once."""
     model.eval()
-    right = []
+    exact = torch.zeros((), dtype=torch.int64, device=cache.tokens.device)
+    chars = torch.zeros_like(exact)
     for start in range(0, len(cache), args.batch):
-        index = list(range(start, min(start + args.batch, len(cache))))
+        batch = cache.batch(torch.arange(start, min(start + args.batch, len(cache)), device=cache.tokens.device))
         with precision(args):
-            predicted = logits_of(model, cache.batch(index), args.code_length).argmax(-1)
-        right.append(predicted == cache.codes[index])
+            hits = logits_of(model, batch, args.code_length).argmax(-1) == batch.codes
+        exact += hits.all(1).sum()
+        chars += hits.sum()
     model.train()
-    hits = torch.cat(right)
-    return {"exact": float(hits.all(1).float().mean()), "char": float(hits.float().mean())}
+    exact_hits, char_hits = torch.stack([exact, chars]).tolist()
+    return {"exact": exact_hits / len(cache), "char": char_hits / (len(cache) * args.code_length)}
 
 
 def final_slope(losses: list[float]) -> float:
@@ -415,40 +485,71 @@ def final_slope(losses: list[float]) -> float:
     return float(slope * (len(tail) - 1))
 
 
-def train_step(model: TokenClassifier, optimiser: torch.optim.Optimizer, cache: Cache, index: list[int],
-               args: argparse.Namespace) -> torch.Tensor:
-    """One AdamW step on the scenes `index` of `cache`; the loss, left on the device (reading it waits for it)."""
-    with precision(args):
-        logits = logits_of(model, cache.batch(index), args.code_length)
-    loss = F.cross_entropy(logits.flatten(0, 1), cache.codes[index].flatten())
+def batch_loss(model: TokenClassifier, cache: Cache,
+               args: argparse.Namespace) -> Callable[[torch.Tensor], torch.Tensor]:
+    """`loss(index)`: the mean cross-entropy of the per-character heads on images `index` ((batch,) int64 on the
+    cache's device) -- the gather and the forward, one graph of fixed shapes. With `args.compile` it is
+    `torch.compile`d (mode "reduce-overhead", CUDA graphs, on CUDA)."""
+    def loss(index: torch.Tensor) -> torch.Tensor:
+        batch = cache.batch(index)
+        with precision(args):
+            logits = logits_of(model, batch, args.code_length)
+        return F.cross_entropy(logits.flatten(0, 1), batch.codes.flatten())
+    if not args.compile:
+        return loss
+    cuda = torch.device(args.device).type == "cuda"
+    return torch.compile(loss, mode="reduce-overhead" if cuda else None, fullgraph=True)
+
+
+def make_optimiser(model: TokenClassifier, args: argparse.Namespace) -> torch.optim.Optimizer:
+    """AdamW (weight decay 0.05), fused: one kernel per step on CUDA; on the 2-core CPU a quarter of foreach's
+    time for the 1-block dim-8 ViT (docs/learning.md)."""
+    return torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05, fused=True)
+
+
+def train_step(loss_of: Callable[[torch.Tensor], torch.Tensor], optimiser: torch.optim.Optimizer,
+               index: torch.Tensor) -> torch.Tensor:
+    """One AdamW step on the images `index` (device tensor) through `loss_of` (`batch_loss`); the loss, left on
+    the device (reading it waits for the step)."""
+    loss = loss_of(index)
     optimiser.zero_grad(set_to_none=True)
     loss.backward()
     optimiser.step()
     return loss.detach()
 
 
+def batch_order(count: int, steps: int, batch: int, seed: int, device: torch.device | str) -> torch.Tensor:
+    """(steps, batch) int64 on `device`: image indices per step, epoch after epoch of seeded permutations of
+    `count` images (an epoch's tail carries into the next step), made once up front."""
+    order = np.random.default_rng(seed)
+    epochs = math.ceil(steps * batch / count)
+    flat = np.concatenate([order.permutation(count) for _ in range(epochs)])[:steps * batch]
+    return torch.from_numpy(flat.reshape(steps, batch)).to(device)
+
+
 def train(model: TokenClassifier, train_cache: Cache, val_cache: Cache, args: argparse.Namespace,
           name: str) -> dict[str, Any]:
-    """`args.steps` AdamW steps in a batch order fixed by the seed; per-step losses, validation curve, wall time."""
-    optimiser = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05)
-    order = np.random.default_rng(args.seed)
-    queue: list[int] = []
-    losses: list[torch.Tensor] = []
+    """`args.steps` AdamW steps in a batch order fixed by the seed; per-step losses, validation curve, wall time.
+
+    The step does no host work: batches are gathered on the device, losses kept there; the host reads the
+    device only every `args.log_every` steps (progress) and at the validation checkpoints."""
+    optimiser = make_optimiser(model, args)
+    loss_of = batch_loss(model, train_cache, args)
+    order = batch_order(len(train_cache), args.steps, args.batch, args.seed, args.device)
+    losses = torch.zeros(args.steps, device=args.device)
     curve = []
     checkpoints = {max(1, round(args.steps * q / 4)) for q in (1, 2, 3, 4)}
+    log_every = args.log_every
     seconds = 0.0
     model.train()
     progress = tqdm(range(args.steps), desc=f"train {name}", unit="step", leave=False)
     begin = time.perf_counter()
     for step in progress:
-        if len(queue) < args.batch:
-            queue += order.permutation(len(train_cache)).tolist()
-        index, queue = queue[:args.batch], queue[args.batch:]
         for group in optimiser.param_groups:
             group["lr"] = learning_rate(step, args.steps, args.lr)
-        losses.append(train_step(model, optimiser, train_cache, index, args))
-        if step % 50 == 49:
-            progress.set_postfix(loss=f"{float(torch.stack(losses[-50:]).mean()):.3f}")
+        losses[step] = train_step(loss_of, optimiser, order[step])
+        if step % log_every == log_every - 1:
+            progress.set_postfix(loss=f"{float(losses[step + 1 - log_every:step + 1].mean()):.3f}")
         if step + 1 in checkpoints:
             sync(args.device)
             seconds += time.perf_counter() - begin
@@ -456,7 +557,7 @@ def train(model: TokenClassifier, train_cache: Cache, val_cache: Cache, args: ar
             begin = time.perf_counter()
     sync(args.device)
     seconds += time.perf_counter() - begin
-    values = torch.stack(losses).float().cpu().tolist()
+    values = losses.float().cpu().tolist()
     return {"train_s": seconds, "steps": args.steps, "losses": values, "val_curve": curve,
             "final_loss": statistics.fmean(values[-max(1, len(values) // 20):]), "final_slope": final_slope(values)}
 
@@ -464,42 +565,46 @@ def train(model: TokenClassifier, train_cache: Cache, val_cache: Cache, args: ar
 def step_seconds(train_cache: Cache, args: argparse.Namespace, warm: int = 3, timed: int = 8) -> float:
     """Seconds per training step for `train_cache`'s input, timed on a throwaway model (`warm` steps first)."""
     model = make_model(args)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05)
-    index = list(range(min(args.batch, len(train_cache))))
+    optimiser = make_optimiser(model, args)
+    loss_of = batch_loss(model, train_cache, args)
+    index = torch.arange(args.batch, device=args.device) % len(train_cache)
     for step in range(warm + timed):
         if step == warm:
             sync(args.device)
             begin = time.perf_counter()
-        train_step(model, optimiser, train_cache, index, args)
+        train_step(loss_of, optimiser, index)
     sync(args.device)
     return (time.perf_counter() - begin) / timed
 
 
 def count_flops(model: TokenClassifier, cache: Cache, length: int) -> float:
-    """Mean FLOPs of one batch-1 forward over the first `FLOP_SCENES` scenes of `cache`."""
+    """Mean FLOPs of one batch-1 forward over the first `FLOP_SCENES` scenes of `cache` (each image's real tokens,
+    the packed path: padding is not counted)."""
     flops = []
     with torch.inference_mode():
         for i in range(min(FLOP_SCENES, len(cache))):
+            batch = cache.token_batch([i])
             with FlopCounterMode(display=False) as counter:
-                logits_of(model, cache.batch([i]), length)
+                packed_logits_of(model, batch, length)
             flops.append(counter.get_total_flops())
     return float(statistics.fmean(flops))
 
 
 def vit_seconds(model: TokenClassifier, cache: Cache, args: argparse.Namespace) -> float:
-    """Seconds per image of an inference forward over one batch of `cache` (median of 3 after a warm-up)."""
-    tokens = cache.batch(list(range(min(args.batch, len(cache)))))
+    """Seconds per image of an inference forward over one padded batch of `cache` (median of 3 after a warm-up)."""
+    count = min(args.batch, len(cache))
+    batch = cache.batch(torch.arange(count, device=cache.tokens.device))
     times = []
     model.eval()
     with torch.inference_mode(), precision(args):
         for _ in range(4):
             sync(args.device)
             begin = time.perf_counter()
-            logits_of(model, tokens, args.code_length)
+            logits_of(model, batch, args.code_length)
             sync(args.device)
             times.append(time.perf_counter() - begin)
     model.train()
-    return statistics.median(times[1:]) / len(tokens)
+    return statistics.median(times[1:]) / count
 
 
 def tokenise_ms(ctx: glmip.Context, items: list[Input], scenes: list[CodeScene], chunk: int) -> dict[str, float]:
@@ -530,7 +635,7 @@ def flops_at_size(args: argparse.Namespace, size: int, counts: tuple[int, ...]) 
             layout = grid_layout(size, size, uniform_side(size, size, count, integer=False))
             batch = TokenBatch.from_packed(torch.rand(len(layout), 3, PATCH, PATCH, device=args.device), [layout])
             with FlopCounterMode(display=False) as counter:
-                logits_of(model, batch, args.code_length)
+                packed_logits_of(model, batch, args.code_length)
             out[str(len(layout))] = counter.get_total_flops() / 1e9
     return out
 
@@ -723,6 +828,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu", help="torch device the ViTs train on (cpu, cuda, cuda:1)")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                         help="the forward in float32, or under bfloat16 autocast")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the training step's gather and forward (CUDA graphs on CUDA)")
+    parser.add_argument("--log-every", type=int, default=200,
+                        help="steps between progress readings of the loss (the only device reads while training)")
     parser.add_argument("--workers", type=int, default=0,
                         help="processes that draw and tokenise the scenes, each with its own Context (0: this one)")
     parser.add_argument("--train-budget-s", type=float, default=None,
@@ -748,9 +857,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if min(args.budgets) < 4 or max(args.budgets) > (args.size // PATCH) ** 2:
         parser.error(f"--budgets must lie in 4..{(args.size // PATCH) ** 2} (the dense count), got {args.budgets}")
     if min(args.train, args.val, args.test, args.steps, args.batch, args.chunk, args.code_length,
-           args.timing_scenes) < 1 or args.workers < 0:
-        parser.error("--train, --val, --test, --steps, --batch, --chunk, --code-length and --timing-scenes must be "
-                     "positive, --workers at least 0")
+           args.timing_scenes, args.log_every) < 1 or args.workers < 0:
+        parser.error("--train, --val, --test, --steps, --batch, --chunk, --code-length, --timing-scenes and "
+                     "--log-every must be positive, --workers at least 0")
     try:
         device = torch.device(args.device)
     except RuntimeError as error:

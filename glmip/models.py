@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .nn import LodPatchEmbed
+from .nn import LodPatchEmbed, Position, sincos_position
 
 __all__ = ["TinyViT", "TokenClassifier"]
 
@@ -85,9 +85,10 @@ class TokenClassifier(nn.Module):
     """glmip tokens -> `LodPatchEmbed` (sin-cos position, one class token) -> `TinyViT` -> linear head.
 
     Shapes: tokens (N, C, P, P) with one `TokenLayout`, or a list of them with a list of layouts (one per
-    image, any token counts) -> (logits (B, classes), features (B, 1 + N_max, dim)). Images in a batch are
-    padded to the longest; padding is masked out of attention, so an image's logits do not depend on the
-    others in its batch.
+    image, any token counts), or a `TokenBatch` with None -> (logits (B, classes), features (B, 1 + N_max, dim)).
+    Images in a batch are padded to the longest; padding is masked out of attention, so an image's logits do
+    not depend on the others in its batch. `forward_padded` runs the same weights on an already padded batch
+    of fixed shape (a training step with no host work, one graph for `torch.compile`).
     """
 
     def __init__(self, patch: int = 16, channels: int = 3, dim: int = 192, depth: int = 4, heads: int = 3,
@@ -101,4 +102,49 @@ class TokenClassifier(nn.Module):
                 layouts: Any | Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor]:
         x, valid = self.embed(tokens, layouts)
         features = self.encoder(x, valid if x.shape[0] > 1 else None)  # one image has no padding
+        return self.head(features[:, 0]), features
+
+    def forward_padded(self, tokens: torch.Tensor, levels: torch.Tensor, positions: torch.Tensor,
+                       valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The model on a padded batch: no `TokenBatch`, no layouts, nothing read back to the host.
+
+        Shapes:
+            tokens:    (B, L, C, P, P) float, the values `forward` takes (e.g. [0, 1]).
+            levels:    (B, L) float, each token's level (fractional allowed).
+            positions: (B, L, 2) float, each token's centre x, y in level-0 pixels.
+            valid:     None (every token real) or (B, L) bool, True = a real token.
+            output:    (logits (B, classes), features (B, 1 + L, dim)).
+
+        Convention:
+            Row b holds image b's tokens first, in its layout's order, then padding (any finite values, masked
+            out of attention): the logits equal `forward`'s on the `TokenBatch` of the real tokens, whatever L.
+            Shapes are checked; values are not (that would read the device): levels are clamped into
+            0..levels-1 as compiled `forward` does.
+        """
+        embed = self.embed
+        if not tokens.is_floating_point() or tokens.ndim != 5 or tuple(tokens.shape[2:]) != (
+                embed.in_channels, embed.patch, embed.patch):
+            raise ValueError(f"tokens must be a float (B, L, {embed.in_channels}, {embed.patch}, {embed.patch}) "
+                             f"tensor, got {tuple(tokens.shape)} {tokens.dtype}")
+        batch, length = tokens.shape[:2]
+        if tuple(levels.shape) != (batch, length) or tuple(positions.shape) != (batch, length, 2):
+            raise ValueError(f"levels must be ({batch}, {length}) and positions ({batch}, {length}, 2) for tokens "
+                             f"{tuple(tokens.shape)}, got {tuple(levels.shape)} and {tuple(positions.shape)}")
+        if valid is not None and (valid.dtype != torch.bool or tuple(valid.shape) != (batch, length)):
+            raise ValueError(f"valid must be None or a ({batch}, {length}) bool tensor, got "
+                             f"{tuple(valid.shape)} {valid.dtype}")
+        if embed.position_kind is not Position.SINCOS:
+            raise ValueError(f"forward_padded encodes sin-cos positions; this embedding's are "
+                             f"{embed.position_kind.value!r}")
+        reference = embed.proj.weight
+        flat = tokens.reshape(batch * length, *tokens.shape[2:]).to(reference.dtype)
+        normalised = (flat * embed.input_scale - embed.mean.to(flat.dtype)) / embed.std.to(flat.dtype)
+        x = embed.proj(normalised.flatten(1))
+        x = x + embed.level_embedding(levels.reshape(-1))
+        where = (positions.reshape(-1, 2).double() / embed.patch - 0.5).float()
+        x = x + sincos_position(where, embed.dim).to(x.dtype)
+        x = torch.cat([embed.prefix.expand(batch, -1, -1).to(x.dtype), x.view(batch, length, -1)], 1)
+        if valid is not None:
+            valid = torch.cat([valid.new_ones((batch, embed.prefix_tokens)), valid], 1)
+        features = self.encoder(x, valid)
         return self.head(features[:, 0]), features

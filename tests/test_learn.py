@@ -94,7 +94,7 @@ def test_cached_tokens_round_trip_through_a_token_batch(ctx, fonts):
     for item in items:
         cache = caches[item.name]
         assert isinstance(cache, Cache) and len(cache) == 3 and cache.tokens.dtype == torch.uint8
-        batch = cache.batch([2, 0])
+        batch = cache.token_batch([2, 0])
         assert batch.lengths == (len(cache.layouts[2]), len(cache.layouts[0]))
         assert batch.tokens.min() >= 0 and batch.tokens.max() <= 1
         assert cache.codes[1].tolist() == [ALPHABET.index(c) for c in scenes[1].code]
@@ -102,7 +102,8 @@ def test_cached_tokens_round_trip_through_a_token_batch(ctx, fonts):
     image = scenes[2].image  # (128, 128, C) uint8: patch (row, column) cut by slicing, row-major, as dense promises
     expected = torch.stack([torch.from_numpy(image[r * 16:(r + 1) * 16, c * 16:(c + 1) * 16]).permute(2, 0, 1)
                             for r in range(8) for c in range(8)]).float() / 255
-    assert torch.equal(caches["dense"].batch([2]).tokens, expected)
+    assert torch.equal(caches["dense"].token_batch([2]).tokens, expected)
+    assert torch.equal(caches["dense"].batch(torch.tensor([2])).tokens[0], expected), "the padded batch too"
     layout = caches["dense"].layouts[2]
     assert np.array_equal(layout.cx, np.tile(np.arange(8) * 16 + 8.0, 8))
     assert np.array_equal(layout.cy, np.repeat(np.arange(8) * 16 + 8.0, 8))
@@ -130,7 +131,7 @@ def test_worker_processes_give_the_same_caches(ctx, fonts):
         pool.terminate()
     for item in items:
         assert torch.equal(here[item.name].tokens, there[item.name].tokens)
-        assert np.array_equal(here[item.name].offsets, there[item.name].offsets)
+        assert np.array_equal(here[item.name].counts, there[item.name].counts)
         assert torch.equal(here[item.name].codes, there[item.name].codes)
 
 
