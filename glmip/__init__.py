@@ -64,6 +64,7 @@ __all__ = [
     "allocate_batch", "level_sizes", "lod_map",
     "as_relevance", "gaze", "saliency", "relevance_pyramid", "RelevancePyramid", "ClassBudgets", "query_relevance",
     "ClipScorer", "LodPatchEmbed", "TokenBatch", "Slide", "DEFAULT_IMAGE", "__version__", "Border",
-    "tilt_homography", "tokenize", "tokenize_pyramids", "refine", "refine_batch", "cover_layout", "detail_pyramid", "GlmipError", "ClosedError",
+    "tilt_homography", "tokenize", "tokenize_pyramids", "refine", "refine_batch", "cover_layout",
+    "detail_pyramid", "GlmipError", "ClosedError",
     "WrongThreadError", "ForkedContextError", "GLError",
 ]
