@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .gl.programs import TRILINEAR, WRAP_MODES, bound_array, scratch
-from .limits import MAX_OUTPUT_PIXELS, MAX_PATCH, check_pixels, check_pyramid, check_storage, positive_int
+from .limits import MAX_OUTPUT_PIXELS, MAX_PATCH, check_pixels, check_pyramid_or_batch, check_storage, positive_int
 
 if TYPE_CHECKING:
     from .pyramid import LayerArray
@@ -118,13 +118,7 @@ def detail_pyramid(pyramid: Any, patch: int = 16, min_level: int = 0) -> Any:
     Built on the GPU: per array texture of the batch one dispatch per allocation level over all its
     layers (work-group z = layer), every level of every layer in one buffer, read back once.
     """
-    batch = hasattr(pyramid, "arrays") and hasattr(pyramid, "where")
-    if batch:
-        pyramid._check_open()
-    else:
-        check_pyramid(pyramid)
-        if not hasattr(pyramid, "array"):
-            raise TypeError(f"pyramid must be a glmip.Pyramid or PyramidBatch, got {type(pyramid).__name__}")
+    batch = check_pyramid_or_batch(pyramid)
     patch = positive_int(patch, "patch")
     if patch > MAX_PATCH:
         raise ValueError(f"patch {patch} is over the limit of {MAX_PATCH} samples a side; "

@@ -160,6 +160,18 @@ def check_pyramid(pyramid: Any, what: str = "pyramid") -> None:
     pyramid._check_open()
 
 
+def check_pyramid_or_batch(pyramid: Any) -> bool:
+    """Check a `Pyramid` or a `PyramidBatch` as `check_pyramid` does (TypeError naming what was given, the
+    glmip error if closed); True for a batch."""
+    if hasattr(pyramid, "arrays") and hasattr(pyramid, "where"):
+        pyramid._check_open()
+        return True
+    check_pyramid(pyramid)
+    if not hasattr(pyramid, "array"):
+        raise TypeError(f"pyramid must be a glmip.Pyramid or PyramidBatch, got {type(pyramid).__name__}")
+    return False
+
+
 def check_context(context: Any, what: str = "context") -> None:
     """Raise TypeError unless `context` is a glmip Context, and the glmip error if it is closed or
     used off its thread."""

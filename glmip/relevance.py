@@ -15,7 +15,7 @@ from .limits import (
     MAX_OUTPUT_PIXELS,
     check_context,
     check_pixels,
-    check_pyramid,
+    check_pyramid_or_batch,
     check_storage,
     finite_float,
     positive_int,
@@ -230,13 +230,7 @@ def saliency(pyramid: Any, size: tuple[int, int] | None = None, *, centres: tupl
     Returns float32 (h, w) — for a batch, a list of them in batch order — each rescaled to [0, 1]
     (a flat image gives zeros) unless `normalise` is False.
     """
-    batch = hasattr(pyramid, "arrays") and hasattr(pyramid, "where")
-    if batch:
-        pyramid._check_open()
-    else:
-        check_pyramid(pyramid)
-        if not hasattr(pyramid, "array"):
-            raise TypeError(f"pyramid must be a glmip.Pyramid or PyramidBatch, got {type(pyramid).__name__}")
+    batch = check_pyramid_or_batch(pyramid)
     for name, values in (("centres", centres), ("deltas", deltas)):
         if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
             raise TypeError(f"{name} must be a tuple of consecutive ints, got {values!r}")
