@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .models import Block
+from .nn import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["MipViT", "CrossScaleAttention", "sincos_positions", "pool_to_parents", "to_feature_map"]
 
@@ -87,11 +88,17 @@ class MipViT(nn.Module):
     """A small hierarchical ViT over the grids of consecutive mip levels, fine to coarse as MViT.
 
     Stage s reads the grid of level l0 + s (`grids[s]`, e.g. `batch.grids([0, 1, 2, 3], 4)`: 56/28/14/7 at
-    224²): its cells go through the stage's own patch embedding (one Linear over C·P·P values) plus a 2-D
-    sin-cos position of the cell centre, and, from stage 1 on, a lateral projection (Linear) of the previous
-    stage's output pooled 2x onto this stage's cells (`pool_to_parents`); then `depths[s]` transformer blocks
-    of width `dims[s]` (channels grow per stage). The head is a linear layer on the LayerNorm of the mean of
-    the last (coarsest) stage's valid tokens.
+    224²): its cells, values in [0, 1] normalised per channel by `mean` / `std` (ImageNet's by default, as
+    `glmip.nn.LodPatchEmbed`; None for none), go through the stage's own patch embedding (one Linear over
+    C·P·P values) plus a 2-D sin-cos position of the cell centre, and, from stage 1 on, a lateral projection
+    (Linear) of the previous stage's output pooled 2x onto this stage's cells (`pool_to_parents`); then
+    `depths[s]` transformer blocks of width `dims[s]` (channels grow per stage). The head is a linear layer
+    on the LayerNorm of the mean of the last (coarsest) stage's valid tokens.
+
+    Why normalise: the patch embeddings are plain Linear layers, and raw [0, 1] values of a low-contrast
+    image (std 0.12 in the trained-reader scenes) sit under the sin-cos positions; without the per-channel
+    normalisation that study's MipViT stayed at chance loss for 24000 steps; with it, its training loss fell
+    from 2.34 to 0.18 in 2500 steps on 3000 scenes (the plain ViT's, on dense patches: to 0.69).
 
     Why fine to coarse (not coarse to fine): it is MViT's order, where channels grow as resolution falls so
     each stage costs about the same; the fine stages, the expensive ones, are where a sparse pyramid saves
@@ -107,8 +114,14 @@ class MipViT(nn.Module):
 
     def __init__(self, patch: int = 4, channels: int = 3, dims: Sequence[int] = (32, 64, 128, 256),
                  depths: Sequence[int] = (1, 1, 1, 1), heads: Sequence[int] = (1, 2, 4, 8), classes: int = 10,
-                 mlp_ratio: float = 4.0) -> None:
+                 mlp_ratio: float = 4.0, mean: Sequence[float] | None = IMAGENET_MEAN,
+                 std: Sequence[float] | None = IMAGENET_STD) -> None:
         super().__init__()
+        if (mean is None) != (std is None):
+            raise ValueError(f"give both mean and std (or neither: no normalisation), got mean={mean}, std={std}")
+        if mean is not None and (len(mean) != channels or len(std) != channels or min(std) <= 0):
+            raise ValueError(f"mean and std need one value per channel ({channels}) and std > 0, got mean={mean}, "
+                             f"std={std}")
         dims, depths, heads = list(dims), list(depths), list(heads)
         if not dims or len(dims) != len(depths) or len(dims) != len(heads):
             raise ValueError(f"dims, depths and heads need one entry per stage, got {dims}, {depths}, {heads}")
@@ -125,6 +138,10 @@ class MipViT(nn.Module):
                                     for d, n, h in zip(dims, depths, heads, strict=True))
         self.norm = nn.LayerNorm(dims[-1])
         self.head = nn.Linear(dims[-1], classes)
+        self.normalise = mean is not None
+        if self.normalise:
+            self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1), persistent=False)
+            self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(-1, 1, 1), persistent=False)
 
     def _check(self, grids: Sequence[Any]) -> None:
         if len(grids) != len(self.dims):
@@ -143,7 +160,10 @@ class MipViT(nn.Module):
         self._check(grids)
         outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
         for s, grid in enumerate(grids):
-            tokens = grid.tokens.flatten(2)
+            tokens = grid.tokens
+            if self.normalise:
+                tokens = (tokens - self.mean.to(tokens.dtype)) / self.std.to(tokens.dtype)
+            tokens = tokens.flatten(2)
             x = self.embeds[s](tokens) + sincos_positions(grid.positions, self.dims[s], float(2 ** s))
             if s:
                 previous, previous_valid = outputs[-1]

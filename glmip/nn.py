@@ -39,7 +39,8 @@ from .token_batch import TokenBatch
 
 __all__ = ["Position", "LodEmbedding", "attention_mask", "attention_bias", "masked_mean", "masked_max",
            "attention_pool", "resample_grid", "sincos_position", "interpolate_grid", "LodPatchEmbed", "from_timm",
-           "TimmViT", "TimmNaFlex", "forward_timm", "class_attention"]
+           "TimmViT", "TimmNaFlex", "forward_timm", "class_attention",
+           "scored_forward"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # timm's IMAGENET_DEFAULT_MEAN / _STD
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -746,12 +747,51 @@ def class_attention(model: nn.Module, batch: TokenBatch) -> list[torch.Tensor]:
     if projected.ndim != 3 or tuple(projected.shape[:2]) != (len(batch), length):
         raise ValueError(f"the last block saw {tuple(projected.shape[:2])} tokens, not the batch's "
                          f"{(len(batch), length)} (patch dropout in training mode?); call model.eval() first")
+    lengths = torch.tensor(batch.lengths, device=projected.device)
+    valid = torch.arange(length, device=projected.device)[None] < prefix + lengths[:, None]
+    weights = _class_token_weights(projected, valid, heads, q_norm, k_norm, scale)
+    return [weights[b, prefix:prefix + n] for b, n in enumerate(batch.lengths)]
+
+
+def _class_token_weights(projected: torch.Tensor, valid: torch.Tensor, heads: int, q_norm: nn.Module | None = None,
+                         k_norm: nn.Module | None = None, scale: float | None = None) -> torch.Tensor:
+    """The class token's attention weights from a block's qkv projection: projected (B, L, 3·D) and valid (B, L)
+    bool (prefix rows included) -> (B, L) float32, the softmax over the valid keys of q_0·k_j·scale, mean over
+    heads; 0 at invalid keys."""
+    batch, length = projected.shape[:2]
     dim = projected.shape[2] // 3
-    q, k, _ = projected.view(len(batch), length, 3, heads, dim // heads).permute(2, 0, 3, 1, 4)
-    q, k = q_norm(q), k_norm(k)
+    q, k, _ = projected.view(batch, length, 3, heads, dim // heads).permute(2, 0, 3, 1, 4)
+    if q_norm is not None:
+        q, k = q_norm(q), k_norm(k)
     scale = (dim // heads) ** -0.5 if scale is None else scale
     logits = (q[:, :, :1].float() @ k.float().transpose(-1, -2))[:, :, 0] * scale  # (B, heads, L)
-    lengths = torch.tensor(batch.lengths, device=logits.device)
-    valid = torch.arange(length, device=logits.device)[None] < prefix + lengths[:, None]
-    weights = logits.masked_fill(~valid[:, None], float("-inf")).softmax(-1).mean(1)  # (B, L)
-    return [weights[b, prefix:prefix + n] for b, n in enumerate(batch.lengths)]
+    return logits.masked_fill(~valid[:, None], float("-inf")).softmax(-1).mean(1)
+
+
+def scored_forward(model: nn.Module, tokens: torch.Tensor, levels: torch.Tensor, positions: torch.Tensor,
+                   valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`TokenClassifier.forward_padded` that also says where the class token looked: one forward gives the
+    logits and the scores a coarse-to-fine pass refines by, on the device, with nothing read back.
+
+    `model`: a `glmip.models.TokenClassifier`. tokens, levels, positions, valid: as `forward_padded`.
+    Returns (logits (B, classes), scores (B, L) float32): score[b, k] is `class_attention`'s value for token
+    k of row b (mean over heads of the class token's softmax weight on it in the last block), 0 at padding.
+    Gradients flow through the logits as in `forward_padded`; the scores are detached (a split is a
+    discrete choice)."""
+    encoder = getattr(model, "encoder", None)
+    if not hasattr(model, "forward_padded") or not hasattr(encoder, "blocks"):
+        raise TypeError(f"scored_forward runs a glmip.models.TokenClassifier, got {type(model).__name__}")
+    last = encoder.blocks[-1]
+    captured: list[torch.Tensor] = []
+    handle = last.qkv.register_forward_hook(lambda module, inputs, output: captured.append(output.detach()))
+    try:
+        logits, _ = model.forward_padded(tokens, levels, positions, valid)
+    finally:
+        handle.remove()
+    prefix = model.embed.prefix_tokens
+    batch, length = tokens.shape[:2]
+    rows = torch.ones(batch, prefix + length, dtype=torch.bool, device=tokens.device)
+    if valid is not None:
+        rows[:, prefix:] = valid
+    weights = _class_token_weights(captured[-1], rows, last.heads)
+    return logits, weights[:, prefix:]

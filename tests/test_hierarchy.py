@@ -151,6 +151,23 @@ def test_mipvit_refuses_grids_it_cannot_read(ctx, grids_of, words):
         model()(grids_of(grids))
     with pytest.raises(ValueError, match="multiple of 4"):
         MipViT(dims=(16, 30, 48, 64))
+    with pytest.raises(ValueError, match="one value per channel"):
+        MipViT(mean=(0.5,), std=(0.2,))
+    with pytest.raises(ValueError, match="give both mean and std"):
+        MipViT(mean=(0.5, 0.5, 0.5), std=None)
+
+
+def test_the_per_channel_normalisation_is_applied_to_every_stage(ctx):
+    """The default model on [0, 1] grids equals an unnormalising one (mean=None, same weights) on grids the
+    caller normalised with ImageNet's mean and std."""
+    with ctx.pyramids(images(9, [(64, 48)])) as batch:
+        grids = batch.grids(LEVELS, 4)
+    mean, std = torch.tensor(glmip.nn.IMAGENET_MEAN), torch.tensor(glmip.nn.IMAGENET_STD)
+    normalised = [dataclasses.replace(g, tokens=(g.tokens - mean[:, None, None]) / std[:, None, None]) for g in grids]
+    plain = model(mean=None, std=None)
+    with torch.no_grad():
+        torch.testing.assert_close(plain(normalised), model()(grids), rtol=1e-5, atol=1e-5)
+        assert (plain(grids) - model()(grids)).abs().max() > 1e-3
 
 
 def attention(seed: int = 0) -> CrossScaleAttention:

@@ -17,14 +17,19 @@ from bench.learn import (
     RELEVANCE_CELL,
     Cache,
     Fonts,
+    GridCache,
     Input,
+    RefineReader,
     _worker_start,
     build_caches,
     coarse_relevance,
     final_slope,
     learning_rate,
     make_code_scene,
+    make_model,
+    mip_budgets,
     parse_args,
+    refine_schedule,
     tokenise_chunk,
     tokenise_split,
 )
@@ -135,7 +140,151 @@ def test_worker_processes_give_the_same_caches(ctx, fonts):
         assert torch.equal(here[item.name].codes, there[item.name].codes)
 
 
+def test_oracle_free_inputs_ignore_the_given_relevance(ctx, fonts):
+    """detail-B and saliency-B are `glmip.tokenize` with criterion "detail" and no relevance, and with
+    `glmip.saliency`: the scene's relevance map (the oracle) changes nothing."""
+    scenes = [make_code_scene(seed, 128, fonts, ALPHABET, 2) for seed in range(3)]
+    items = [Input("detail-16", "detail", 16), Input("saliency-16", "saliency", 16)]
+    part = tokenise_chunk(ctx, items, scenes)
+    for scene in scenes:
+        scene.relevance = np.random.default_rng(0).random(scene.relevance.shape).astype(np.float32)
+    again = tokenise_chunk(ctx, items, scenes)
+    images = [s.image for s in scenes]
+    expected = {"detail-16": glmip.tokenize(images, None, 16, 16, context=ctx, criterion="detail"),
+                "saliency-16": glmip.tokenize(images, glmip.saliency, 16, 16, context=ctx)}
+    for item in items:
+        assert torch.equal(part.tokens[item.name], again.tokens[item.name])
+        assert [len(layout) for layout in part.layouts[item.name]] == list(expected[item.name].lengths)
+        assert (part.tokens[item.name].float() - expected[item.name].tokens * 255).abs().max() <= 0.5 + 1e-3
+    assert all(len(set(np.asarray(layout.level).tolist())) > 1 for layout in part.layouts["detail-16"]), \
+        "the content quadtree mixes levels on cluttered scenes (not one uniform grid)"
+
+
+@pytest.mark.parametrize("budget", [16, 25])
+def test_coarse_to_fine_passes_are_glmip_refine(ctx, fonts, budget):
+    """Each device pass of c2f-B splits the tokens `glmip.refine_batch` splits for the same scores (as token sets:
+    the pass leaves them in another order), and the tokens it gathers from the superset are the refined layout
+    sampled afresh from the scene's pyramid (within 1 LSB of the 8-bit cache)."""
+    scenes = [make_code_scene(seed, 128, fonts, ALPHABET, 2) for seed in range(4)]
+    item = Input(f"c2f-{budget}", "c2f", budget)
+    cache = build_caches([tokenise_chunk(ctx, [item], scenes)], [item], ALPHABET, torch.device("cpu"))[item.name]
+    reader = RefineReader(cache, 2, refine_schedule(budget, 128))
+    superset = cache.layouts[0]
+    assert len(superset) == 4 + 16 + 64
+    rng = np.random.default_rng(budget)
+    index = reader.start.expand(len(scenes), -1)
+    layouts = [glmip.cover_layout((128, 128), 16, 2)] * len(scenes)
+
+    def cells(layout, rows=slice(None)):
+        return sorted(zip(np.asarray(layout.level)[rows].astype(int).tolist(), np.asarray(layout.cx)[rows].tolist(),
+                          np.asarray(layout.cy)[rows].tolist(), strict=True))
+
+    for splits in reader.schedule:
+        scores = torch.from_numpy(rng.random(index.shape)).float()
+        index = reader.refine(index, scores, splits)
+        expected = glmip.refine_batch(layouts, [scores[b].numpy() for b in range(len(scenes))],
+                                      len(layouts[0]) + 3 * splits)
+        layouts = [r.layout for r in expected]
+        for b in range(len(scenes)):
+            assert cells(superset, index[b].numpy()) == cells(layouts[b])
+        order = [np.argsort(index[b].numpy()) for b in range(len(scenes))]  # both sides in superset order
+        index = torch.stack([index[b][torch.from_numpy(order[b])] for b in range(len(scenes))])
+        layouts = [glmip.TokenLayout(*(np.asarray(getattr(superset, n))[index[b].numpy()] for n in (
+            "cx", "cy", "size", "level")), patch=16, image_size=(128, 128)) for b in range(len(scenes))]
+    assert index.shape[1] == budget - (budget - 4) % 3
+    with ctx.pyramids([s.image for s in scenes]) as batch:
+        fresh = glmip.sampling.tokens_batch(batch, layouts, 16).clamp(0, 1) * 255
+    gathered = cache.tokens[torch.arange(len(scenes))[:, None], index].flatten(0, 1).float()
+    assert (gathered - fresh).abs().max() <= 0.5 + 1e-3
+
+
+def test_coarse_to_fine_runs_its_passes_and_scores_them_with_the_model(ctx, fonts):
+    """Every pass holds the scheduled token count, never reaches past level 0, and the refined tokens follow the
+    model's class attention: the split tokens are the best-scored ones of the pass before."""
+    scenes = [make_code_scene(seed, 128, fonts, ALPHABET, 2) for seed in range(3)]
+    item = Input("c2f-16", "c2f", 16)
+    cache = build_caches([tokenise_chunk(ctx, [item], scenes)], [item], ALPHABET, torch.device("cpu"))[item.name]
+    reader = RefineReader(cache, 2, refine_schedule(16, 128))
+    args = parse_args(["--quick"])
+    model = make_model(args).eval()
+    images = torch.arange(3)
+    with torch.no_grad():
+        passes = reader.layouts(model, images)
+        logits = reader.passes(model, images)
+    assert [p.shape for p in passes] == [(3, 4), (3, 10), (3, 16)] and len(logits) == 3
+    assert all(lg.shape == (3, 2, len(ALPHABET)) for lg in logits)
+    levels = cache.levels[0]
+    assert int(levels[passes[-1]].min()) >= 0 and int(levels[passes[1]].max()) == 2
+    from glmip.nn import scored_forward
+
+    with torch.no_grad():
+        rows = images[:, None]
+        _, scores = scored_forward(model, cache.tokens[rows, passes[0]].float() / 255, cache.levels[rows, passes[0]],
+                                   cache.positions[rows, passes[0]])
+    best = scores.topk(2, 1).indices
+    for b in range(3):
+        split = set(passes[0][b, best[b]].tolist())
+        assert not split & set(passes[1][b].tolist()), "the two best-scored level-2 tokens were split"
+
+
+def test_schedules_and_level_budgets():
+    assert refine_schedule(16, 128) == (2, 2) and refine_schedule(25, 128) == (4, 3)
+    assert refine_schedule(64, 128) == (4, 16), "the whole level-0 grid at dense's budget"
+    assert mip_budgets(16, 128) == [6, 6, None] and mip_budgets(25, 128) == [11, 10, None]
+    assert mip_budgets(None, 128) is None
+    assert mip_budgets(84, 128) == [64, 16, None]
+
+
+def test_mipvit_input_caches_the_sparse_level_grids(ctx, fonts):
+    """mipvit-B keeps the `mip_budgets` cells per level picked by the given relevance (the coarsest whole), as
+    `PyramidBatch.grids` returns them; mipvit-dense every cell."""
+    scenes = [make_code_scene(seed, 128, fonts, ALPHABET, 2) for seed in range(3)]
+    items = [Input("mipvit-25", "mipvit", 25), Input("mipvit-dense", "mipvit", None)]
+    caches = build_caches([tokenise_chunk(ctx, items, scenes[:2]), tokenise_chunk(ctx, items, scenes[2:])], items,
+                          ALPHABET, torch.device("cpu"))
+    sparse, dense = caches["mipvit-25"], caches["mipvit-dense"]
+    assert isinstance(sparse, GridCache) and len(sparse) == 3
+    assert sparse.counts.tolist() == [25, 25, 25] and dense.counts.tolist() == [84, 84, 84]
+    grids = sparse.batch(torch.tensor([2, 0]))
+    assert [g.tokens.shape[1] for g in grids] == [11, 10, 4] and [g.level for g in grids] == [0, 1, 2]
+    with ctx.pyramids([scenes[2].image]) as batch:
+        expected = batch.grids([0, 1, 2], 16, relevance=[scenes[2].relevance], budget=[11, 10, None])
+    for got, want in zip(grids, expected, strict=True):
+        assert torch.equal(got.positions[0], want.positions[0])
+        assert (got.tokens[0] * 255 - want.tokens[0] * 255).abs().max() <= 0.5 + 1e-3
+    panel = scenes[2].box
+    rows, cols = grids[0].positions[0, :, 0], grids[0].positions[0, :, 1]
+    centre_y, centre_x = (panel[1] + panel[3]) / 2 // 16, (panel[0] + panel[2]) / 2 // 16
+    assert bool(((rows == centre_y) & (cols == centre_x)).any()), "the panel's centre cell is kept at level 0"
+
+
+def test_reuse_takes_rows_only_from_runs_with_the_same_training(tmp_path):
+    """--reuse carries an earlier report's rows into a merge-only run (--inputs none) and refuses a report trained
+    otherwise, or one cut short."""
+    args = parse_args(["--quick"])
+    rows = [{"input": "dense", "kind": "dense", "budget": None}]
+    good, other, cut = tmp_path / "good.json", tmp_path / "other.json", tmp_path / "cut.json"
+    config = {key: value for key, value in vars(args).items() if key not in ("out", "plot", "started")}
+    config = json.loads(json.dumps(config, default=str))
+    good.write_text(json.dumps({"complete": True, "config": config, "results": rows}))
+    other.write_text(json.dumps({"complete": True, "config": {**config, "steps": 5}, "results": rows}))
+    cut.write_text(json.dumps({"complete": False, "config": config, "results": rows}))
+    from bench.learn import reused_rows
+
+    args.reuse = [good]
+    assert reused_rows(args, set()) == [{**rows[0], "reused_from": str(good)}]
+    assert reused_rows(args, {"dense"}) == [], "a row run now is not reused"
+    for bad, words in ((other, "steps=5"), (cut, "incomplete")):
+        args.reuse = [bad]
+        with pytest.raises(SystemExit, match=words):
+            reused_rows(args, set())
+
+
 def test_arguments_are_checked():
+    with pytest.raises(SystemExit):
+        parse_args(["--inputs", "glmip-17"])
+    with pytest.raises(SystemExit):
+        parse_args(["--size", "144", "--inputs", "c2f-16"])
     with pytest.raises(SystemExit):
         parse_args(["--size", "100"])
     with pytest.raises(SystemExit):
@@ -159,15 +308,21 @@ def test_quick_pipeline(tmp_path):
     report = json.loads(out.read_text())
     assert plot.stat().st_size > 0
     rows = {r["input"]: r for r in report["results"]}
-    assert set(rows) == {"glmip-16", "glmip-32", "uniform-16", "uniform-32", "dense"}
+    assert set(rows) == {"dense", "mipvit-dense"} | {f"{kind}-{b}" for b in (16, 32) for kind in (
+        "glmip", "uniform", "detail", "saliency", "c2f", "mipvit")}
     assert rows["dense"]["tokens_mean"] == 64 and rows["uniform-16"]["tokens_mean"] == 16
+    assert rows["c2f-16"]["pass_tokens"] == [4, 10, 16] and rows["c2f-32"]["pass_tokens"] == [4, 16, 31]
+    assert rows["c2f-16"]["gflops"] > rows["glmip-16"]["gflops"], "the coarse passes count against coarse to fine"
+    assert rows["mipvit-dense"]["tokens_mean"] == 84 and rows["mipvit-16"]["cells_per_level"] == [6, 6, 4]
     for row in rows.values():
         assert len(row["losses"]) == report["config"]["steps"] and np.isfinite(row["losses"]).all()
         assert 0 <= row["exact_acc"] <= row["char_acc"] <= 1
         assert row["gflops"] > 0 and row["train_s"] > 0 and row["vit_ms"] > 0 and row["tokenise_ms"] > 0
         assert row["budget"] is None or row["tokens_max"] <= row["budget"]
     assert rows["dense"]["gflops"] > rows["glmip-32"]["gflops"] > rows["glmip-16"]["gflops"]
-    assert set(report["goal"]) == {"glmip-16", "glmip-32"}
+    assert set(report["goal"]) == {f"{kind}-{b}" for b in (16, 32) for kind in (
+        "glmip", "detail", "saliency", "c2f", "mipvit")}
+    assert [report["goal"][f"{kind}-16"]["oracle_free"] for kind in ("glmip", "detail", "c2f")] == [False, True, True]
     issue = report["issue_size_flops"]
     assert set(issue["gflops_by_tokens"]) == {"64", "100", "256", "1024"}, "the issue's budgets and dense at 512²"
     assert issue["fewer_than_dense"]["1024"] == pytest.approx(1.0)
@@ -176,3 +331,14 @@ def test_quick_pipeline(tmp_path):
     calibration = report["calibration"]
     assert set(calibration["step_s"]) == set(rows) and min(calibration["step_s"].values()) > 0
     assert calibration["steps"] == report["config"]["steps"] == 4, "the budget allows more, --steps caps it"
+
+    merged = tmp_path / "merged.json"
+    result = subprocess.run([sys.executable, "-m", "bench.learn", "--quick", "--inputs", "none", "--reuse", str(out),
+                             "--out", str(merged), "--plot", str(tmp_path / "merged.png")],
+                            capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    merged_report = json.loads(merged.read_text())
+    assert merged_report["config"]["reuse"] == [str(out)]
+    assert [r["input"] for r in merged_report["results"]] == [r["input"] for r in report["results"]]
+    assert all(r["reused_from"] == str(out) for r in merged_report["results"])
+    assert "(earlier run)" in result.stdout

@@ -11,6 +11,7 @@ import glmip
 from bench.learn import (
     Cache,
     Input,
+    PlainReader,
     Tokenised,
     batch_loss,
     batch_order,
@@ -139,7 +140,7 @@ def test_compiled_step_equals_eager_step(varied_cache):
         args = parse_args(["--dim", "8", "--depth", "1", "--heads", "1", "--batch", "4"]
                           + (["--compile"] if compiled else []))
         model = make_model(args)
-        optimiser, loss_of = make_optimiser(model, args), batch_loss(model, cache, args)
+        optimiser, loss_of = make_optimiser(model, args), batch_loss(model, PlainReader(cache, args.code_length), args)
         order = batch_order(len(cache), 3, 4, args.seed, "cpu")
         losses, gradients = [], None
         try:

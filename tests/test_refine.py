@@ -326,6 +326,39 @@ def test_class_attention_equals_the_last_block_computed_by_hand():
         torch.testing.assert_close(class_attention(model, batch)[0], expected, atol=1e-6, rtol=0)
 
 
+def test_scored_forward_gives_forward_padded_logits_and_class_attention_scores():
+    """One padded forward: the logits `forward_padded` gives, and per real token the score `class_attention` gives
+    for that image alone (1e-5), 0 at padding; gradients reach the weights through the logits only."""
+    from glmip.nn import class_attention, scored_forward
+
+    model = small_classifier()
+    batch = random_batch([3, 7, 5], seed=4)
+    length = 7
+    tokens = torch.zeros(3, length, 3, 8, 8)
+    levels, positions = torch.zeros(3, length), torch.zeros(3, length, 2)
+    valid = torch.zeros(3, length, dtype=torch.bool)
+    for b in range(3):
+        part, layout = batch[b]
+        n = len(layout)
+        tokens[b, :n], valid[b, :n] = part, True
+        levels[b, :n] = torch.from_numpy(np.asarray(layout.level, np.float32))
+        positions[b, :n] = torch.from_numpy(np.stack([layout.cx, layout.cy], 1).astype(np.float32))
+    logits, scores = scored_forward(model, tokens, levels, positions, valid)
+    expected_logits, _ = model.forward_padded(tokens, levels, positions, valid)
+    torch.testing.assert_close(logits, expected_logits, atol=1e-6, rtol=0)
+    assert scores.shape == (3, length) and not scores.requires_grad and logits.requires_grad
+    with torch.no_grad():
+        for b, n in enumerate(batch.lengths):
+            torch.testing.assert_close(scores[b, :n], class_attention(model, _image(batch, b))[0], atol=1e-5, rtol=0)
+            assert torch.all(scores[b, n:] == 0)
+    logits.sum().backward()
+    assert model.head.weight.grad is not None
+    with pytest.raises(TypeError, match="TokenClassifier"):
+        from glmip.models import TinyViT
+
+        scored_forward(TinyViT(32, 1, 4), tokens, levels, positions, valid)
+
+
 def test_class_attention_refuses_what_it_cannot_score():
     from glmip.models import TinyViT
     from glmip.nn import class_attention
