@@ -553,10 +553,11 @@ def make_model(args: argparse.Namespace) -> TokenClassifier:
                            classes=args.code_length * len(args.alphabet)).to(args.device)
 
 
-class PlainReader:
-    """A `TokenClassifier` on a padded `Cache`: one forward per batch (dense, glmip, uniform, detail, saliency)."""
+class CacheReader:
+    """What every reader shares: its split's cache on the device, the code length, the codes, and FLOPs counted
+    over every forward `passes` makes for one image (mean of the first `FLOP_SCENES` scenes)."""
 
-    def __init__(self, cache: Cache, length: int) -> None:
+    def __init__(self, cache: Cache | GridCache, length: int) -> None:
         self.cache, self.length = cache, length
 
     def __len__(self) -> int:
@@ -565,6 +566,22 @@ class PlainReader:
     @property
     def codes(self) -> torch.Tensor:
         return self.cache.codes
+
+    def passes(self, model: torch.nn.Module, index: torch.Tensor) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    def flops(self, model: torch.nn.Module) -> float:
+        flops = []
+        with torch.inference_mode():
+            for i in range(min(FLOP_SCENES, len(self))):
+                with FlopCounterMode(display=False) as counter:
+                    self.passes(model, torch.tensor([i], device=self.codes.device))
+                flops.append(counter.get_total_flops())
+        return float(statistics.fmean(flops))
+
+
+class PlainReader(CacheReader):
+    """A `TokenClassifier` on a padded `Cache`: one forward per batch (dense, glmip, uniform, detail, saliency)."""
 
     def make_model(self, args: argparse.Namespace) -> torch.nn.Module:
         return make_model(args)
@@ -575,6 +592,7 @@ class PlainReader:
         return [logits_of(model, self.cache.batch(index), self.length)]
 
     def flops(self, model: torch.nn.Module) -> float:
+        """The packed path's FLOPs (each image's real tokens, no padding)."""
         return count_flops(model, self.cache, self.length)
 
     def summary(self) -> dict[str, Any]:
@@ -653,15 +671,7 @@ class RefineReader(PlainReader):
     def passes(self, model: torch.nn.Module, index: torch.Tensor) -> list[torch.Tensor]:
         return [logits for _, logits in self._run(model, index)]
 
-    def flops(self, model: torch.nn.Module) -> float:
-        """Every pass of a batch-1 forward, the coarse ones included."""
-        flops = []
-        with torch.inference_mode():
-            for i in range(min(FLOP_SCENES, len(self))):
-                with FlopCounterMode(display=False) as counter:
-                    self.passes(model, torch.tensor([i], device=self.cache.tokens.device))
-                flops.append(counter.get_total_flops())
-        return float(statistics.fmean(flops))
+    flops = CacheReader.flops  # every pass of a batch-1 forward, the coarse ones included
 
     def summary(self) -> dict[str, Any]:
         counts = [len(self.start)]
@@ -672,18 +682,8 @@ class RefineReader(PlainReader):
                 "tokens_seen": sum(counts)}
 
 
-class GridReader:
+class GridReader(CacheReader):
     """`glmip.hierarchy.MipViT` on a `GridCache`: stages of levels `MIP_LEVELS`, one block each, widths `MIP_DIMS`."""
-
-    def __init__(self, cache: GridCache, length: int) -> None:
-        self.cache, self.length = cache, length
-
-    def __len__(self) -> int:
-        return len(self.cache)
-
-    @property
-    def codes(self) -> torch.Tensor:
-        return self.cache.codes
 
     def make_model(self, args: argparse.Namespace) -> torch.nn.Module:
         torch.manual_seed(args.seed)
@@ -693,15 +693,6 @@ class GridReader:
     def passes(self, model: torch.nn.Module, index: torch.Tensor) -> list[torch.Tensor]:
         return [model(self.cache.batch(index)).float().view(len(index), self.length, -1)]
 
-    def flops(self, model: torch.nn.Module) -> float:
-        flops = []
-        with torch.inference_mode():
-            for i in range(min(FLOP_SCENES, len(self))):
-                with FlopCounterMode(display=False) as counter:
-                    self.passes(model, torch.tensor([i], device=self.codes.device))
-                flops.append(counter.get_total_flops())
-        return float(statistics.fmean(flops))
-
     def summary(self) -> dict[str, Any]:
         counts = self.cache.counts
         per_level = [int(valid[0].sum()) for _, _, valid, _ in self.cache.levels]
@@ -709,10 +700,7 @@ class GridReader:
                 "levels": list(MIP_LEVELS), "cells_per_level": per_level}
 
 
-Reader = PlainReader | GridReader
-
-
-def reader_for(item: Input, cache: Cache | GridCache, args: argparse.Namespace) -> Reader:
+def reader_for(item: Input, cache: Cache | GridCache, args: argparse.Namespace) -> CacheReader:
     if item.kind == "mipvit":
         return GridReader(cache, args.code_length)
     if item.kind == "c2f":
@@ -747,7 +735,7 @@ def learning_rate(step: int, steps: int, peak: float) -> float:
 
 
 @torch.inference_mode()
-def evaluate(model: torch.nn.Module, reader: Reader, args: argparse.Namespace) -> dict[str, float]:
+def evaluate(model: torch.nn.Module, reader: CacheReader, args: argparse.Namespace) -> dict[str, float]:
     """Exact-code and per-character accuracy on every image of `reader` (its last pass), counted on the device,
     read once."""
     model.eval()
@@ -772,7 +760,7 @@ def final_slope(losses: list[float]) -> float:
     return float(slope * (len(tail) - 1))
 
 
-def batch_loss(model: torch.nn.Module, reader: Reader,
+def batch_loss(model: torch.nn.Module, reader: CacheReader,
                args: argparse.Namespace) -> Callable[[torch.Tensor], torch.Tensor]:
     """`loss(index)`: the mean cross-entropy of the per-character heads on images `index` ((batch,) int64 on the
     reader's device), averaged over the input's passes (one, but for coarse to fine) -- the gather and the
@@ -815,7 +803,7 @@ def batch_order(count: int, steps: int, batch: int, seed: int, device: torch.dev
     return torch.from_numpy(flat.reshape(steps, batch)).to(device)
 
 
-def train(model: torch.nn.Module, train_reader: Reader, val_reader: Reader, args: argparse.Namespace,
+def train(model: torch.nn.Module, train_reader: CacheReader, val_reader: CacheReader, args: argparse.Namespace,
           name: str) -> dict[str, Any]:
     """`args.steps` AdamW steps in a batch order fixed by the seed; per-step losses, validation curve, wall time.
 
@@ -850,7 +838,7 @@ def train(model: torch.nn.Module, train_reader: Reader, val_reader: Reader, args
             "final_loss": statistics.fmean(values[-max(1, len(values) // 20):]), "final_slope": final_slope(values)}
 
 
-def step_seconds(train_reader: Reader, args: argparse.Namespace, warm: int = 3, timed: int = 8) -> float:
+def step_seconds(train_reader: CacheReader, args: argparse.Namespace, warm: int = 3, timed: int = 8) -> float:
     """Seconds per training step for `train_reader`'s input, timed on a throwaway model (`warm` steps first)."""
     model = train_reader.make_model(args)
     optimiser = make_optimiser(model, args)
@@ -878,7 +866,7 @@ def count_flops(model: TokenClassifier, cache: Cache, length: int) -> float:
     return float(statistics.fmean(flops))
 
 
-def vit_seconds(model: torch.nn.Module, reader: Reader, args: argparse.Namespace) -> float:
+def vit_seconds(model: torch.nn.Module, reader: CacheReader, args: argparse.Namespace) -> float:
     """Seconds per image of an inference forward (every pass) over one batch of `reader` (median of 3 after a
     warm-up)."""
     count = min(args.batch, len(reader))
