@@ -33,9 +33,11 @@ Rows given no relevance at all (the oracle-free rows, ``ORACLE_FREE``):
   tokens), every pass through the same ViT; the loss is the mean over passes and the coarse passes'
   FLOPs count against the row.
 
-And ``mipvit-dense`` / ``mipvit-<B>``: `glmip.hierarchy.MipViT` (stages of levels 0, 1, 2, one block
-each, widths 32 / 64 / 128) on the level grids, every cell or the sparse fine stages `mip_budgets` keeps
-by the given relevance, against the plain ViT on the same budget.
+And ``mipvit-dense`` / ``mipvit-<B>``: `glmip.hierarchy.MipViT` (stages of levels 0, 1, 2; by default
+widths 64 / 64 / 128, 3 / 1 / 1 blocks, a class token through every stage: ``--mip-dims``,
+``--mip-depths``, ``--mip-head``) on the level grids, every cell or the sparse fine stages `mip_budgets`
+keeps by the given relevance, against the plain ViT on the same budget. Each row records its
+configuration; ``--reuse`` refuses a mipvit row of another configuration.
 
 ``--reuse A.json [B.json ...]`` merges the rows of earlier complete runs trained with the same settings
 (``TRAINING_KEYS``) into this report (``--inputs none``: merge only). Every split of every chosen input is
@@ -137,7 +139,8 @@ PYRAMID_METHOD = "hardware"
 ISSUE_SIZE, ISSUE_BUDGETS = 512, (64, 100, 256)  # where the FLOP ratio is also counted
 REFINE_LEVELS = (2, 1, 0)  # coarse to fine: the level-2 cover, refined twice, down to level 0
 MIP_LEVELS = (0, 1, 2)  # MipViT's stages, finest first, 16-texel cells
-MIP_DIMS, MIP_HEADS = (32, 64, 128), (2, 4, 4)  # one block a stage, channels growing as MViT's
+# Default stages: the finest as wide and deep as the plain ViT (it reads the glyphs), channels growing as MViT's.
+MIP_DIMS, MIP_DEPTHS, MIP_HEADS = (64, 64, 128), (3, 1, 1), (2, 4, 4)
 
 
 # -- scenes ---------------------------------------------------------------------------------
@@ -683,12 +686,18 @@ class RefineReader(PlainReader):
 
 
 class GridReader(CacheReader):
-    """`glmip.hierarchy.MipViT` on a `GridCache`: stages of levels `MIP_LEVELS`, one block each, widths `MIP_DIMS`."""
+    """`glmip.hierarchy.MipViT` on a `GridCache`: stages of levels `MIP_LEVELS` with widths `dims` and `depths`
+    blocks (heads `MIP_HEADS`), the head `head` ("class": a class token through every stage; "mean": the mean
+    of the coarsest stage)."""
+
+    def __init__(self, cache: GridCache, length: int, head: str, dims: Sequence[int], depths: Sequence[int]) -> None:
+        super().__init__(cache, length)
+        self.head, self.dims, self.depths = head, list(dims), list(depths)
 
     def make_model(self, args: argparse.Namespace) -> torch.nn.Module:
         torch.manual_seed(args.seed)
-        return MipViT(PATCH, 3, dims=MIP_DIMS, depths=(1,) * len(MIP_DIMS), heads=MIP_HEADS,
-                      classes=args.code_length * len(args.alphabet)).to(args.device)
+        return MipViT(PATCH, 3, dims=self.dims, depths=self.depths, heads=MIP_HEADS,
+                      classes=args.code_length * len(args.alphabet), head=self.head).to(args.device)
 
     def passes(self, model: torch.nn.Module, index: torch.Tensor) -> list[torch.Tensor]:
         return [model(self.cache.batch(index)).float().view(len(index), self.length, -1)]
@@ -697,12 +706,13 @@ class GridReader(CacheReader):
         counts = self.cache.counts
         per_level = [int(valid[0].sum()) for _, _, valid, _ in self.cache.levels]
         return {"tokens_mean": float(counts.mean()), "tokens_min": int(counts.min()), "tokens_max": int(counts.max()),
-                "levels": list(MIP_LEVELS), "cells_per_level": per_level}
+                "levels": list(MIP_LEVELS), "cells_per_level": per_level, "head": self.head,
+                "dims": self.dims, "depths": self.depths}
 
 
 def reader_for(item: Input, cache: Cache | GridCache, args: argparse.Namespace) -> CacheReader:
     if item.kind == "mipvit":
-        return GridReader(cache, args.code_length)
+        return GridReader(cache, args.code_length, args.mip_head, args.mip_dims, args.mip_depths)
     if item.kind == "c2f":
         return RefineReader(cache, args.code_length, refine_schedule(item.budget, args.size))
     return PlainReader(cache, args.code_length)
@@ -983,6 +993,8 @@ def run(args: argparse.Namespace, on_input: Callable[[dict[str, Any]], None] | N
 
 TRAINING_KEYS = ("seed", "size", "train", "val", "test", "alphabet", "code_length", "steps", "batch", "lr", "dim",
                  "depth", "heads", "precision")  # what a row's training depends on
+# What a mipvit row's training depends on besides, as reports before these options were added ran it.
+MIP_KEYS = {"mip_head": "mean", "mip_dims": [32, 64, 128], "mip_depths": [1, 1, 1]}
 
 
 def reused_rows(args: argparse.Namespace, running: set[str]) -> list[dict[str, Any]]:
@@ -998,6 +1010,12 @@ def reused_rows(args: argparse.Namespace, running: set[str]) -> list[dict[str, A
                              + (", ".join(f"{k}={earlier['config'].get(k)!r} here {getattr(args, k)!r}"
                                           for k in mismatched) or "an incomplete run") + ")")
         for row in earlier["results"]:
+            mip_mismatch = [key for key, default in MIP_KEYS.items()
+                            if earlier["config"].get(key, default) != getattr(args, key)]
+            if row["input"].startswith("mipvit") and row["input"] not in running and mip_mismatch:
+                raise SystemExit(f"--reuse {path}: its {row['input']} row is of another MipViT ("
+                                 + ", ".join(f"{k}={earlier['config'].get(k, MIP_KEYS[k])!r} here {getattr(args, k)!r}"
+                                             for k in mip_mismatch) + ")")
             if row["input"] not in running and row["input"] not in rows:
                 rows[row["input"]] = {**row, "reused_from": row.get("reused_from", str(path))}
     return list(rows.values())
@@ -1137,6 +1155,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--depth", type=int, default=3)
     parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--mip-head", choices=("class", "mean"), default="class",
+                        help="MipViT's head: a class token through every stage, or the mean of the coarsest stage")
+    parser.add_argument("--mip-dims", type=int, nargs=len(MIP_LEVELS), default=list(MIP_DIMS),
+                        help="MipViT's stage widths, finest first")
+    parser.add_argument("--mip-depths", type=int, nargs=len(MIP_LEVELS), default=list(MIP_DEPTHS),
+                        help="MipViT's blocks per stage, finest first")
     parser.add_argument("--inputs", nargs="+", default=None, metavar="NAME",
                         help="run only these inputs (e.g. glmip-64 dense); default all")
     parser.add_argument("--chunk", type=int, default=32, help="scenes per tokenisation call")

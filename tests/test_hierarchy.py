@@ -14,6 +14,7 @@ import glmip
 from glmip.hierarchy import CrossScaleAttention, MipViT, pool_to_parents
 
 LEVELS = [0, 1, 2, 3]
+HEADS = ["class", "mean"]
 
 
 def images(seed: int, sizes: list[tuple[int, int]]) -> list[np.ndarray]:
@@ -27,38 +28,42 @@ def model(seed: int = 0, **options) -> MipViT:
                   **options).eval()
 
 
-def test_shapes_of_every_stage_and_the_logits(ctx):
+@pytest.mark.parametrize("head", HEADS)
+def test_shapes_of_every_stage_and_the_logits(ctx, head):
     with ctx.pyramids(images(0, [(64, 64)] * 3)) as batch:
         grids = batch.grids(LEVELS, 4)
-    net = model()
+    net = model(head=head)
     stages = net.stages(grids)
     assert [tuple(x.shape) for x, _ in stages] == [(3, 256, 16), (3, 64, 32), (3, 16, 48), (3, 4, 64)]
     assert tuple(net(grids).shape) == (3, 5)
 
 
-def test_gradients_reach_every_stage(ctx):
+@pytest.mark.parametrize("head", HEADS)
+def test_gradients_reach_every_stage(ctx, head):
     with ctx.pyramids(images(1, [(48, 40), (32, 32)])) as batch:
         grids = batch.grids(LEVELS, 4, relevance=glmip.gaze((48, 40), (0.3, 0.3)), budget=[6, 4, 3, None])
-    net = model().train()
+    net = model(head=head).train()
     net(grids).square().sum().backward()
     for name, parameter in net.named_parameters():
         assert parameter.grad is not None and torch.isfinite(parameter.grad).all(), name
         assert parameter.grad.abs().sum() > 0, f"no gradient reaches {name}"
 
 
-def test_a_sparse_run_that_keeps_everything_equals_the_dense_run(ctx):
+@pytest.mark.parametrize("head", HEADS)
+def test_a_sparse_run_that_keeps_everything_equals_the_dense_run(ctx, head):
     with ctx.pyramids(images(2, [(64, 48), (64, 48)])) as batch:
         dense = batch.grids(LEVELS, 4)
         keep_all = [np.ones((2, *g.shape), bool) for g in dense]
         sparse = batch.grids(LEVELS, 4, masks=keep_all)
         everything = batch.grids(LEVELS, 4, relevance=np.ones((48, 64)), threshold=0.0)
-    net = model()
+    net = model(head=head)
     with torch.no_grad():
         torch.testing.assert_close(net(sparse), net(dense), rtol=0, atol=0)
         torch.testing.assert_close(net(everything), net(dense), rtol=0, atol=0)
 
 
-def test_the_order_of_a_stage_s_tokens_does_not_matter(ctx):
+@pytest.mark.parametrize("head", HEADS)
+def test_the_order_of_a_stage_s_tokens_does_not_matter(ctx, head):
     """Pooling follows positions, not token order: shuffling the finest stage's tokens (with their positions)
     changes nothing but float summation order."""
     with ctx.pyramids(images(3, [(64, 64)])) as batch:
@@ -66,29 +71,31 @@ def test_the_order_of_a_stage_s_tokens_does_not_matter(ctx):
     order = torch.randperm(grids[0].tokens.shape[1], generator=torch.Generator().manual_seed(0))
     shuffled = dataclasses.replace(grids[0], tokens=grids[0].tokens[:, order], positions=grids[0].positions[:, order],
                                    valid=grids[0].valid[:, order])
-    net = model()
+    net = model(head=head)
     with torch.no_grad():
         torch.testing.assert_close(net([shuffled, *grids[1:]]), net(grids), rtol=1e-5, atol=1e-5)
 
 
-def test_dropping_fine_cells_changes_the_logits(ctx):
+@pytest.mark.parametrize("head", HEADS)
+def test_dropping_fine_cells_changes_the_logits(ctx, head):
     """The sparse path is not a no-op: a budget on the fine stages gives other logits than the dense run."""
     with ctx.pyramids(images(4, [(64, 64)])) as batch:
         dense = batch.grids(LEVELS, 4)
         sparse = batch.grids(LEVELS, 4, relevance=glmip.gaze((64, 64), (0.2, 0.2)), budget=[8, 4, None, None])
     assert sparse[0].tokens.shape[1] == 8 and sparse[2].tokens.shape == dense[2].tokens.shape
-    net = model()
+    net = model(head=head)
     with torch.no_grad():
         assert (net(sparse) - net(dense)).abs().max() > 1e-3
 
 
+@pytest.mark.parametrize("head", HEADS)
 @pytest.mark.parametrize("sparse", [False, True])
-def test_an_image_gets_the_same_logits_in_a_padded_batch_as_alone(ctx, sparse):
+def test_an_image_gets_the_same_logits_in_a_padded_batch_as_alone(ctx, sparse, head):
     pictures = images(5, [(64, 64), (40, 56), (64, 64)])
     maps = [glmip.gaze((w, h), point) for (w, h), point in
             zip([(64, 64), (40, 56), (64, 64)], [(0.2, 0.7), (0.5, 0.5), (0.9, 0.1)], strict=True)]
     budgets = [[9, 5, None, None], [30, 7, 3, None], [4, 2, None, None]]
-    net = model()
+    net = model(head=head)
 
     def grids_of(indices: list[int]) -> list:
         with ctx.pyramids([pictures[i] for i in indices]) as batch:
@@ -126,12 +133,13 @@ def test_pool_to_parents_takes_the_mean_of_valid_children_and_clamps_odd_edges()
     assert pooled.flatten().tolist() == [pytest.approx(2.0), pytest.approx(5.0)]
 
 
-def test_mipvit_compiles_with_fullgraph(ctx):
+@pytest.mark.parametrize("head", HEADS)
+def test_mipvit_compiles_with_fullgraph(ctx, head):
     """Traced whole by dynamo (no graph break) and run through AOTAutograd with the 'aot_eager' backend: the
     inductor backend would compile C++ on this 2-core machine for minutes; fullgraph is about the trace."""
     with ctx.pyramids(images(6, [(64, 64), (48, 40)])) as batch:
         grids = batch.grids(LEVELS, 4, relevance=glmip.gaze((64, 64), (0.5, 0.5)), budget=[10, 6, None, None])
-    net = model()
+    net = model(head=head)
     compiled = torch.compile(net, fullgraph=True, backend="aot_eager")
     with torch.no_grad():
         torch.testing.assert_close(compiled(grids), net(grids), rtol=1e-5, atol=1e-5)
@@ -155,6 +163,8 @@ def test_mipvit_refuses_grids_it_cannot_read(ctx, grids_of, words):
         MipViT(mean=(0.5,), std=(0.2,))
     with pytest.raises(ValueError, match="give both mean and std"):
         MipViT(mean=(0.5, 0.5, 0.5), std=None)
+    with pytest.raises(ValueError, match="head must be 'mean' or 'class', got 'cls'"):
+        MipViT(head="cls")
 
 
 def test_the_per_channel_normalisation_is_applied_to_every_stage(ctx):

@@ -280,6 +280,30 @@ def test_reuse_takes_rows_only_from_runs_with_the_same_training(tmp_path):
             reused_rows(args, set())
 
 
+def test_reuse_refuses_a_mipvit_row_of_another_configuration(tmp_path):
+    """A mipvit row is MipViT's configuration too: a report without the options (the first configuration: mean
+    head, widths 32/64/128, one block a stage) or with others is refused unless the row is run now."""
+    from bench.learn import reused_rows
+
+    args = parse_args(["--quick"])
+    config = json.loads(json.dumps({key: value for key, value in vars(args).items()
+                                    if key not in ("out", "plot", "started")}, default=str))
+    rows = [{"input": "mipvit-16", "kind": "mipvit", "budget": 16}]
+    same, older = tmp_path / "same.json", tmp_path / "older.json"
+    same.write_text(json.dumps({"complete": True, "config": config, "results": rows}))
+    older.write_text(json.dumps({"complete": True, "config": {k: v for k, v in config.items()
+                                                              if not k.startswith("mip_")}, "results": rows}))
+    args.reuse = [same]
+    assert [row["input"] for row in reused_rows(args, set())] == ["mipvit-16"]
+    args.reuse = [older]
+    with pytest.raises(SystemExit, match="mipvit-16 row is of another MipViT.*mip_head='mean' here 'class'"):
+        reused_rows(args, set())
+    assert reused_rows(args, {"mipvit-16"}) == [], "run now, the older row is not needed"
+    args = parse_args(["--quick", "--mip-head", "mean", "--mip-dims", "32", "64", "128", "--mip-depths", "1", "1", "1"])
+    args.reuse = [older]
+    assert [row["input"] for row in reused_rows(args, set())] == ["mipvit-16"]
+
+
 def test_arguments_are_checked():
     with pytest.raises(SystemExit):
         parse_args(["--inputs", "glmip-17"])
