@@ -1009,10 +1009,10 @@ def reused_rows(args: argparse.Namespace, running: set[str]) -> list[dict[str, A
             raise SystemExit(f"--reuse {path}: its rows were trained with other settings ("
                              + (", ".join(f"{k}={earlier['config'].get(k)!r} here {getattr(args, k)!r}"
                                           for k in mismatched) or "an incomplete run") + ")")
+        mip_mismatch = [key for key, default in MIP_KEYS.items()
+                        if earlier["config"].get(key, default) != getattr(args, key)]
         for row in earlier["results"]:
-            mip_mismatch = [key for key, default in MIP_KEYS.items()
-                            if earlier["config"].get(key, default) != getattr(args, key)]
-            if row["input"].startswith("mipvit") and row["input"] not in running and mip_mismatch:
+            if row["kind"] == "mipvit" and row["input"] not in running and mip_mismatch:
                 raise SystemExit(f"--reuse {path}: its {row['input']} row is of another MipViT ("
                                  + ", ".join(f"{k}={earlier['config'].get(k, MIP_KEYS[k])!r} here {getattr(args, k)!r}"
                                              for k in mip_mismatch) + ")")
@@ -1214,6 +1214,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if unknown:
         parser.error(f"--inputs {unknown[0]!r} is not an input of budgets {args.budgets}: choose from "
                      f"{', '.join(known)} (or none, to merge --reuse reports only)")
+    if any(name.startswith("mipvit") for name in args.inputs or known):
+        try:  # MipViT's own checks, before minutes of tokenising
+            MipViT(PATCH, 3, dims=args.mip_dims, depths=args.mip_depths, heads=MIP_HEADS, head=args.mip_head)
+        except ValueError as error:
+            parser.error(f"--mip-dims {args.mip_dims} --mip-depths {args.mip_depths} (heads {list(MIP_HEADS)}): "
+                         f"{error}")
     if args.size % (PATCH << REFINE_LEVELS[0]) and any(name.startswith("c2f") for name in args.inputs or known):
         parser.error(f"coarse to fine starts from whole {PATCH << REFINE_LEVELS[0]}-px cells: --size must be a "
                      f"multiple of {PATCH << REFINE_LEVELS[0]} for the c2f inputs, got {args.size}")

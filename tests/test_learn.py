@@ -317,6 +317,9 @@ def test_arguments_are_checked():
         parse_args(["--alphabet", "aa"])
     with pytest.raises(SystemExit):
         parse_args(["--workers", "-1"])
+    for bad in (["--mip-dims", "30", "64", "128"], ["--mip-depths", "0", "1", "1"]):
+        with pytest.raises(SystemExit):
+            parse_args([*bad, "--inputs", "mipvit-16"])
     if not torch.cuda.is_available():
         with pytest.raises(SystemExit):
             parse_args(["--device", "cuda"])
